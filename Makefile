@@ -1,0 +1,24 @@
+# One place for the setup and the commands the README quotes.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DEMO   ?= demo
+
+.PHONY: setup test demo clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# CPU-sized install: the local torch 2.13.0 CPU wheel is pinned by constraints-cpu.txt.
+setup: $(BIN)/python
+	$(BIN)/pip install -q -c constraints-cpu.txt torch==2.13.0
+	$(BIN)/pip install -q -c constraints-cpu.txt -e ".[dev]"
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+demo: setup
+	bash scripts/demo.sh $(DEMO)
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

@@ -1,0 +1,295 @@
+"""The experiment spec: one typed schema for every action, TAO Visual ChangeNet field names.
+
+Defaults follow the tables of the TAO documentation, with the exceptions noted on the field.
+"???" (omegaconf.MISSING) marks a value that is required, but only by the action that reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING
+
+
+def _f(default: Any = MISSING, help: str = "", factory: Any = None) -> Any:  # noqa: A002 - "help" reads best
+    """A dataclass field with its help text (shown by `changenet <action> --help`)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+BACKBONE_TYPES = (
+    "fan_tiny_8_p4_hybrid",
+    "fan_small_12_p4_hybrid",
+    "fan_base_16_p4_hybrid",
+    "fan_large_16_p4_hybrid",
+    "vit_large_nvdinov2",
+    "c_radio_p1_vit_huge_patch16_224_mlpnorm",
+    "c_radio_p2_vit_huge_patch16_224_mlpnorm",
+    "c_radio_p3_vit_huge_patch16_224_mlpnorm",
+    "c_radio_v2_vit_huge_patch16_224",
+    "c_radio_v2_vit_large_patch16_224",
+    "c_radio_v2_vit_base_patch16_224",
+)
+
+
+# --------------------------------------------------------------------------- model
+@dataclass
+class BackboneConfig:
+    type: str = _f("fan_small_12_p4_hybrid", f"backbone name, one of: {', '.join(BACKBONE_TYPES)}")
+    pretrained_backbone_path: Optional[str] = _f(None, "backbone weights (.pth) to start from")
+    freeze_backbone: bool = _f(False, "freeze the backbone weights during training")
+    feat_downsample: bool = _f(False, "FAN only: downsample the last feature map (stride 32)")
+
+
+@dataclass
+class DecodeHeadConfig:
+    feature_strides: List[int] = _f(factory=lambda: [4, 8, 16, 16], help="strides of the 4 backbone levels")
+    align_corners: bool = _f(False, "align_corners of the decoder's bilinear resizes")
+    # The TAO example spells it without the "s"; both are accepted and mean the same.
+    align_corner: Optional[bool] = _f(None, "alias of align_corners")
+    use_summary_token: bool = _f(True, "add the backbone's summary (class) token to the deepest features")
+    embed_dim: int = _f(256, "decoder embedding width D")
+
+
+@dataclass
+class ModelConfig:
+    backbone: BackboneConfig = _f(factory=BackboneConfig, help="backbone settings")
+    decode_head: DecodeHeadConfig = _f(factory=DecodeHeadConfig, help="decoder settings")
+
+
+# --------------------------------------------------------------------------- dataset
+@dataclass
+class RandomFlipConfig:
+    vflip_probability: float = _f(0.5, "probability of a vertical flip")
+    hflip_probability: float = _f(0.5, "probability of a horizontal flip")
+    enable: bool = _f(True, "enable random flips")
+
+
+@dataclass
+class RandomRotateConfig:
+    rotate_probability: float = _f(0.5, "probability of a rotation")
+    angle_list: List[int] = _f(factory=lambda: [90, 180, 270], help="angles to choose from (degrees)")
+    enable: bool = _f(True, "enable random rotation")
+
+
+@dataclass
+class RandomColorConfig:
+    brightness: float = _f(0.3, "maximum brightness change factor")
+    contrast: float = _f(0.3, "maximum contrast change factor")
+    saturation: float = _f(0.3, "maximum saturation change factor")
+    hue: float = _f(0.3, "maximum hue change factor")
+    enable: bool = _f(True, "enable colour jitter (drawn per image)")
+    color_probability: float = _f(0.5, "probability of colour jitter")
+
+
+@dataclass
+class ScaleRandomCropConfig:
+    enable: bool = _f(True, "random rescale then crop back to img_size")
+
+
+@dataclass
+class AugmentationConfig:
+    random_flip: RandomFlipConfig = _f(factory=RandomFlipConfig, help="random flips")
+    random_rotate: RandomRotateConfig = _f(factory=RandomRotateConfig, help="random rotations")
+    random_color: RandomColorConfig = _f(factory=RandomColorConfig, help="colour jitter")
+    with_scale_random_crop: ScaleRandomCropConfig = _f(factory=ScaleRandomCropConfig, help="scale + crop")
+    with_random_crop: bool = _f(True, "random crop (padding marked 255 = ignore in the label)")
+    with_random_blur: bool = _f(True, "random Gaussian blur (per image)")
+
+
+@dataclass
+class SegmentDatasetConfig:
+    dataset: str = _f("CNDataset", "dataloader; only CNDataset")
+    root_dir: str = _f(MISSING, "dataset root holding A/, B/, label/, list/")
+    data_name: str = _f("LEVIR-CD", "dataset identifier (LEVIR-CD, LandSCD, custom)")
+    label_transform: Optional[str] = _f("norm", "'norm' maps 0/255 labels to 0/1; null keeps values")
+    batch_size: int = _f(32, "samples per batch")
+    workers: int = _f(2, "data loading worker processes")
+    multi_scale_train: bool = _f(True, "weighted loss over all five decoder outputs")
+    multi_scale_infer: bool = _f(False, "average the class probabilities of all outputs at inference")
+    num_classes: int = _f(2, "number of classes (>= 2)")
+    img_size: int = _f(256, "image size after resizing")
+    image_folder_name: str = _f("A", "folder of the 'before' images")
+    change_image_folder_name: str = _f("B", "folder of the 'after' images")
+    list_folder_name: str = _f("list", "folder of the split lists")
+    annotation_folder_name: str = _f("label", "folder of the change masks")
+    train_split: str = _f("train", "training split (list file name)")
+    validation_split: str = _f("val", "validation split")
+    test_split: str = _f("test", "evaluation split")
+    predict_split: str = _f("predict", "inference split (no labels needed)")
+    label_suffix: str = _f(".png", "suffix of the label files")
+    augmentation: AugmentationConfig = _f(factory=AugmentationConfig, help="training augmentation")
+    color_map: Optional[Dict[str, List[int]]] = _f(None, "class index ('0'..'n') -> RGB colour")
+    class_names: Optional[List[str]] = _f(None, "class names for reports (default: class_0, ...)")
+    mean: List[float] = _f(factory=lambda: [0.5, 0.5, 0.5], help="mean subtracted after scaling to [0, 1]")
+    std: List[float] = _f(factory=lambda: [0.5, 0.5, 0.5], help="std divided after scaling to [0, 1]")
+
+
+@dataclass
+class DatasetConfig:
+    segment: SegmentDatasetConfig = _f(factory=SegmentDatasetConfig, help="segmentation dataset")
+    classify: Optional[Dict[str, Any]] = _f(None, "classification dataset (task=classify, not supported)")
+
+
+# --------------------------------------------------------------------------- train
+@dataclass
+class SegmentLossConfig:
+    loss: str = _f("ce", "loss function; only 'ce' (cross-entropy, ignore index 255)")
+    weights: List[float] = _f(factory=lambda: [0.5, 0.5, 0.5, 0.8, 1.0], help="weights of the 5 outputs")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = _f(0.0005, "learning rate")
+    optim: str = _f("adamw", "optimizer: adamw or sgd")
+    policy: str = _f("linear", "lr schedule: linear or step")
+    momentum: float = _f(0.9, "SGD momentum")
+    weight_decay: float = _f(0.1, "weight decay")
+    betas: List[float] = _f(factory=lambda: [0.9, 0.999], help="AdamW betas")
+
+
+@dataclass
+class TrainConfig:
+    num_gpus: int = _f(1, "number of GPUs")
+    gpu_ids: List[int] = _f(factory=lambda: [0], help="GPU indices")
+    num_nodes: int = _f(1, "number of nodes")
+    seed: int = _f(1234, "random seed (random, numpy, torch)")
+    num_epochs: int = _f(10, "total epochs")
+    checkpoint_interval: int = _f(1, "save model_epoch_<NNN>.pth every N epochs")
+    validation_interval: int = _f(1, "validate every N epochs")
+    resume_training_checkpoint_path: Optional[str] = _f(None, "checkpoint to resume from (else the latest)")
+    pretrained_model_path: Optional[str] = _f(None, "whole-model weights to start from")
+    results_dir: Optional[str] = _f(None, "training outputs (default <results_dir>/train)")
+    segment: SegmentLossConfig = _f(factory=SegmentLossConfig, help="loss settings")
+    optim: OptimConfig = _f(factory=OptimConfig, help="optimizer settings")
+    precision: str = _f("32-true", "Lightning precision: 32-true, bf16-mixed or 16-mixed")
+    max_steps_per_epoch: Optional[int] = _f(None, "cap on training batches per epoch (quick runs)")
+
+
+# --------------------------------------------------------------------------- evaluate / inference
+@dataclass
+class TilingConfig:
+    enable: bool = _f(False, "sliding-window inference over images larger than the model input")
+    tile_size: Optional[int] = _f(None, "window size (default img_size)")
+    overlap: Optional[int] = _f(None, "window overlap in pixels (default tile_size // 8)")
+    batch_size: int = _f(8, "windows per model call")
+
+
+@dataclass
+class EvaluateConfig:
+    checkpoint: Optional[str] = _f(None, "PyTorch checkpoint to evaluate")
+    onnx_file: Optional[str] = _f(None, "ONNX model to evaluate (ONNX Runtime)")
+    trt_engine: Optional[str] = _f(None, "TensorRT engine to evaluate")
+    num_gpus: int = _f(1, "number of GPUs")
+    gpu_ids: List[int] = _f(factory=lambda: [0], help="GPU indices")
+    results_dir: Optional[str] = _f(None, "outputs (default <results_dir>/evaluate)")
+    vis_after_n_batches: int = _f(1, "write visualisations every N batches")
+    batch_size: Optional[int] = _f(None, "batch size (default dataset.segment.batch_size)")
+
+
+@dataclass
+class InferenceConfig(EvaluateConfig):
+    results_dir: Optional[str] = _f(None, "outputs (default <results_dir>/inference)")
+    tiling: TilingConfig = _f(factory=TilingConfig, help="sliding-window inference for large scenes")
+
+
+# --------------------------------------------------------------------------- export
+@dataclass
+class ExportConfig:
+    checkpoint: str = _f(MISSING, "PyTorch checkpoint to export")
+    onnx_file: str = _f(MISSING, "ONNX file to write")
+    opset_version: int = _f(17, "ONNX opset (17 keeps LayerNormalization as one op; >= 12)")
+    input_channel: int = _f(3, "input channels; only 3")
+    # TAO's table gives 128 x 512; an export that silently differs from the training size helps no one,
+    # so an unset size follows dataset.segment.img_size.
+    input_width: Optional[int] = _f(None, "input width (default dataset.segment.img_size)")
+    input_height: Optional[int] = _f(None, "input height (default dataset.segment.img_size)")
+    batch_size: int = _f(-1, "batch size; -1 = dynamic batch axis")
+    gpu_id: int = _f(0, "GPU to export on")
+    on_cpu: bool = _f(False, "export on the CPU")
+    verbose: bool = _f(False, "print a summary of the exported graph")
+    results_dir: Optional[str] = _f(None, "outputs (default <results_dir>/export)")
+
+
+# --------------------------------------------------------------------------- TensorRT (TAO deploy block)
+@dataclass
+class CalibrationConfig:
+    cal_image_dir: List[str] = _f(factory=list, help="folders with A/B sub-folders (default: train split)")
+    cal_cache_file: Optional[str] = _f(None, "TensorRT calibration cache to write / reuse")
+    cal_batch_size: int = _f(1, "pairs per calibration batch")
+    cal_batches: int = _f(1, "number of calibration batches")
+
+
+@dataclass
+class TensorRTConfig:
+    data_type: str = _f("FP32", "engine precision: FP32, FP16 or INT8")
+    workspace_size: int = _f(1024, "builder workspace (MB)")
+    min_batch_size: int = _f(1, "optimisation profile: smallest batch")
+    opt_batch_size: int = _f(1, "optimisation profile: batch tuned for")
+    max_batch_size: int = _f(1, "optimisation profile: largest batch")
+    layers_precision: List[str] = _f(factory=list, help="'layer_or_op:fp32' entries kept in higher precision")
+    compute_capabilities: Optional[List[int]] = _f(None, "TensorRT-RTX targets (default: GPU present, else 86 89 120)")
+    builder: str = _f("auto", "auto, tensorrt or tensorrt_rtx")
+    calibration: CalibrationConfig = _f(factory=CalibrationConfig, help="INT8 calibration data")
+
+
+@dataclass
+class GenTrtEngineConfig:
+    onnx_file: str = _f(MISSING, "ONNX model to build from")
+    trt_engine: Optional[str] = _f(None, "engine file to write (default <results_dir>/gen_trt_engine/model.engine)")
+    batch_size: int = _f(-1, "batch size; -1 = use the profile")
+    timing_cache: Optional[str] = _f(None, "timing cache: read if present, written after the build")
+    verbose: bool = _f(False, "verbose builder log")
+    gpu_id: int = _f(0, "GPU to build on")
+    results_dir: Optional[str] = _f(None, "outputs (default <results_dir>/gen_trt_engine)")
+    tensorrt: TensorRTConfig = _f(factory=TensorRTConfig, help="TensorRT settings")
+
+
+@dataclass
+class CalibrateConfig:
+    onnx_file: Optional[str] = _f(None, "FP32 ONNX to calibrate (default gen_trt_engine.onnx_file)")
+    target: str = _f("tensorrt", "Q/DQ placement: tensorrt (ModelOpt) or onnxruntime")
+    method: str = _f("entropy", "tensorrt: entropy|max; onnxruntime: entropy|minmax|percentile")
+    output_onnx: Optional[str] = _f(None, "Q/DQ ONNX to write (default <results_dir>/calibrate/model.<target>.int8.onnx)")
+    exclude_op_types: List[str] = _f(factory=list, help="op types kept in higher precision")
+    exclude_nodes: List[str] = _f(factory=list, help="node names kept in higher precision")
+    report: bool = _f(True, "compare FP32 and INT8 on the validation split after calibrating")
+    results_dir: Optional[str] = _f(None, "outputs (default <results_dir>/calibrate)")
+
+
+# --------------------------------------------------------------------------- benchmark
+@dataclass
+class BenchmarkConfig:
+    backends: List[str] = _f(factory=lambda: ["torch", "onnxruntime"], help="torch, onnxruntime, onnxruntime-int8, tensorrt")
+    batch_sizes: List[int] = _f(factory=lambda: [1, 8], help="batch sizes to time")
+    warmup: int = _f(3, "untimed iterations")
+    iterations: int = _f(20, "timed iterations")
+    checkpoint: Optional[str] = _f(None, "PyTorch checkpoint (torch backend)")
+    onnx_file: Optional[str] = _f(None, "FP32 ONNX (onnxruntime backend)")
+    int8_onnx_file: Optional[str] = _f(None, "INT8 ONNX (onnxruntime-int8 backend)")
+    trt_engine: Optional[str] = _f(None, "engine (tensorrt backend)")
+    end_to_end: bool = _f(False, "time the whole inference path over a folder of images")
+    peak_tflops: Optional[float] = _f(None, "machine peak for utilisation (default: estimated)")
+    results_dir: Optional[str] = _f(None, "outputs (default <results_dir>/benchmark)")
+
+
+# --------------------------------------------------------------------------- the whole spec
+@dataclass
+class ExperimentConfig:
+    encryption_key: Optional[str] = _f(None, "TAO model encryption key (accepted, not needed)")
+    task: str = _f("segment", "segment (classify is not supported)")
+    results_dir: str = _f("/results", "where every action writes its outputs")
+    model: ModelConfig = _f(factory=ModelConfig, help="model")
+    dataset: DatasetConfig = _f(factory=DatasetConfig, help="dataset")
+    train: TrainConfig = _f(factory=TrainConfig, help="training")
+    evaluate: EvaluateConfig = _f(factory=EvaluateConfig, help="evaluation")
+    inference: InferenceConfig = _f(factory=InferenceConfig, help="inference")
+    export: ExportConfig = _f(factory=ExportConfig, help="ONNX export")
+    calibrate: CalibrateConfig = _f(factory=CalibrateConfig, help="INT8 calibration")
+    gen_trt_engine: GenTrtEngineConfig = _f(factory=GenTrtEngineConfig, help="TensorRT engine build")
+    benchmark: BenchmarkConfig = _f(factory=BenchmarkConfig, help="throughput benchmark")
+
+
+ACTIONS = ("train", "evaluate", "inference", "export", "calibrate", "gen_trt_engine", "benchmark")

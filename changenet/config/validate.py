@@ -1,0 +1,167 @@
+"""Range and choice checks on a merged spec: each failure names the key, the rule and the value."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Callable, Iterable
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from changenet.config.schema import BACKBONE_TYPES
+from changenet.errors import SpecError
+
+PROBABILITY_KEYS = (
+    "dataset.segment.augmentation.random_flip.vflip_probability",
+    "dataset.segment.augmentation.random_flip.hflip_probability",
+    "dataset.segment.augmentation.random_rotate.rotate_probability",
+    "dataset.segment.augmentation.random_color.color_probability",
+)
+NON_NEGATIVE_KEYS = (
+    "train.optim.lr",
+    "train.optim.weight_decay",
+    "train.seed",
+    "dataset.segment.workers",
+    "dataset.segment.augmentation.random_color.brightness",
+    "dataset.segment.augmentation.random_color.contrast",
+    "dataset.segment.augmentation.random_color.saturation",
+    "benchmark.warmup",
+)
+POSITIVE_KEYS = (
+    "dataset.segment.batch_size",
+    "dataset.segment.img_size",
+    "train.num_gpus",
+    "train.num_nodes",
+    "train.num_epochs",
+    "train.checkpoint_interval",
+    "train.validation_interval",
+    "train.max_steps_per_epoch",
+    "evaluate.num_gpus",
+    "evaluate.vis_after_n_batches",
+    "evaluate.batch_size",
+    "inference.num_gpus",
+    "inference.vis_after_n_batches",
+    "inference.batch_size",
+    "inference.tiling.tile_size",
+    "inference.tiling.batch_size",
+    "export.input_channel",
+    "export.input_width",
+    "export.input_height",
+    "gen_trt_engine.tensorrt.workspace_size",
+    "gen_trt_engine.tensorrt.min_batch_size",
+    "gen_trt_engine.tensorrt.opt_batch_size",
+    "gen_trt_engine.tensorrt.max_batch_size",
+    "gen_trt_engine.tensorrt.calibration.cal_batch_size",
+    "gen_trt_engine.tensorrt.calibration.cal_batches",
+    "benchmark.iterations",
+)
+CHOICES = {
+    "train.optim.optim": ("adamw", "sgd"),
+    "train.optim.policy": ("linear", "step"),
+    "train.segment.loss": ("ce",),
+    "train.precision": ("32-true", "32", "bf16-mixed", "16-mixed"),
+    "dataset.segment.dataset": ("CNDataset",),
+    "dataset.segment.label_transform": ("norm", None),
+    "model.backbone.type": BACKBONE_TYPES,
+    "gen_trt_engine.tensorrt.data_type": ("FP32", "FP16", "INT8"),
+    "gen_trt_engine.tensorrt.builder": ("auto", "tensorrt", "tensorrt_rtx"),
+    "calibrate.target": ("tensorrt", "onnxruntime"),
+}
+CALIBRATION_METHODS = {"tensorrt": ("entropy", "max"), "onnxruntime": ("entropy", "minmax", "percentile")}
+BENCHMARK_BACKENDS = ("torch", "torch-bf16", "onnxruntime", "onnxruntime-int8", "tensorrt")
+
+
+def _value(cfg: DictConfig, key: str) -> Any:
+    try:
+        return OmegaConf.select(cfg, key, throw_on_missing=True)
+    except MissingMandatoryValue:
+        return None
+
+
+def _fail(key: str, rule: str, value: Any) -> None:
+    raise SpecError(f"spec key '{key}' {rule}, got {value!r}")
+
+
+def _check_each(cfg: DictConfig, keys: Iterable[str], ok: Callable[[Any], bool], rule: str) -> None:
+    for key in keys:
+        value = _value(cfg, key)
+        if value is not None and not ok(value):
+            _fail(key, rule, value)
+
+
+def validate_ranges(cfg: DictConfig) -> None:
+    """Raise SpecError for the first value outside its allowed range or choices."""
+    seg = cfg.dataset.segment
+    # TensorRT users write data_type in any case (fp16, Fp16): store it upper-case.
+    cfg.gen_trt_engine.tensorrt.data_type = str(cfg.gen_trt_engine.tensorrt.data_type).upper()
+
+    if seg.num_classes < 2:
+        _fail("dataset.segment.num_classes", "must be at least 2", seg.num_classes)
+    _check_each(cfg, PROBABILITY_KEYS, lambda v: 0.0 <= v <= 1.0, "must be a probability in [0, 1]")
+    _check_each(cfg, NON_NEGATIVE_KEYS, lambda v: v >= 0, "must be >= 0")
+    _check_each(cfg, POSITIVE_KEYS, lambda v: v >= 1, "must be >= 1")
+    hue = seg.augmentation.random_color.hue
+    if not 0.0 <= hue <= 0.5:
+        _fail("dataset.segment.augmentation.random_color.hue", "must be in [0, 0.5]", hue)
+
+    for key, allowed in CHOICES.items():
+        value = _value(cfg, key)
+        if value not in allowed:
+            close = difflib.get_close_matches(str(value), [str(a) for a in allowed if a is not None], n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            shown = ", ".join("null" if a is None else str(a) for a in allowed)
+            raise SpecError(f"spec key '{key}' must be one of: {shown}; got {value!r}{hint}")
+
+    target = cfg.calibrate.target
+    if cfg.calibrate.method not in CALIBRATION_METHODS[target]:
+        _fail("calibrate.method", f"must be one of {', '.join(CALIBRATION_METHODS[target])} for target {target}",
+              cfg.calibrate.method)
+    for backend in cfg.benchmark.backends:
+        if backend not in BENCHMARK_BACKENDS:
+            _fail("benchmark.backends", f"may list only {', '.join(BENCHMARK_BACKENDS)}", backend)
+    _check_each(cfg, ["benchmark.batch_sizes"], lambda v: all(b >= 1 for b in v), "must list batch sizes >= 1")
+
+    betas = list(cfg.train.optim.betas)
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        _fail("train.optim.betas", "must be two numbers in [0, 1)", betas)
+    if not 0.0 <= cfg.train.optim.momentum <= 1.0:
+        _fail("train.optim.momentum", "must be in [0, 1]", cfg.train.optim.momentum)
+    weights = list(cfg.train.segment.weights)
+    if len(weights) != 5 or any(w < 0 for w in weights):
+        _fail("train.segment.weights", "must be 5 non-negative weights (one per decoder output)", weights)
+    if len(cfg.model.decode_head.feature_strides) != 4:
+        _fail("model.decode_head.feature_strides", "must list 4 strides", list(cfg.model.decode_head.feature_strides))
+    if len(seg.mean) != 3 or len(seg.std) != 3 or any(s <= 0 for s in seg.std):
+        _fail("dataset.segment.mean/std", "must be 3 values each, std > 0", (list(seg.mean), list(seg.std)))
+    _check_color_map(seg)
+    if seg.class_names is not None and len(seg.class_names) != seg.num_classes:
+        _fail("dataset.segment.class_names", f"must name all {seg.num_classes} classes", list(seg.class_names))
+
+    export = cfg.export
+    if export.opset_version < 12:
+        _fail("export.opset_version", "must be 12 or newer", export.opset_version)
+    if export.batch_size == 0 or export.batch_size < -1:
+        _fail("export.batch_size", "must be -1 (dynamic) or >= 1", export.batch_size)
+    if cfg.gen_trt_engine.batch_size == 0 or cfg.gen_trt_engine.batch_size < -1:
+        _fail("gen_trt_engine.batch_size", "must be -1 (use the profile) or >= 1", cfg.gen_trt_engine.batch_size)
+    trt = cfg.gen_trt_engine.tensorrt
+    if not trt.min_batch_size <= trt.opt_batch_size <= trt.max_batch_size:
+        raise SpecError(
+            "spec keys gen_trt_engine.tensorrt.min/opt/max_batch_size must satisfy min <= opt <= max, got "
+            f"{trt.min_batch_size}/{trt.opt_batch_size}/{trt.max_batch_size}"
+        )
+    tiling = cfg.inference.tiling
+    if tiling.overlap is not None and tiling.overlap < 0:
+        _fail("inference.tiling.overlap", "must be >= 0", tiling.overlap)
+    if tiling.overlap is not None and tiling.tile_size is not None and tiling.overlap >= tiling.tile_size:
+        _fail("inference.tiling.overlap", f"must be smaller than tile_size ({tiling.tile_size})", tiling.overlap)
+
+
+def _check_color_map(seg: DictConfig) -> None:
+    if seg.color_map is None:
+        return
+    for key, colour in seg.color_map.items():
+        if not str(key).isdigit() or int(key) >= seg.num_classes:
+            _fail(f"dataset.segment.color_map.{key}", f"must be a class index 0..{seg.num_classes - 1}", key)
+        if len(colour) != 3 or any(not 0 <= c <= 255 for c in colour):
+            _fail(f"dataset.segment.color_map.{key}", "must be an RGB triple of 0..255", list(colour))
