@@ -1,0 +1,126 @@
+"""One inference interface for every backend (PyTorch, ONNX Runtime, TensorRT).
+
+A backend implements `_forward` on a batch that already fits its limits; this base class does the
+host-side work they all share: shape checks, splitting/padding batches to the backend's batch
+limits, and turning the five decoder outputs into class scores.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from changenet.errors import ModelError
+
+NUM_OUTPUTS = 5  # [p_c4, p_c3, p_c2, p_c1, final]
+
+
+class Predictor(ABC):
+    """Load once, then `predict(batch_a, batch_b)`; inputs are normalised float32 [B, 3, H, W] arrays."""
+
+    backend: str = "abstract"
+
+    def __init__(
+        self,
+        num_classes: int,
+        input_size: Optional[Tuple[int, int]] = None,
+        fixed_batch_size: Optional[int] = None,
+        max_batch_size: Optional[int] = None,
+        multi_scale_infer: bool = False,
+        align_corners: bool = False,
+    ) -> None:
+        self.num_classes = int(num_classes)
+        self.input_size = tuple(input_size) if input_size is not None else None  # (H, W) or any
+        self.fixed_batch_size = fixed_batch_size
+        self.max_batch_size = max_batch_size
+        self.multi_scale_infer = multi_scale_infer
+        self.align_corners = align_corners
+
+    # ------------------------------------------------------------------ to implement
+    @abstractmethod
+    def _forward(self, a: np.ndarray, b: np.ndarray) -> List[np.ndarray]:
+        """Run the model on a batch within the backend's limits; return the 5 outputs (logits)."""
+
+    def close(self) -> None:
+        """Release backend resources."""
+
+    def __enter__(self) -> "Predictor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ shared host-side logic
+    def check_inputs(self, a: np.ndarray, b: np.ndarray) -> None:
+        if a.shape != b.shape:
+            raise ModelError(f"input pair shapes differ: A {tuple(a.shape)} vs B {tuple(b.shape)}")
+        if a.ndim != 4 or a.shape[1] != 3:
+            raise ModelError(f"inputs must be [B, 3, H, W], got {tuple(a.shape)}")
+        if self.input_size is not None and tuple(a.shape[-2:]) != self.input_size:
+            h, w = self.input_size
+            raise ModelError(
+                f"this {self.backend} model takes {h}x{w} inputs but the data is {a.shape[-2]}x{a.shape[-1]}; "
+                f"set dataset.segment.img_size={h} (or export/build the model for this size)"
+            )
+
+    def batch_plan(self, batch: int) -> List[Tuple[int, int, int]]:
+        """Chunks (start, stop, padded_size) covering `batch` items within the backend's batch limits."""
+        step = self.fixed_batch_size or self.max_batch_size or batch
+        plan = []
+        for start in range(0, batch, step):
+            stop = min(start + step, batch)
+            padded = self.fixed_batch_size if self.fixed_batch_size else stop - start
+            plan.append((start, stop, padded))
+        return plan
+
+    def forward_all(self, a: np.ndarray, b: np.ndarray) -> List[np.ndarray]:
+        """The 5 raw outputs for any batch size: split into chunks, pad fixed batches, stitch back."""
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        b = np.ascontiguousarray(b, dtype=np.float32)
+        self.check_inputs(a, b)
+        pieces: List[List[np.ndarray]] = []
+        for start, stop, padded in self.batch_plan(a.shape[0]):
+            chunk_a, chunk_b = a[start:stop], b[start:stop]
+            if padded > stop - start:  # fixed-batch model: repeat the last pair, drop its outputs later
+                extra = padded - (stop - start)
+                chunk_a = np.concatenate([chunk_a, np.repeat(chunk_a[-1:], extra, axis=0)])
+                chunk_b = np.concatenate([chunk_b, np.repeat(chunk_b[-1:], extra, axis=0)])
+            outputs = self._forward(chunk_a, chunk_b)
+            if len(outputs) != NUM_OUTPUTS:
+                raise ModelError(f"{self.backend} model returned {len(outputs)} outputs, expected {NUM_OUTPUTS}")
+            pieces.append([o[: stop - start] for o in outputs])
+        merged = [np.concatenate([p[i] for p in pieces]) for i in range(NUM_OUTPUTS)]
+        if merged[-1].shape[1] != self.num_classes:
+            raise ModelError(
+                f"{self.backend} model predicts {merged[-1].shape[1]} classes but the spec says "
+                f"dataset.segment.num_classes={self.num_classes}"
+            )
+        return merged
+
+    def predict_scores(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Per-class scores at input resolution [B, K, H, W]: final logits, or with multi_scale_infer the
+        mean of the upsampled class probabilities of all five outputs."""
+        outputs = self.forward_all(a, b)
+        if not self.multi_scale_infer:
+            return outputs[-1]
+        return combine_multi_scale([torch.from_numpy(o) for o in outputs], self.align_corners).numpy()
+
+    def predict(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Class map [B, H, W] (uint8)."""
+        return self.predict_scores(a, b).argmax(axis=1).astype(np.uint8)
+
+
+def combine_multi_scale(outputs: Sequence[torch.Tensor], align_corners: bool = False) -> torch.Tensor:
+    """Mean of the softmax probabilities of every output, each upsampled to the final output's size."""
+    size = outputs[-1].shape[-2:]
+    probs = [
+        F.interpolate(o.float().softmax(dim=1), size=size, mode="bilinear", align_corners=align_corners)
+        if o.shape[-2:] != size
+        else o.float().softmax(dim=1)
+        for o in outputs
+    ]
+    return torch.stack(probs).mean(dim=0)
