@@ -1,0 +1,1 @@
+"""Metrics, visualisation and the evaluate/inference loop shared by every backend."""

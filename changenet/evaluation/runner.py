@@ -1,0 +1,189 @@
+"""`changenet evaluate` and `changenet inference`: one loop for every backend.
+
+The Predictor (PyTorch checkpoint, ONNX Runtime or TensorRT) is the only part that differs; data
+loading, metrics and the writing of masks and pictures are shared. Files are written by a small
+thread pool so PNG encoding overlaps the model.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from torch.utils.data import DataLoader
+
+from changenet.deploy.factory import model_source, predictor_from_spec
+from changenet.deploy.predictor import Predictor
+from changenet.evaluation.metrics import SUMMARY_KEYS, ConfusionMatrix
+from changenet.evaluation.visualize import colorize, comparison_image, denormalize, palette
+from changenet.fileio import write_json
+
+console = Console()
+
+
+class BackgroundWriter:
+    """Runs file writes on worker threads; `close()` waits and re-raises the first failure."""
+
+    def __init__(self, workers: int = 2) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="writer")
+        self._pending: List[Future] = []
+
+    def submit(self, fn: Callable, *args) -> None:
+        self._pending.append(self._pool.submit(fn, *args))
+        if len(self._pending) > 256:  # bound memory held by queued images
+            self._drain(keep=64)
+
+    def _drain(self, keep: int = 0) -> None:
+        while len(self._pending) > keep:
+            self._pending.pop(0).result()
+
+    def close(self) -> None:
+        try:
+            self._drain()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+def _loader(cfg: DictConfig, block: str, stage: str) -> DataLoader:
+    from changenet.data import build_dataset
+
+    seg = cfg.dataset.segment
+    dataset = build_dataset(cfg, stage)  # "test" -> eval mode (labels required), "predict" -> no labels
+    return DataLoader(
+        dataset,
+        batch_size=cfg[block].batch_size or seg.batch_size,
+        shuffle=False,
+        num_workers=seg.workers,
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=False,
+    )
+
+
+def iterate_predictions(predictor: Predictor, loader: DataLoader, description: str) -> Iterable[tuple]:
+    """Yield (batch, scores [B, K, H, W] numpy) for every batch, with a progress bar."""
+    with _progress() as progress:
+        task = progress.add_task(description, total=len(loader))
+        for batch in loader:
+            scores = predictor.predict_scores(batch["A"].numpy(), batch["B"].numpy())
+            yield batch, scores
+            progress.advance(task)
+
+
+def _stem_png(name: str) -> str:
+    return Path(name).stem + ".png"
+
+
+# --------------------------------------------------------------------------- evaluate
+def evaluate(cfg: DictConfig) -> Dict[str, object]:
+    """Metrics of the model named in `evaluate.*` on the test split; writes metrics.json and pictures."""
+    from changenet.data.io import write_png
+
+    seg = cfg.dataset.segment
+    out_dir = Path(cfg.evaluate.results_dir)
+    source_key, source_path = model_source(cfg, "evaluate")
+    loader = _loader(cfg, "evaluate", "test")
+    metric = ConfusionMatrix(seg.num_classes, seg.class_names)
+    colours = palette(cfg)
+    writer = BackgroundWriter()
+    start = time.perf_counter()
+    pairs = 0
+    with predictor_from_spec(cfg, "evaluate") as predictor:
+        for index, (batch, scores) in enumerate(iterate_predictions(predictor, loader, "evaluate")):
+            pred = scores.argmax(axis=1).astype(np.uint8)
+            labels = batch["label"].numpy()
+            metric.update(torch.from_numpy(pred), batch["label"])
+            pairs += len(pred)
+            if index % cfg.evaluate.vis_after_n_batches == 0:
+                for i, name in enumerate(batch["name"]):
+                    a = denormalize(batch["A"][i].numpy(), seg.mean, seg.std)
+                    b = denormalize(batch["B"][i].numpy(), seg.mean, seg.std)
+                    writer.submit(write_png, out_dir / "pred" / _stem_png(name), colorize(pred[i], colours))
+                    writer.submit(write_png, out_dir / "vis" / _stem_png(name),
+                                  comparison_image(a, b, pred[i], colours, labels[i].astype(np.uint8)))
+        backend = predictor.backend
+    writer.close()
+    seconds = time.perf_counter() - start
+    results = metric.compute()
+    results.update({"backend": backend, "model": source_path, "model_field": f"evaluate.{source_key}",
+                    "num_pairs": pairs, "seconds": round(seconds, 3)})
+    write_json(out_dir / "metrics.json", results)
+    print_metrics(results)
+    console.print(f"metrics written to {out_dir / 'metrics.json'}")
+    return results
+
+
+def print_metrics(results: Dict[str, object]) -> None:
+    summary = Table(title=f"evaluation ({results.get('backend', '?')}, {results.get('num_pairs', '?')} pairs)")
+    for key in SUMMARY_KEYS:
+        summary.add_column(key)
+    summary.add_row(*(f"{results[k]:.4f}" for k in SUMMARY_KEYS))
+    console.print(summary)
+    per_class = Table(title="per class")
+    for column in ("class", "precision", "recall", "f1", "iou"):
+        per_class.add_column(column)
+    for i, name in enumerate(results["class_names"]):  # type: ignore[arg-type]
+        cells = [results[k][i] for k in ("precision", "recall", "f1", "iou")]  # type: ignore[index]
+        per_class.add_row(name, *("n/a" if c is None else f"{c:.4f}" for c in cells))
+    console.print(per_class)
+
+
+# --------------------------------------------------------------------------- inference
+def _scores_at_size(scores: np.ndarray, height: int, width: int, align_corners: bool) -> np.ndarray:
+    """Scores resized (bilinear) to an image's original size before the argmax."""
+    if scores.shape[-2:] == (height, width):
+        return scores
+    tensor = F.interpolate(torch.from_numpy(scores), size=(height, width), mode="bilinear",
+                           align_corners=align_corners)
+    return tensor.numpy()
+
+
+def inference(cfg: DictConfig) -> Dict[str, object]:
+    """Masks (class index + colour) for the predict split, plus side-by-side pictures."""
+    from changenet.data.io import write_png
+
+    seg = cfg.dataset.segment
+    out_dir = Path(cfg.inference.results_dir)
+    loader = _loader(cfg, "inference", "predict")
+    colours = palette(cfg)
+    align = cfg.model.decode_head.align_corners
+    writer = BackgroundWriter()
+    start = time.perf_counter()
+    pairs = 0
+    with predictor_from_spec(cfg, "inference") as predictor:
+        for index, (batch, scores) in enumerate(iterate_predictions(predictor, loader, "inference")):
+            heights, widths = batch["orig_size"]
+            for i, name in enumerate(batch["name"]):
+                h, w = int(heights[i]), int(widths[i])
+                mask = _scores_at_size(scores[i : i + 1], h, w, align)[0].argmax(axis=0).astype(np.uint8)
+                writer.submit(write_png, out_dir / "mask" / _stem_png(name), mask)
+                writer.submit(write_png, out_dir / "color" / _stem_png(name), colorize(mask, colours))
+                if index % cfg.inference.vis_after_n_batches == 0:
+                    small = scores[i].argmax(axis=0).astype(np.uint8)
+                    a = denormalize(batch["A"][i].numpy(), seg.mean, seg.std)
+                    b = denormalize(batch["B"][i].numpy(), seg.mean, seg.std)
+                    writer.submit(write_png, out_dir / "vis" / _stem_png(name), comparison_image(a, b, small, colours))
+                pairs += 1
+        backend = predictor.backend
+    writer.close()
+    seconds = time.perf_counter() - start
+    summary = {"backend": backend, "num_pairs": pairs, "seconds": round(seconds, 3),
+               "pairs_per_second": round(pairs / seconds, 2) if seconds else None, "results_dir": str(out_dir)}
+    write_json(out_dir / "inference.json", summary)
+    console.print(f"{pairs} masks written to {out_dir / 'mask'} ({summary['pairs_per_second']} pairs/s, {backend})")
+    return summary
