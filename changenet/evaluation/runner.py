@@ -92,11 +92,11 @@ def _stem_png(name: str) -> str:
 # --------------------------------------------------------------------------- evaluate
 def evaluate(cfg: DictConfig) -> Dict[str, object]:
     """Metrics of the model named in `evaluate.*` on the test split; writes metrics.json and pictures."""
+    source_key, source_path = model_source(cfg, "evaluate")  # spec mistakes first, before any loading
     from changenet.data.io import write_png
 
     seg = cfg.dataset.segment
     out_dir = Path(cfg.evaluate.results_dir)
-    source_key, source_path = model_source(cfg, "evaluate")
     loader = _loader(cfg, "evaluate", "test")
     metric = ConfusionMatrix(seg.num_classes, seg.class_names)
     colours = palette(cfg)
@@ -155,6 +155,7 @@ def _scores_at_size(scores: np.ndarray, height: int, width: int, align_corners: 
 
 def inference(cfg: DictConfig) -> Dict[str, object]:
     """Masks (class index + colour) for the predict split, plus side-by-side pictures."""
+    model_source(cfg, "inference")  # spec mistakes first, before any loading
     from changenet.data.io import write_png
 
     seg = cfg.dataset.segment

@@ -1,0 +1,42 @@
+"""The command line: TAO-style actions, help with spec fields, one-line errors."""
+
+import pytest
+from typer.testing import CliRunner
+
+from changenet.cli import ACTION_ENTRY_POINTS, app
+
+runner = CliRunner()
+
+
+def test_help_lists_every_action():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for action in list(ACTION_ENTRY_POINTS) + ["dataset"]:
+        assert action in result.output
+
+
+@pytest.mark.parametrize("action", list(ACTION_ENTRY_POINTS))
+def test_action_help_shows_spec_fields(action):
+    result = runner.invoke(app, [action, "-e", "specs/train_fan_levir.yaml", "--help"])
+    assert result.exit_code == 0
+    assert "Spec fields read by" in result.output
+    assert "results_dir" in result.output
+
+
+def test_bad_override_is_one_line_without_traceback():
+    result = runner.invoke(app, ["train", "-e", "specs/train_fan_levir.yaml", "train.num_epoch=2"])
+    assert result.exit_code == 2
+    assert "did you mean 'train.num_epochs'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_classify_task_is_refused():
+    result = runner.invoke(app, ["evaluate", "-e", "specs/test_fan_levir.yaml", "task=classify"])
+    assert result.exit_code == 2
+    assert "not supported" in result.output
+
+
+def test_missing_model_source_is_reported():
+    result = runner.invoke(app, ["evaluate", "-e", "specs/train_fan_levir.yaml"])
+    assert result.exit_code == 2
+    assert "evaluate.checkpoint" in result.output
