@@ -1,0 +1,288 @@
+"""`changenet benchmark`: throughput, latency, memory and FLOPs utilisation of each backend.
+
+Every backend sees the same inputs; each (backend, batch size) gets warm-up iterations, then timed
+ones. A backend that cannot run here is listed with the reason instead of being dropped.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from changenet.console import console
+from rich.table import Table
+
+from changenet.config import is_set
+from changenet.deploy.predictor import Predictor
+from changenet.errors import ChangenetError, SpecError
+from changenet.fileio import write_json
+
+
+# Dense peak throughput (TFLOP/s) of common NVIDIA GPUs, from their data sheets: (fp32, bf16/fp16 tensor).
+GPU_PEAK_TFLOPS = {
+    "H200": (67.0, 989.0), "H100": (67.0, 989.0), "A100": (19.5, 312.0), "L40S": (91.6, 362.0),
+    "L4": (30.3, 121.0), "A10": (31.2, 125.0), "RTX 4090": (82.6, 165.0), "T4": (8.1, 65.0),
+}
+# Backends that run reduced precision use the tensor-core peak.
+REDUCED_PRECISION_BACKENDS = ("torch-bf16", "onnxruntime-int8", "tensorrt")
+
+
+@dataclass
+class Measurement:
+    backend: str
+    batch_size: int
+    status: str = "ok"
+    reason: str = ""
+    pairs_per_second: Optional[float] = None
+    latency_ms_p50: Optional[float] = None
+    latency_ms_p90: Optional[float] = None
+    latency_ms_p99: Optional[float] = None
+    peak_rss_mib: Optional[float] = None
+    peak_gpu_mib: Optional[float] = None
+    utilisation: Optional[float] = None
+    device: str = ""
+    extra: Dict[str, object] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- machine facts
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter of this process (Linux), so each run gets its own peak."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mib() -> Optional[float]:
+    try:
+        match = re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text())
+    except OSError:
+        return None
+    return int(match.group(1)) / 1024 if match else None
+
+
+def estimate_cpu_peak_tflops() -> Tuple[float, str]:
+    """cores x clock x FP32 FLOPs per cycle (two FMA units: 32 with AVX2, 64 with AVX-512)."""
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    mhz = [float(m) for m in re.findall(r"cpu MHz\s*:\s*([\d.]+)", text)] or [2500.0]
+    per_cycle = 64 if " avx512f" in text else 32 if " avx2" in text else 16
+    cores = os.cpu_count() or 1
+    tflops = cores * max(mhz) * 1e6 * per_cycle / 1e12
+    return tflops, f"estimated: {cores} cores x {max(mhz):.0f} MHz x {per_cycle} FP32 FLOP/cycle"
+
+
+def estimate_peak_tflops(backend: str, device: str) -> Tuple[Optional[float], str]:
+    if device.startswith("cuda") or backend == "tensorrt":
+        name = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
+        for key, (fp32, reduced) in GPU_PEAK_TFLOPS.items():
+            if key in name:
+                peak = reduced if backend in REDUCED_PRECISION_BACKENDS else fp32
+                return peak, f"data sheet of {key}"
+        return None, "unknown GPU: give benchmark.peak_tflops"
+    return estimate_cpu_peak_tflops()
+
+
+# --------------------------------------------------------------------------- backends
+def open_backend(backend: str, cfg: DictConfig) -> Predictor:
+    """The Predictor for a benchmark backend name; raises ChangenetError with the reason it cannot run."""
+    bench = cfg.benchmark
+    seg = cfg.dataset.segment
+    if backend in ("torch", "torch-bf16"):
+        from changenet.deploy.torch_predictor import TorchPredictor
+
+        precision = "bf16" if backend == "torch-bf16" else "fp32"
+        if is_set(cfg, "benchmark.checkpoint"):
+            return TorchPredictor.from_checkpoint(bench.checkpoint, cfg, precision=precision)
+        from changenet.model import build_model  # speed does not depend on the weights
+
+        return TorchPredictor(build_model(cfg, load_pretrained=False), seg.num_classes, precision=precision)
+    if backend in ("onnxruntime", "onnxruntime-int8"):
+        from changenet.deploy.onnxruntime_predictor import OnnxRuntimePredictor
+
+        key = "benchmark.onnx_file" if backend == "onnxruntime" else "benchmark.int8_onnx_file"
+        if not is_set(cfg, key):
+            raise SpecError(f"set {key} to benchmark {backend}")
+        return OnnxRuntimePredictor.from_onnx(str(OmegaConf.select(cfg, key)), cfg)
+    if backend == "tensorrt":
+        from changenet.deploy.trt_predictor import TensorRTPredictor
+
+        if not is_set(cfg, "benchmark.trt_engine"):
+            raise SpecError("set benchmark.trt_engine to benchmark tensorrt")
+        return TensorRTPredictor.from_engine(bench.trt_engine, cfg)
+    raise SpecError(f"unknown benchmark backend '{backend}'")
+
+
+def _device_of(predictor: Predictor) -> str:
+    device = getattr(predictor, "device", None)
+    if device is not None:
+        return str(device)
+    return "cuda" if predictor.backend == "tensorrt" else "cpu"
+
+
+def time_predictor(predictor: Predictor, a: np.ndarray, b: np.ndarray, warmup: int, iterations: int) -> np.ndarray:
+    """Seconds per call of `forward_all` (host arrays in, host arrays out) after `warmup` calls."""
+    for _ in range(warmup):
+        predictor.forward_all(a, b)
+    seconds = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        predictor.forward_all(a, b)
+        seconds.append(time.perf_counter() - start)
+    return np.asarray(seconds)
+
+
+def measure(predictor: Predictor, backend: str, batch: int, inputs: Tuple[np.ndarray, np.ndarray],
+            warmup: int, iterations: int, gflops: Optional[float], peak: Optional[float]) -> Measurement:
+    device = _device_of(predictor)
+    reset_peak_rss()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    seconds = time_predictor(predictor, inputs[0], inputs[1], warmup, iterations)
+    rate = batch / float(seconds.mean())
+    result = Measurement(
+        backend=backend, batch_size=batch, pairs_per_second=round(rate, 2),
+        latency_ms_p50=round(float(np.percentile(seconds, 50)) * 1e3, 2),
+        latency_ms_p90=round(float(np.percentile(seconds, 90)) * 1e3, 2),
+        latency_ms_p99=round(float(np.percentile(seconds, 99)) * 1e3, 2),
+        peak_rss_mib=round(peak_rss_mib() or 0.0, 1) or None, device=device,
+    )
+    if device.startswith("cuda") and backend.startswith("torch"):
+        result.peak_gpu_mib = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    if gflops and peak:
+        result.utilisation = round(gflops * rate / (peak * 1e3), 4)
+    return result
+
+
+def benchmark_inputs(batch: int, size: Tuple[int, int], seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """The same normalised random pair batch for every backend."""
+    rng = np.random.default_rng(seed)
+    shape = (batch, 3, *size)
+    return rng.standard_normal(shape, dtype=np.float32), rng.standard_normal(shape, dtype=np.float32)
+
+
+def _model_gflops(cfg: DictConfig, size: int) -> Optional[float]:
+    try:
+        from changenet.model import model_flops
+
+        return model_flops(cfg, size)
+    except ChangenetError:
+        return None
+
+
+# --------------------------------------------------------------------------- end to end
+def end_to_end(cfg: DictConfig, backend: str, batch: int, backend_rate: Optional[float]) -> Dict[str, object]:
+    """Whole `inference` path (read + decode + preprocess + model + write masks) on the predict split."""
+    from changenet.evaluation.runner import inference
+
+    run_cfg = copy.deepcopy(cfg)
+    source = {"torch": ("checkpoint", "checkpoint"), "onnxruntime": ("onnx_file", "onnx_file"),
+              "onnxruntime-int8": ("onnx_file", "int8_onnx_file"), "tensorrt": ("trt_engine", "trt_engine")}
+    if backend not in source:
+        raise SpecError(f"end-to-end mode supports {', '.join(source)}, not {backend}")
+    target, origin = source[backend]
+    if not is_set(cfg, f"benchmark.{origin}"):
+        raise SpecError(f"set benchmark.{origin} for the end-to-end run of {backend}")
+    for key in ("checkpoint", "onnx_file", "trt_engine"):
+        run_cfg.inference[key] = None
+    run_cfg.inference[target] = cfg.benchmark[origin]
+    run_cfg.inference.batch_size = batch
+    run_cfg.inference.vis_after_n_batches = 10**9  # masks only: the pictures are not part of a deployment path
+    run_cfg.inference.results_dir = str(Path(cfg.benchmark.results_dir) / f"end_to_end_{backend}")
+    summary = inference(run_cfg)
+    rate = summary["pairs_per_second"]
+    return {"backend": backend, "batch_size": batch, "pairs": summary["num_pairs"], "pairs_per_second": rate,
+            "backend_only_pairs_per_second": backend_rate,
+            "fraction_of_backend_only": round(rate / backend_rate, 3) if rate and backend_rate else None}
+
+
+# --------------------------------------------------------------------------- the action
+def run_benchmark(cfg: DictConfig, open_fn: Callable[[str, DictConfig], Predictor] = open_backend) -> Dict[str, object]:
+    bench = cfg.benchmark
+    size = int(cfg.dataset.segment.img_size)
+    gflops = _model_gflops(cfg, size)
+    rows: List[Measurement] = []
+    peaks: Dict[str, Tuple[Optional[float], str]] = {}
+    for backend in bench.backends:
+        try:
+            predictor = open_fn(backend, cfg)
+        except ChangenetError as exc:
+            rows += [Measurement(backend, bs, status="unavailable", reason=str(exc)) for bs in bench.batch_sizes]
+            continue
+        with predictor:
+            device = _device_of(predictor)
+            peak, source = (bench.peak_tflops, "given") if bench.peak_tflops else estimate_peak_tflops(backend, device)
+            peaks[backend] = (peak, source)
+            model_size = predictor.input_size or (size, size)
+            for bs in bench.batch_sizes:
+                console.print(f"timing {backend} at batch {bs} ({bench.warmup} warm-up + {bench.iterations} timed)")
+                try:
+                    rows.append(measure(predictor, backend, bs, benchmark_inputs(bs, model_size), bench.warmup,
+                                        bench.iterations, gflops, peak))
+                except ChangenetError as exc:
+                    rows.append(Measurement(backend, bs, status="failed", reason=str(exc)))
+    report: Dict[str, object] = {
+        "image_size": size, "model_gflops_per_pair": round(gflops, 3) if gflops else None,
+        "backbone": cfg.model.backbone.type, "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                                                          "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+        "peak_tflops": {k: {"value": v[0], "source": v[1]} for k, v in peaks.items()},
+        "results": [asdict(r) for r in rows],
+    }
+    if bench.end_to_end:
+        backend_rates = {(r.backend, r.batch_size): r.pairs_per_second for r in rows if r.status == "ok"}
+        e2e = []
+        for backend in bench.backends:
+            bs = max(bench.batch_sizes)
+            rate = backend_rates.get((backend, bs))
+            if rate is None:
+                continue
+            try:
+                e2e.append(end_to_end(cfg, backend, bs, rate))
+            except ChangenetError as exc:
+                e2e.append({"backend": backend, "batch_size": bs, "status": "unavailable", "reason": str(exc)})
+        report["end_to_end"] = e2e
+    return report
+
+
+def print_report(report: Dict[str, object]) -> None:
+    table = Table(title=f"benchmark: {report['backbone']} at {report['image_size']}x{report['image_size']} "
+                        f"({report['model_gflops_per_pair']} GFLOPs per pair)")
+    for column in ("backend", "batch", "pairs/s", "p50 ms", "p90 ms", "p99 ms", "peak RSS MiB", "util.", "device"):
+        table.add_column(column, no_wrap=True)
+    reasons: Dict[str, str] = {}
+    for row in report["results"]:  # type: ignore[union-attr]
+        if row["status"] != "ok":
+            reasons[row["backend"]] = row["reason"]
+            table.add_row(row["backend"], str(row["batch_size"]), "-", "-", "-", "-", "-", "-", row["status"])
+            continue
+        util = f"{row['utilisation'] * 100:.1f}%" if row["utilisation"] is not None else "-"
+        table.add_row(row["backend"], str(row["batch_size"]), f"{row['pairs_per_second']:.1f}",
+                      f"{row['latency_ms_p50']:.1f}", f"{row['latency_ms_p90']:.1f}", f"{row['latency_ms_p99']:.1f}",
+                      f"{row['peak_rss_mib'] or '-'}", util, row["device"])
+    console.print(table)
+    for backend, reason in reasons.items():
+        console.print(f"{backend}: {reason}", soft_wrap=True)
+    for entry in report.get("end_to_end", []):  # type: ignore[union-attr]
+        if "reason" in entry:
+            console.print(f"end-to-end {entry['backend']}: {entry['reason']}")
+        else:
+            console.print(f"end-to-end {entry['backend']} batch {entry['batch_size']}: {entry['pairs_per_second']} pairs/s "
+                          f"= {entry['fraction_of_backend_only']} x backend-only ({entry['pairs']} pairs)")
+
+
+def benchmark(cfg: DictConfig) -> Dict[str, object]:
+    """The CLI action: run, print the table, write benchmark.json."""
+    report = run_benchmark(cfg)
+    print_report(report)
+    out = write_json(Path(cfg.benchmark.results_dir) / "benchmark.json", report)
+    console.print(f"written to {out}")
+    return report

@@ -1,0 +1,128 @@
+"""ChangeNet: one shared (siamese) backbone over both images + the change decoder; built from the spec."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from typing import List
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from changenet.config.loader import is_set, require_path
+from changenet.errors import SpecError
+from changenet.model.decoder import ChangeDecoder
+from changenet.model.registry import create_backbone
+from changenet.model.weights import load_backbone_weights, load_pretrained_model
+
+log = logging.getLogger(__name__)
+
+
+class ChangeNet(nn.Module):
+    """forward(img_a, img_b) -> [p_c4, p_c3, p_c2, p_c1, final] logits; inputs normalised [B, 3, H, W]."""
+
+    def __init__(self, backbone: nn.Module, decoder: ChangeDecoder) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.decoder = decoder
+        self.backbone_frozen = False
+
+    def freeze_backbone(self) -> None:
+        """No gradients for the backbone, and its BatchNorm/dropout stay in eval mode during training."""
+        self.backbone_frozen = True
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+
+    def train(self, mode: bool = True) -> "ChangeNet":
+        super().train(mode)
+        if self.backbone_frozen:
+            self.backbone.eval()
+        return self
+
+    def forward(self, img_a: torch.Tensor, img_b: torch.Tensor) -> List[torch.Tensor]:
+        batch = img_a.shape[0]
+        # One backbone pass over both images (they share weights): A is the first half of the batch.
+        pyramid, summary = self.backbone(torch.cat([img_a, img_b], dim=0))
+        pyramid_a = [level[:batch] for level in pyramid]
+        pyramid_b = [level[batch:] for level in pyramid]
+        return self.decoder(pyramid_a, pyramid_b, summary[:batch], summary[batch:])
+
+
+def build_model(cfg: DictConfig, load_pretrained: bool = True, **backbone_kwargs) -> ChangeNet:
+    """The ChangeNet the spec describes (model.*, dataset.segment.num_classes/img_size).
+
+    load_pretrained: also load model.backbone.pretrained_backbone_path and train.pretrained_model_path
+    when set (pass False when the weights come from a checkpoint anyway).
+    backbone_kwargs: architecture overrides for the backbone factory (e.g. depth=2 for quick tests).
+    """
+    backbone_cfg, head = cfg.model.backbone, cfg.model.decode_head
+    seg = cfg.dataset.segment
+    if backbone_cfg.feat_downsample:
+        if backbone_cfg.type.startswith("fan_"):
+            backbone_kwargs.setdefault("feat_downsample", True)
+        else:
+            log.warning("model.backbone.feat_downsample applies to FAN backbones only; ignored for %s",
+                        backbone_cfg.type)
+    backbone = create_backbone(backbone_cfg.type, **backbone_kwargs)
+    check_feature_strides(backbone, list(head.feature_strides), backbone_cfg.type)
+    check_input_size(backbone, int(seg.img_size), backbone_cfg.type)
+
+    decoder = ChangeDecoder(
+        in_channels=backbone.out_channels,
+        num_classes=int(seg.num_classes),
+        embed_dim=int(head.embed_dim),
+        align_corners=bool(head.align_corners),
+        summary_dim=backbone.summary_dim if head.use_summary_token else None,
+    )
+    model = ChangeNet(backbone, decoder)
+    if load_pretrained:
+        if is_set(cfg, "model.backbone.pretrained_backbone_path"):
+            load_backbone_weights(model.backbone, require_path(cfg, "model.backbone.pretrained_backbone_path", "train"))
+        if is_set(cfg, "train.pretrained_model_path"):
+            load_pretrained_model(model, require_path(cfg, "train.pretrained_model_path", "train"))
+    if backbone_cfg.freeze_backbone:
+        model.freeze_backbone()
+    return model
+
+
+def check_feature_strides(backbone: nn.Module, feature_strides: List[int], name: str) -> None:
+    """The decoder's feature_strides must be the strides the backbone really produces."""
+    if list(feature_strides) != list(backbone.strides):
+        raise SpecError(
+            f"spec key 'model.decode_head.feature_strides' is {list(feature_strides)} but backbone '{name}' "
+            f"produces strides {list(backbone.strides)}; set model.decode_head.feature_strides={list(backbone.strides)}"
+        )
+
+
+def check_input_size(backbone: nn.Module, size: int, name: str, key: str = "dataset.segment.img_size") -> None:
+    """The input side must be a multiple of the largest feature stride and of the token (patch) stride."""
+    multiple = math.lcm(max(backbone.strides), backbone.token_stride)
+    if size % multiple:
+        lower, upper = max(size // multiple, 1) * multiple, (size // multiple + 1) * multiple
+        raise SpecError(
+            f"spec key '{key}' is {size} but backbone '{name}' needs a multiple of {multiple} (largest feature "
+            f"stride {max(backbone.strides)}, patch stride {backbone.token_stride}); use {lower} or {upper}"
+        )
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of parameters (works on meta-device modules too)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def model_flops(cfg: DictConfig, img_size: int = 256) -> float:
+    """GFLOPs (2 x multiply-adds, as torch's FlopCounterMode counts) of one forward pass on one image pair.
+
+    The model is built on the meta device: shapes only, no memory, no compute, so even ViT-H is instant.
+    """
+    cfg = copy.deepcopy(cfg)
+    cfg.dataset.segment.img_size = img_size
+    with torch.device("meta"):
+        model = build_model(cfg, load_pretrained=False).eval()
+        image = torch.zeros(1, 3, img_size, img_size)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(image, image)
+    return counter.get_total_flops() / 1e9

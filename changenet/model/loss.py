@@ -1,0 +1,61 @@
+"""Training loss: cross-entropy (label 255 = ignore), on the final output or, with
+dataset.segment.multi_scale_train, the weighted sum over all five outputs (train.segment.weights)."""
+
+from __future__ import annotations
+
+from typing import Dict, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+
+from changenet.errors import ModelError, SpecError
+from changenet.model.decoder import OUTPUT_NAMES
+
+IGNORE_INDEX = 255
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over labelled pixels; 0 (not NaN) when a batch has none."""
+    total = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
+    labelled = (target != IGNORE_INDEX).sum().clamp(min=1)
+    return total / labelled
+
+
+def resize_label(label: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Nearest-neighbour resize of an int label map [B, H, W] (keeps class ids and 255 intact)."""
+    if tuple(label.shape[-2:]) == tuple(size):
+        return label
+    resized = F.interpolate(label[:, None].float(), size=tuple(size), mode="nearest")
+    return resized[:, 0].long()
+
+
+class ChangeNetLoss(nn.Module):
+    """loss(outputs, label) -> (total, {"loss_<output>": value}) for the five decoder outputs."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        super().__init__()
+        if cfg.train.segment.loss != "ce":
+            raise SpecError(f"spec key 'train.segment.loss' must be 'ce', got '{cfg.train.segment.loss}'")
+        self.multi_scale = bool(cfg.dataset.segment.multi_scale_train)
+        self.weights = [float(w) for w in cfg.train.segment.weights]
+        if len(self.weights) != len(OUTPUT_NAMES):
+            raise SpecError(f"spec key 'train.segment.weights' needs {len(OUTPUT_NAMES)} weights, got {self.weights}")
+
+    def forward(
+        self, outputs: Sequence[torch.Tensor], label: torch.Tensor
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        if len(outputs) != len(OUTPUT_NAMES):
+            raise ModelError(f"the loss expects {len(OUTPUT_NAMES)} model outputs, got {len(outputs)}")
+        label = label.long()
+        if not self.multi_scale:
+            loss = cross_entropy(outputs[-1], resize_label(label, outputs[-1].shape[-2:]))
+            return loss, {"loss_final": loss.detach()}
+        parts: Dict[str, torch.Tensor] = {}
+        total = outputs[-1].new_zeros(())
+        for name, logits, weight in zip(OUTPUT_NAMES, outputs, self.weights):
+            loss = cross_entropy(logits, resize_label(label, logits.shape[-2:]))
+            parts[f"loss_{name}"] = loss.detach()
+            total = total + weight * loss
+        return total, parts

@@ -1,0 +1,43 @@
+"""benchmark: the JSON report's schema, and every listed backend appears with figures or a reason."""
+
+import json
+
+from changenet.benchmark import benchmark, estimate_cpu_peak_tflops
+from changenet.config import load_spec
+
+ROW_KEYS = {"backend", "batch_size", "status", "reason", "pairs_per_second", "latency_ms_p50", "latency_ms_p90",
+            "latency_ms_p99", "peak_rss_mib", "peak_gpu_mib", "utilisation", "device"}
+
+
+def test_report_lists_every_backend(tmp_path):
+    cfg = load_spec(None, [
+        "model.backbone.type=fan_tiny_8_p4_hybrid", "dataset.segment.img_size=32", "model.decode_head.embed_dim=16",
+        f"results_dir={tmp_path}", "benchmark.backends=[torch,onnxruntime,onnxruntime-int8,tensorrt]",
+        "benchmark.batch_sizes=[1,2]", "benchmark.warmup=1", "benchmark.iterations=2",
+        f"benchmark.onnx_file={tmp_path}/missing.onnx",
+    ])
+    benchmark(cfg)
+    report = json.loads((tmp_path / "benchmark" / "benchmark.json").read_text())
+    assert report["model_gflops_per_pair"] > 0
+    rows = report["results"]
+    assert {(r["backend"], r["batch_size"]) for r in rows} == {
+        (b, s) for b in ("torch", "onnxruntime", "onnxruntime-int8", "tensorrt") for s in (1, 2)}
+    for row in rows:
+        assert ROW_KEYS <= set(row)
+        if row["backend"] == "torch":
+            assert row["status"] == "ok"
+            assert row["pairs_per_second"] > 0
+            assert row["latency_ms_p50"] <= row["latency_ms_p99"]
+            assert 0 < row["utilisation"] < 1
+        else:
+            assert row["status"] == "unavailable" and row["reason"]
+    by_backend = {r["backend"]: r["reason"] for r in rows}
+    assert "missing.onnx" in by_backend["onnxruntime"]
+    assert "benchmark.int8_onnx_file" in by_backend["onnxruntime-int8"]
+    assert "benchmark.trt_engine" in by_backend["tensorrt"]
+
+
+def test_cpu_peak_estimate_is_plausible():
+    tflops, source = estimate_cpu_peak_tflops()
+    assert 0.01 < tflops < 100
+    assert "cores" in source

@@ -1,0 +1,373 @@
+"""Backbones, decoder, ChangeNet assembly, loss and weight loading.
+
+Big models are built on the meta device (shapes only, no memory); real forward passes use fan_tiny or
+small ViT configs at small image sizes.
+"""
+
+import logging
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from changenet.config.loader import load_spec
+from changenet.config.schema import BACKBONE_TYPES
+from changenet.deploy.predictor import combine_multi_scale
+from changenet.errors import ModelError, SpecError
+from changenet.model import (
+    OUTPUT_NAMES,
+    ChangeNetLoss,
+    build_model,
+    count_parameters,
+    create_backbone,
+    list_backbones,
+    load_backbone_weights,
+    load_pretrained_model,
+    model_flops,
+)
+from changenet.model.loss import cross_entropy, resize_label
+
+# backbone type -> (backbone params, params with decoder K=2 D=256), from docs DESIGN.md
+FAN_PARAMS = {
+    "fan_tiny_8_p4_hybrid": (7.3e6, 19.3e6),
+    "fan_small_12_p4_hybrid": (25.7e6, 37.9e6),
+    "fan_base_16_p4_hybrid": (50.0e6, 62.2e6),
+    "fan_large_16_p4_hybrid": (76.4e6, 88.5e6),
+}
+VIT_TRUNK_PARAMS = {
+    "vit_large_nvdinov2": 304e6,
+    "c_radio_p1_vit_huge_patch16_224_mlpnorm": 632e6,
+    "c_radio_p2_vit_huge_patch16_224_mlpnorm": 632e6,
+    "c_radio_p3_vit_huge_patch16_224_mlpnorm": 632e6,
+    "c_radio_v2_vit_huge_patch16_224": 632e6,
+    "c_radio_v2_vit_large_patch16_224": 304e6,
+    "c_radio_v2_vit_base_patch16_224": 86e6,
+}
+SMALL_VIT = {"depth": 2, "embed_dim": 64, "num_heads": 4}
+
+
+def spec(*overrides):
+    return load_spec(None, list(overrides))
+
+
+def vit_spec(name, *overrides):
+    return spec(f"model.backbone.type={name}", "model.decode_head.feature_strides=[4,8,16,32]", *overrides)
+
+
+def fan_tiny_spec(*overrides):
+    return spec("model.backbone.type=fan_tiny_8_p4_hybrid", *overrides)
+
+
+def pair(batch, size, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, size, size, generator=gen), torch.randn(batch, 3, size, size, generator=gen)
+
+
+def expected_shapes(batch, classes, size, strides):
+    s1, s2, s3, s4 = strides
+    return [(batch, classes, size // s, size // s) for s in (s4, s3, s2, s1)] + [(batch, classes, size, size)]
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return build_model(fan_tiny_spec("dataset.segment.img_size=64")).eval()
+
+
+# --------------------------------------------------------------------------- registry and sizes
+def test_registry_holds_every_spec_type():
+    assert list_backbones() == sorted(BACKBONE_TYPES)
+    with pytest.raises(SpecError, match=r"model.backbone.type.*did you mean 'fan_tiny_8_p4_hybrid'"):
+        create_backbone("fan_tiny_8_p4_hybird")
+
+
+@pytest.mark.parametrize("name", sorted(FAN_PARAMS))
+def test_fan_parameter_counts(name):
+    with torch.device("meta"):
+        model = build_model(spec(f"model.backbone.type={name}"))
+    backbone_target, total_target = FAN_PARAMS[name]
+    assert count_parameters(model.backbone) == pytest.approx(backbone_target, rel=0.05)
+    assert count_parameters(model) == pytest.approx(total_target, rel=0.05)
+    assert model.backbone.out_channels[:2] == [128, 256]
+
+
+@pytest.mark.parametrize("name", sorted(VIT_TRUNK_PARAMS))
+def test_vit_trunk_parameter_counts(name):
+    with torch.device("meta"):
+        backbone = create_backbone(name)
+    assert backbone.trunk_parameters() == pytest.approx(VIT_TRUNK_PARAMS[name], rel=0.05)
+    assert backbone.trunk_parameters() < count_parameters(backbone)  # the pyramid adds its deconvs
+
+
+# --------------------------------------------------------------------------- shapes
+@pytest.mark.parametrize("size", [64, 96])
+def test_fan_output_shapes(tiny_model, size):
+    with torch.no_grad():
+        outputs = tiny_model(*pair(2, size))
+    assert [tuple(o.shape) for o in outputs] == expected_shapes(2, 2, size, [4, 8, 16, 16])
+
+
+def test_fan_feat_downsample_gives_stride_32():
+    cfg = fan_tiny_spec("model.backbone.feat_downsample=true", "model.decode_head.feature_strides=[4,8,16,32]",
+                        "dataset.segment.num_classes=3", "dataset.segment.img_size=64")
+    model = build_model(cfg).eval()
+    assert model.backbone.strides == [4, 8, 16, 32]
+    with torch.no_grad():
+        outputs = model(*pair(1, 64))
+    assert [tuple(o.shape) for o in outputs] == expected_shapes(1, 3, 64, [4, 8, 16, 32])
+
+
+@pytest.mark.parametrize("name", ["c_radio_v2_vit_base_patch16_224", "vit_large_nvdinov2"])
+@pytest.mark.parametrize("size", [64, 96])
+def test_small_vit_output_shapes(name, size):
+    model = build_model(vit_spec(name, "dataset.segment.img_size=64"), **SMALL_VIT).eval()
+    with torch.no_grad():
+        outputs = model(*pair(2, size))
+    assert [tuple(o.shape) for o in outputs] == expected_shapes(2, 2, size, [4, 8, 16, 32])
+    assert all(torch.isfinite(o).all() for o in outputs)
+
+
+@pytest.mark.parametrize("name", ["vit_large_nvdinov2", "c_radio_p1_vit_huge_patch16_224_mlpnorm"])
+def test_registered_vit_shapes_on_meta(name):
+    with torch.device("meta"):
+        model = build_model(vit_spec(name)).eval()
+        outputs = model(*[torch.zeros(2, 3, 256, 256)] * 2)
+    assert [tuple(o.shape) for o in outputs] == expected_shapes(2, 2, 256, [4, 8, 16, 32])
+
+
+def test_vit_position_embedding_follows_input_grid():
+    backbone = create_backbone("c_radio_v2_vit_base_patch16_224", **SMALL_VIT).eval()
+    with torch.no_grad():
+        pyramid, summary = backbone(torch.randn(1, 3, 64, 96))  # grid 4x6, learned grid 14x14
+    assert [tuple(f.shape[-2:]) for f in pyramid] == [(16, 24), (8, 12), (4, 6), (2, 3)]
+    assert tuple(summary.shape) == (1, 64)
+    grid = backbone.position_embedding(backbone.pos_grid, backbone.pos_grid)
+    assert torch.equal(grid, backbone.pos_embed)  # the learned grid size is used as is
+
+
+# --------------------------------------------------------------------------- training
+def test_gradient_step_fan_tiny_256():
+    torch.manual_seed(0)
+    cfg = fan_tiny_spec("dataset.segment.img_size=256")
+    model = build_model(cfg).train()
+    a, b = pair(2, 256)
+    label = torch.zeros(2, 256, 256, dtype=torch.long)
+    label[:, 64:160, 96:200] = 1
+    label[:, :8] = 255
+    outputs = model(a, b)
+    assert [tuple(o.shape) for o in outputs] == expected_shapes(2, 2, 256, [4, 8, 16, 16])
+    total, parts = ChangeNetLoss(cfg)(outputs, label)
+    assert torch.isfinite(total) and set(parts) == {f"loss_{n}" for n in OUTPUT_NAMES}
+    total.backward()
+    for part in (model.backbone.convnext.stem, model.backbone.blocks[0], model.decoder.classify):
+        grads = [p.grad for p in part.parameters()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+        assert any(g.abs().sum() > 0 for g in grads)
+
+
+def _fake_outputs(batch=2, classes=2, size=32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    sizes = [size // 16, size // 16, size // 8, size // 4, size]
+    return [torch.randn(batch, classes, s, s, generator=gen) for s in sizes]
+
+
+def test_multi_scale_loss_applies_its_weights():
+    outputs = _fake_outputs()
+    label = torch.randint(0, 2, (2, 32, 32), generator=torch.Generator().manual_seed(1))
+    label[0, :4] = 255
+    weights = [0.5, 0.5, 0.5, 0.8, 1.0]
+    multi, parts = ChangeNetLoss(spec("dataset.segment.multi_scale_train=true"))(outputs, label)
+    single, single_parts = ChangeNetLoss(spec("dataset.segment.multi_scale_train=false"))(outputs, label)
+    assert list(single_parts) == ["loss_final"]
+    manual = sum(w * cross_entropy(o, resize_label(label, o.shape[-2:])) for w, o in zip(weights, outputs))
+    assert multi.item() == pytest.approx(manual.item(), rel=1e-6)
+    assert multi.item() != pytest.approx(single.item(), rel=1e-3)
+    assert single.item() == pytest.approx(parts["loss_final"].item(), rel=1e-6)
+
+    only_p_c2 = ChangeNetLoss(spec("train.segment.weights=[0,0,2.0,0,0]"))(outputs, label)[0]
+    reference = torch.nn.functional.cross_entropy(
+        outputs[2], resize_label(label, (4, 4)), ignore_index=255)
+    assert only_p_c2.item() == pytest.approx(2.0 * reference.item(), rel=1e-5)
+
+
+def test_loss_ignores_255_and_survives_an_unlabelled_batch():
+    outputs = _fake_outputs()
+    label = torch.full((2, 32, 32), 255, dtype=torch.long)
+    total, _ = ChangeNetLoss(spec())(outputs, label)
+    assert total.item() == 0.0
+    label[:, 16:, :] = 1
+    ignored_changed = [o.clone() for o in outputs]
+    ignored_changed[-1][:, :, :16] += 100.0  # logits at ignored pixels must not matter
+    loss_cfg = ChangeNetLoss(spec("dataset.segment.multi_scale_train=false"))
+    assert loss_cfg(outputs, label)[0].item() == pytest.approx(loss_cfg(ignored_changed, label)[0].item())
+
+
+def test_freeze_backbone():
+    model = build_model(fan_tiny_spec("model.backbone.freeze_backbone=true", "dataset.segment.img_size=64"))
+    model.train()
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert all(p.requires_grad for p in model.decoder.parameters())
+    assert not model.backbone.training and model.decoder.training
+    assert not any(m.training for m in model.backbone.modules())
+
+
+# --------------------------------------------------------------------------- siamese behaviour
+def test_swapping_images_changes_the_output(tiny_model):
+    a, b = pair(2, 64)
+    with torch.no_grad():
+        forward = tiny_model(a, b)
+        backward = tiny_model(b, a)
+        same = tiny_model(a, a.clone())
+    assert not torch.allclose(forward[-1], backward[-1], atol=1e-4)
+    assert all(torch.isfinite(o).all() for o in forward + backward + same)
+    assert [o.shape for o in same] == [o.shape for o in forward]
+
+
+def test_batch_items_are_independent_in_eval_mode(tiny_model):
+    a, b = pair(4, 64, seed=3)
+    with torch.no_grad():
+        batched = tiny_model(a, b)
+        single = [tiny_model(a[i:i + 1], b[i:i + 1]) for i in range(4)]
+    for index, output in enumerate(batched):
+        torch.testing.assert_close(output, torch.cat([s[index] for s in single]), atol=1e-4, rtol=1e-4)
+
+
+def test_summary_token_reaches_the_output():
+    torch.manual_seed(0)
+    model = build_model(fan_tiny_spec("dataset.segment.img_size=64")).eval()
+    assert model.decoder.summary_proj is not None
+    a, b = pair(1, 64)
+    with torch.no_grad():
+        before = model(a, b)[-1]
+        model.decoder.summary_proj.weight.normal_(std=0.5)
+        after = model(a, b)[-1]
+    assert not torch.allclose(before, after)
+    without = build_model(fan_tiny_spec("model.decode_head.use_summary_token=false", "dataset.segment.img_size=64"))
+    assert without.decoder.summary_proj is None
+
+
+def test_align_corners_is_honoured(tiny_model):
+    other = build_model(fan_tiny_spec("model.decode_head.align_corners=true", "dataset.segment.img_size=64")).eval()
+    other.load_state_dict(tiny_model.state_dict())
+    a, b = pair(1, 64)
+    with torch.no_grad():
+        plain, aligned = tiny_model(a, b), other(a, b)
+    assert torch.equal(plain[0], aligned[0])  # the deepest prediction has no resize before it
+    assert not torch.allclose(plain[-1], aligned[-1])
+
+
+def test_multi_scale_infer_combines_model_outputs(tiny_model):
+    with torch.no_grad():
+        outputs = tiny_model(*pair(1, 64))
+    probs = combine_multi_scale(outputs)
+    assert tuple(probs.shape) == (1, 2, 64, 64)
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(1, 64, 64))
+
+
+# --------------------------------------------------------------------------- spec checks
+def test_stride_mismatch_is_a_spec_error():
+    expected = (r"'model.decode_head.feature_strides' is \[4, 8, 16, 16\]"
+                r".*set model.decode_head.feature_strides=\[4, 8, 16, 32\]")
+    with pytest.raises(SpecError, match=expected):
+        with torch.device("meta"):
+            build_model(spec("model.backbone.type=c_radio_v2_vit_base_patch16_224"))
+    with pytest.raises(SpecError, match=r"feature_strides=\[4, 8, 16, 16\]"):
+        build_model(fan_tiny_spec("model.decode_head.feature_strides=[4,8,16,32]"))
+
+
+def test_image_size_must_fit_the_strides():
+    with pytest.raises(SpecError, match=r"dataset.segment.img_size.*multiple of 16.*use 240 or 256"):
+        build_model(fan_tiny_spec("dataset.segment.img_size=250"))
+    with pytest.raises(SpecError, match=r"multiple of 32.*use 224 or 256"):
+        with torch.device("meta"):
+            build_model(vit_spec("vit_large_nvdinov2", "dataset.segment.img_size=240"))
+
+
+# --------------------------------------------------------------------------- weights
+def _backbone():
+    return create_backbone("fan_tiny_8_p4_hybrid", depth=2)
+
+
+def test_backbone_weights_with_prefixes_load(tmp_path, caplog):
+    source = _backbone()
+    path = tmp_path / "backbone.pth"
+    torch.save({"state_dict": {f"module.backbone.{k}": v for k, v in source.state_dict().items()}}, path)
+    target = _backbone()
+    with caplog.at_level(logging.INFO, logger="changenet.model.weights"):
+        report = load_backbone_weights(target, path)
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value), key
+    assert not report.missing and not report.unexpected
+    lines = [r.getMessage() for r in caplog.records if r.name == "changenet.model.weights"]
+    assert len(lines) == 1 and f"loaded {len(report.loaded)}/{len(report.loaded)} tensors" in lines[0]
+
+
+def test_partial_weights_report_missing_and_unexpected_in_one_line(tmp_path, caplog):
+    state = _backbone().state_dict()
+    state.pop("cls_token")
+    state["encoder.norm.weight"] = torch.ones(192)
+    state["head.weight"] = torch.zeros(1000, 192)
+    state["patch_proj.weight"] = torch.zeros(1, 2, 3)  # right name, wrong shape
+    path = tmp_path / "partial.pth"
+    torch.save({"model": state}, path)
+    with caplog.at_level(logging.INFO, logger="changenet.model.weights"):
+        report = load_backbone_weights(_backbone(), path)
+    assert report.unexpected == ["head.weight"]
+    assert report.mismatched == ["patch_proj.weight"]
+    assert report.missing == ["cls_token"]
+    line = [r.getMessage() for r in caplog.records if r.name == "changenet.model.weights"]
+    assert len(line) == 1
+    assert "1 unexpected (head.weight)" in line[0] and "1 shape-mismatched (patch_proj.weight)" in line[0]
+    assert "1 missing (cls_token)" in line[0]
+
+
+def test_file_without_matching_keys_is_refused(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"state_dict": {"resnet.conv1.weight": torch.zeros(3)}}, path)
+    with pytest.raises(ModelError, match=r"'.*other.pth' has no tensor that fits the backbone"):
+        load_backbone_weights(_backbone(), path)
+    with pytest.raises(ModelError, match="does not exist"):
+        load_backbone_weights(_backbone(), tmp_path / "missing.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match="cannot read weights file"):
+        load_backbone_weights(_backbone(), tmp_path / "junk.pth")
+
+
+def test_build_model_loads_spec_weights(tmp_path):
+    torch.manual_seed(1)
+    trained = build_model(fan_tiny_spec("dataset.segment.img_size=64"))
+    whole = tmp_path / "model.pth"
+    lightning_style = {"state_dict": {f"model.{k}": v for k, v in trained.state_dict().items()},
+                       "epoch": 3, "hyper_parameters": OmegaConf.create({"lr": 1e-4})}  # not tensors-only
+    torch.save(lightning_style, whole)
+    backbone_only = tmp_path / "backbone.pth"
+    torch.save(trained.backbone.state_dict(), backbone_only)
+
+    torch.manual_seed(2)
+    from_whole = build_model(fan_tiny_spec("dataset.segment.img_size=64", f"train.pretrained_model_path={whole}"))
+    for key, value in trained.state_dict().items():
+        assert torch.equal(from_whole.state_dict()[key], value), key
+
+    from_backbone = build_model(fan_tiny_spec("dataset.segment.img_size=64",
+                                              f"model.backbone.pretrained_backbone_path={backbone_only}"))
+    assert torch.equal(from_backbone.backbone.cls_token, trained.backbone.cls_token)
+    assert not torch.equal(from_backbone.decoder.classify.weight, trained.decoder.classify.weight)
+
+    with pytest.raises(ModelError, match="backbone-only file belongs in model.backbone.pretrained_backbone_path"):
+        load_pretrained_model(from_backbone, backbone_only)
+    with pytest.raises(SpecError, match="train.pretrained_model_path"):
+        build_model(fan_tiny_spec(f"train.pretrained_model_path={tmp_path / 'nope.pth'}"))
+    build_model(fan_tiny_spec(f"train.pretrained_model_path={tmp_path / 'nope.pth'}"), load_pretrained=False)
+
+
+# --------------------------------------------------------------------------- FLOPs
+def test_model_flops_matches_a_real_count():
+    cfg = fan_tiny_spec()
+    model = build_model(cfg).eval()
+    image = torch.zeros(1, 3, 64, 64)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(image, image)  # the math kernel makes attention visible to the counter
+    assert model_flops(cfg, img_size=64) == pytest.approx(counter.get_total_flops() / 1e9)
+    assert model_flops(cfg, img_size=128) > 3.5 * model_flops(cfg, img_size=64)
