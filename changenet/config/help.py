@@ -24,7 +24,7 @@ def _type_name(annotation: Any) -> str:
     if isinstance(annotation, type):
         return annotation.__name__
     text = str(annotation).replace("typing.", "")
-    return text.replace("Optional[", "").rstrip("]") if text.startswith("Optional[") else text
+    return text[len("Optional["):-1] if text.startswith("Optional[") else text
 
 
 def _default_text(f: dataclasses.Field) -> str:

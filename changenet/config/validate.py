@@ -66,6 +66,7 @@ CHOICES = {
     "gen_trt_engine.tensorrt.data_type": ("FP32", "FP16", "INT8"),
     "gen_trt_engine.tensorrt.builder": ("auto", "tensorrt", "tensorrt_rtx"),
     "calibrate.target": ("tensorrt", "onnxruntime"),
+    "inference.tiling.stretch": ("auto", "percentile", "none"),
 }
 CALIBRATION_METHODS = {"tensorrt": ("entropy", "max"), "onnxruntime": ("entropy", "minmax", "percentile")}
 BENCHMARK_BACKENDS = ("torch", "torch-bf16", "onnxruntime", "onnxruntime-int8", "tensorrt")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
-from rich.console import Console
+from changenet.console import console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from torch.utils.data import DataLoader
@@ -27,7 +27,6 @@ from changenet.evaluation.metrics import SUMMARY_KEYS, ConfusionMatrix
 from changenet.evaluation.visualize import colorize, comparison_image, denormalize, palette
 from changenet.fileio import write_json
 
-console = Console()
 
 
 class BackgroundWriter:
@@ -156,6 +155,10 @@ def _scores_at_size(scores: np.ndarray, height: int, width: int, align_corners: 
 def inference(cfg: DictConfig) -> Dict[str, object]:
     """Masks (class index + colour) for the predict split, plus side-by-side pictures."""
     model_source(cfg, "inference")  # spec mistakes first, before any loading
+    if cfg.inference.tiling.enable:  # whole scenes at full resolution, window by window
+        from changenet.tiling import tiled_inference
+
+        return tiled_inference(cfg)
     from changenet.data.io import write_png
 
     seg = cfg.dataset.segment

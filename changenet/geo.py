@@ -1,0 +1,308 @@
+"""Whole-scene rasters for tiled inference: read an image row strip by row strip, write masks the same way.
+
+GeoTIFF (.tif / .tiff) goes through rasterio: windowed reads, so only the rows being processed are in
+memory; band selection; a percentile stretch for imagery that is not 8-bit; the georeference (CRS and
+affine transform) is carried over to the output mask. PNG / JPEG go through Pillow: the decoded image is
+the one full-size buffer. Every failure is a DataError naming the file.
+
+Stretch (for 16-bit and other non-8-bit imagery): per band, the 2nd and 98th percentiles (by default) of a
+decimated read of the whole scene (at most ~1 megapixel per band, nodata excluded) map linearly to 0 and
+255, clipped. The same per-band limits apply to every strip, so a pixel value always maps to the same
+8-bit value wherever its window lies. A and B each get their own limits (two acquisitions rarely share
+a radiometric range).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Optional, Sequence, Tuple
+
+import numpy as np
+
+from changenet.errors import DataError
+from changenet.fileio import atomic_path
+
+GEOTIFF_SUFFIXES = (".tif", ".tiff")
+PNG_SUFFIXES = (".png",)
+STRETCH_MODES = ("auto", "percentile", "none")
+DEFAULT_PERCENTILES = (2.0, 98.0)
+# Pixels per band of the decimated read that estimates the stretch limits.
+STRETCH_SAMPLE_PIXELS = 1024 * 1024
+# GeoTIFF output block size (pixels): the tiled layout GIS tools read fastest.
+OUTPUT_BLOCK = 256
+
+
+def is_geotiff(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in GEOTIFF_SUFFIXES
+
+
+# --------------------------------------------------------------------------- reading
+class Scene:
+    """A 3-channel uint8 image read by row strips. `crs`/`transform` are None for plain images."""
+
+    path: Path
+    height: int
+    width: int
+    crs: Any = None
+    transform: Any = None
+
+    def read_rows(self, top: int, bottom: int) -> np.ndarray:
+        """uint8 [bottom - top, width, 3]."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the file."""
+
+    def __enter__(self) -> "Scene":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def georeferenced(self) -> bool:
+        return self.crs is not None
+
+
+class ArrayScene(Scene):
+    """An image already in memory: a decoded PNG/JPEG, or an array handed over directly."""
+
+    def __init__(self, image: np.ndarray, path: str | os.PathLike = "<array>") -> None:
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise DataError(f"image '{path}' must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
+        self.image = image
+        self.path = Path(path)
+        self.height, self.width = image.shape[:2]
+
+    def read_rows(self, top: int, bottom: int) -> np.ndarray:
+        return self.image[top:bottom]
+
+
+def _check_bands(path: Path, bands: Optional[Sequence[int]], count: int) -> Tuple[int, ...]:
+    """1-based band numbers (rasterio's convention) to read; 1 band is repeated as grey."""
+    if bands is None or len(bands) == 0:
+        if count >= 3:
+            return (1, 2, 3)
+        if count == 1:
+            return (1,)
+        raise DataError(f"'{path}' has {count} bands; choose 3 (or 1) with inference.tiling.bands, e.g. [1, 2, 1]")
+    chosen = tuple(int(b) for b in bands)
+    if len(chosen) not in (1, 3):
+        raise DataError(f"inference.tiling.bands must list 3 band numbers (or 1 for grey), got {list(chosen)}")
+    outside = [b for b in chosen if not 1 <= b <= count]
+    if outside:
+        raise DataError(
+            f"'{path}' has bands 1..{count}, so inference.tiling.bands {list(chosen)} cannot be read "
+            "(band numbers start at 1)"
+        )
+    return chosen
+
+
+def _as_rgb(pixels_hwc: np.ndarray) -> np.ndarray:
+    return np.repeat(pixels_hwc, 3, axis=2) if pixels_hwc.shape[2] == 1 else pixels_hwc
+
+
+class RasterioScene(Scene):
+    """A GeoTIFF (or any TIFF) read with rasterio windowed reads; see the module note on the stretch."""
+
+    def __init__(self, path: str | os.PathLike, bands: Optional[Sequence[int]] = None, stretch: str = "auto",
+                 percentiles: Sequence[float] = DEFAULT_PERCENTILES) -> None:
+        import rasterio
+        from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(f"image '{self.path}' does not exist; check the path or the split list")
+        if stretch not in STRETCH_MODES:
+            raise DataError(f"inference.tiling.stretch must be one of {', '.join(STRETCH_MODES)}, got {stretch!r}")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                self._dataset = rasterio.open(self.path)
+        except RasterioIOError as exc:
+            reason = str(exc).splitlines()[0]
+            raise DataError(f"cannot read image '{self.path}' ({reason}); replace it with a valid GeoTIFF") from None
+        try:
+            ds = self._dataset
+            self.height, self.width = ds.height, ds.width
+            self.crs = ds.crs
+            self.transform = ds.transform if ds.crs is not None else None
+            self.bands = _check_bands(self.path, bands, ds.count)
+            self.dtype = np.dtype(ds.dtypes[self.bands[0] - 1])
+            if stretch == "none" and self.dtype != np.uint8:
+                raise DataError(
+                    f"'{self.path}' holds {self.dtype} pixels; set inference.tiling.stretch to auto or percentile "
+                    "to map them to 8 bits"
+                )
+            use_stretch = stretch == "percentile" or (stretch == "auto" and self.dtype != np.uint8)
+            self.stretch_limits = self._percentile_limits(percentiles) if use_stretch else None
+        except BaseException:
+            self._dataset.close()
+            raise
+
+    def _percentile_limits(self, percentiles: Sequence[float]) -> np.ndarray:
+        """[bands, 2] (low, high) per band from a decimated read of the whole scene."""
+        low_q, high_q = (float(p) for p in percentiles)
+        if not 0.0 <= low_q < high_q <= 100.0:
+            raise DataError(f"inference.tiling.percentiles must be two values 0 <= low < high <= 100, got "
+                            f"{list(percentiles)}")
+        step = max(1, math.ceil(math.sqrt(self.height * self.width / STRETCH_SAMPLE_PIXELS)))
+        shape = (len(self.bands), math.ceil(self.height / step), math.ceil(self.width / step))
+        # rasterio serves a decimated read from the file's overviews when it has them.
+        sample = self._dataset.read(list(self.bands), out_shape=shape, masked=True)
+        limits = np.zeros((len(self.bands), 2), dtype=np.float64)
+        for i in range(len(self.bands)):
+            values = sample[i].compressed().astype(np.float64)
+            values = values[np.isfinite(values)]
+            if values.size:
+                limits[i] = np.percentile(values, [low_q, high_q])
+            if limits[i, 1] <= limits[i, 0]:  # a constant band: anything above the value is bright
+                limits[i, 1] = limits[i, 0] + 1.0
+        return limits
+
+    def _to_uint8(self, pixels: np.ndarray) -> np.ndarray:
+        """[bands, h, w] raw values -> uint8 via the scene's per-band stretch limits."""
+        if self.stretch_limits is None:
+            return pixels.astype(np.uint8, copy=False)
+        low = self.stretch_limits[:, 0].astype(np.float32).reshape(-1, 1, 1)
+        span = (self.stretch_limits[:, 1] - self.stretch_limits[:, 0]).astype(np.float32).reshape(-1, 1, 1)
+        scaled = (pixels.astype(np.float32) - low) * (255.0 / span)
+        np.nan_to_num(scaled, copy=False, nan=0.0)
+        return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+    def read_rows(self, top: int, bottom: int) -> np.ndarray:
+        from rasterio.windows import Window
+
+        pixels = self._dataset.read(list(self.bands), window=Window(0, top, self.width, bottom - top))
+        return _as_rgb(np.ascontiguousarray(self._to_uint8(pixels).transpose(1, 2, 0)))
+
+    def close(self) -> None:
+        self._dataset.close()
+
+
+def open_scene(path: str | os.PathLike, bands: Optional[Sequence[int]] = None, stretch: str = "auto",
+               percentiles: Sequence[float] = DEFAULT_PERCENTILES) -> Scene:
+    """GeoTIFF/TIFF -> windowed RasterioScene; PNG/JPEG/... -> the decoded image as an ArrayScene."""
+    if is_geotiff(path):
+        return RasterioScene(path, bands, stretch, percentiles)
+    from changenet.data.io import read_image
+
+    image = read_image(path)  # DataError naming the file when missing, unreadable or not 8-bit
+    if bands:
+        chosen = _check_bands(Path(path), bands, 3)
+        image = _as_rgb(np.ascontiguousarray(image[..., [b - 1 for b in chosen]]))
+    return ArrayScene(image, path)
+
+
+def check_pair(scene_a: Scene, scene_b: Scene) -> None:
+    """The two images of a pair must cover the same pixels: same size and, when both are georeferenced,
+    same CRS and transform."""
+    a, b = scene_a.path, scene_b.path
+    if (scene_a.height, scene_a.width) != (scene_b.height, scene_b.width):
+        raise DataError(
+            f"'{a}' is {scene_a.width}x{scene_a.height} but '{b}' is {scene_b.width}x{scene_b.height}; "
+            "the two images of a pair must have the same size (resample one onto the other's grid)"
+        )
+    if scene_a.georeferenced and scene_b.georeferenced:
+        if scene_a.crs != scene_b.crs:
+            raise DataError(
+                f"'{a}' is in {scene_a.crs} but '{b}' is in {scene_b.crs}; reproject one onto the other's grid"
+            )
+        if not scene_a.transform.almost_equals(scene_b.transform):
+            raise DataError(
+                f"'{a}' and '{b}' have different geotransforms ({tuple(scene_a.transform)[:6]} vs "
+                f"{tuple(scene_b.transform)[:6]}); resample one onto the other's grid"
+            )
+    elif scene_a.georeferenced != scene_b.georeferenced:
+        plain = b if scene_a.georeferenced else a
+        raise DataError(f"'{plain}' has no georeference but its partner has one; give both images the same grid")
+
+
+# --------------------------------------------------------------------------- writing
+class GeoTiffStripWriter:
+    """Writes a uint8 GeoTIFF (1 band: class mask; 3 bands: RGB) from consecutive row strips.
+
+    The file appears at `path` only when every row was written (temp name, then rename).
+    """
+
+    def __init__(self, path: str | os.PathLike, width: int, height: int, channels: int, crs: Any = None,
+                 transform: Any = None, colormap: Optional[np.ndarray] = None) -> None:
+        import rasterio
+
+        if channels not in (1, 3):
+            raise ValueError("GeoTiffStripWriter writes 1 (mask) or 3 (RGB) bands")
+        self.path = Path(path)
+        self.width, self.height, self.channels = int(width), int(height), int(channels)
+        self.rows_written = 0
+        self._atomic = atomic_path(self.path)
+        tmp = self._atomic.__enter__()
+        profile = {
+            "driver": "GTiff", "width": self.width, "height": self.height, "count": self.channels,
+            "dtype": "uint8", "compress": "deflate", "BIGTIFF": "IF_SAFER",
+        }
+        if crs is not None:
+            profile.update(crs=crs, transform=transform)
+        if self.width >= OUTPUT_BLOCK and self.height >= OUTPUT_BLOCK:
+            profile.update(tiled=True, blockxsize=OUTPUT_BLOCK, blockysize=OUTPUT_BLOCK)
+        if channels == 3:
+            profile.update(photometric="RGB", interleave="pixel")
+        try:
+            self._dataset = rasterio.open(tmp, "w", **profile)
+            if colormap is not None and channels == 1:
+                # GIS viewers then show the class mask in the same colours as the RGB rendering.
+                self._dataset.write_colormap(1, {i: tuple(int(c) for c in rgb) for i, rgb in enumerate(colormap)})
+        except BaseException as exc:
+            self._atomic.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+
+    def write_rows(self, strip: np.ndarray) -> None:
+        """Append uint8 rows: [h, width] for the mask, [h, width, 3] for RGB."""
+        from rasterio.windows import Window
+
+        rows = strip.shape[0]
+        if self.rows_written + rows > self.height:
+            raise ValueError(f"too many rows for '{self.path}' ({self.height} rows)")
+        bands = strip[None] if strip.ndim == 2 else strip.transpose(2, 0, 1)
+        self._dataset.write(bands, window=Window(0, self.rows_written, self.width, rows))
+        self.rows_written += rows
+
+    def close(self) -> Path:
+        if self._dataset.closed:
+            return self.path
+        try:
+            if self.rows_written != self.height:
+                raise ValueError(f"'{self.path}' got {self.rows_written} of {self.height} rows")
+            self._dataset.close()
+            self._atomic.__exit__(None, None, None)
+        except BaseException as exc:
+            self.abort(exc)
+            raise
+        return self.path
+
+    def abort(self, exc: Optional[BaseException] = None) -> None:
+        """Drop the partial file."""
+        if not self._dataset.closed:
+            self._dataset.close()
+            error = exc or RuntimeError("aborted")
+            try:
+                self._atomic.__exit__(type(error), error, error.__traceback__)
+            except BaseException:  # noqa: BLE001 - atomic_path re-raises the error it was given
+                pass
+
+
+def open_strip_writer(path: str | os.PathLike, like: Scene, channels: int,
+                      colormap: Optional[np.ndarray] = None) -> Any:
+    """A row-strip writer for a raster the size of `like`: GeoTIFF (with `like`'s georeference) for
+    .tif/.tiff paths, PNG for .png. Both have write_rows(strip), close() and abort()."""
+    suffix = Path(path).suffix.lower()
+    if suffix in GEOTIFF_SUFFIXES:
+        return GeoTiffStripWriter(path, like.width, like.height, channels, like.crs, like.transform, colormap)
+    if suffix in PNG_SUFFIXES:
+        from changenet.data.io import PngStripWriter
+
+        return PngStripWriter(path, like.width, like.height, channels)
+    raise DataError(f"cannot write a mask to '{path}': use a .tif/.tiff (GeoTIFF) or .png file name "
+                    "(masks need a lossless format)")
