@@ -175,6 +175,9 @@ class TilingConfig:
     tile_size: Optional[int] = _f(None, "window size (default img_size)")
     overlap: Optional[int] = _f(None, "window overlap in pixels (default tile_size // 8)")
     batch_size: int = _f(8, "windows per model call")
+    bands: Optional[List[int]] = _f(None, "GeoTIFF bands to read as R, G, B, 1-based (default the first three)")
+    stretch: str = _f("auto", "to 8 bits: auto (percentile unless uint8), percentile or none")
+    percentiles: List[float] = _f(factory=lambda: [2.0, 98.0], help="low/high percentiles of the stretch")
 
 
 @dataclass
@@ -217,7 +220,7 @@ class ExportConfig:
 @dataclass
 class CalibrationConfig:
     cal_image_dir: List[str] = _f(factory=list, help="folders with A/B sub-folders (default: train split)")
-    cal_cache_file: Optional[str] = _f(None, "TensorRT calibration cache to write / reuse")
+    cal_cache_file: Optional[str] = _f(None, "TensorRT calibration cache to write / reuse (default <calibrate.results_dir>/cal.cache)")
     cal_batch_size: int = _f(1, "pairs per calibration batch")
     cal_batches: int = _f(1, "number of calibration batches")
 
@@ -257,6 +260,8 @@ class CalibrateConfig:
     exclude_nodes: List[str] = _f(factory=list, help="node names kept in higher precision")
     report: bool = _f(True, "compare FP32 and INT8 on the validation split after calibrating")
     results_dir: Optional[str] = _f(None, "outputs (default <results_dir>/calibrate)")
+    seed: int = _f(0, "seed of the draw of calibration pairs (repeatable calibrations)")
+    high_precision_dtype: str = _f("fp16", "tensorrt target: precision of the layers left out of INT8 (fp16 or fp32)")
 
 
 # --------------------------------------------------------------------------- benchmark
