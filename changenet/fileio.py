@@ -12,6 +12,12 @@ from typing import Any, Iterator
 
 from changenet.errors import ChangenetError
 
+# mkstemp/mkdtemp create private (0600/0700) entries; finished files get the usual 0666/0777 minus umask.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+DIR_MODE = 0o777 & ~_UMASK
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -28,6 +34,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, FILE_MODE)
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():

@@ -35,7 +35,8 @@ from changenet.console import console
 from changenet.data.transforms import normalize
 from changenet.deploy.predictor import Predictor
 from changenet.errors import ModelError, SpecError
-from changenet.evaluation.visualize import colorize, palette
+from changenet.data import class_palette
+from changenet.evaluation.visualize import colorize
 from changenet.fileio import write_json
 from changenet.geo import (
     DEFAULT_PERCENTILES, STRETCH_MODES, Scene, check_pair, is_geotiff, open_scene, open_strip_writer,
@@ -259,8 +260,8 @@ def predict_scene(
     """
     settings = resolve_settings(predictor, cfg, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
                                 mean=mean, std=std, bands=bands, stretch=stretch, percentiles=percentiles)
-    colours = palette(cfg if cfg is not None else
-                      OmegaConf.create({"dataset": {"segment": {"num_classes": predictor.num_classes, "color_map": None}}}))
+    colours = class_palette(cfg if cfg is not None else
+                            OmegaConf.create({"dataset": {"segment": {"num_classes": predictor.num_classes, "color_map": None}}}))
     start = time.perf_counter()
     class_pixels = np.zeros(predictor.num_classes, dtype=np.int64)
     writers: List[Any] = []

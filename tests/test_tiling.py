@@ -260,11 +260,11 @@ def test_geotiff_pair_keeps_crs_and_transform(tmp_path):
         assert src.transform.almost_equals(TRANSFORM)
         assert (src.height, src.width, src.count, src.dtypes[0]) == (260, 300, 1, "uint8")
         mask = src.read(1)
-        assert src.colormap(1)[1][:3] == (0, 0, 0)  # class colours travel with the mask
+        assert src.colormap(1)[1][:3] == (255, 255, 255)  # class colours travel with the mask (change: white)
     np.testing.assert_array_equal(mask, _plain_mask(predictor, image_a, image_b))
     with rasterio.open(tmp_path / "out" / "color.tif") as src:
         assert src.count == 3 and src.crs.to_string() == CRS
-        np.testing.assert_array_equal(src.read().transpose(1, 2, 0), colorize(mask, np.array([[255] * 3, [0] * 3])))
+        np.testing.assert_array_equal(src.read().transpose(1, 2, 0), colorize(mask, np.array([[0] * 3, [255] * 3])))
     assert summary["crs"] == CRS and summary["height"] == 260 and summary["width"] == 300
 
 

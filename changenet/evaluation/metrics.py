@@ -21,7 +21,7 @@ class ConfusionMatrix(MulticlassConfusionMatrix):
 
     def __init__(self, num_classes: int, class_names: Optional[Sequence[str]] = None, **kwargs) -> None:
         super().__init__(num_classes=num_classes, ignore_index=IGNORE_INDEX, validate_args=False, **kwargs)
-        self.class_names = list(class_names) if class_names else default_class_names(num_classes)
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
 
     def update(self, preds, target) -> None:  # type: ignore[override]
         """preds: class map [B, H, W] (or scores [B, K, H, W]); target: labels [B, H, W]."""
@@ -37,12 +37,6 @@ class ConfusionMatrix(MulticlassConfusionMatrix):
 
     def compute(self) -> Dict[str, object]:  # type: ignore[override]
         return scores_from_matrix(self.matrix(), self.class_names)
-
-
-def default_class_names(num_classes: int) -> List[str]:
-    if num_classes == 2:
-        return ["no_change", "change"]
-    return [f"class_{i}" for i in range(num_classes)]
 
 
 def scores_from_matrix(matrix: np.ndarray, class_names: Sequence[str]) -> Dict[str, object]:

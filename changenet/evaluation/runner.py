@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from changenet.deploy.factory import model_source, predictor_from_spec
 from changenet.deploy.predictor import Predictor
 from changenet.evaluation.metrics import SUMMARY_KEYS, ConfusionMatrix
-from changenet.evaluation.visualize import colorize, comparison_image, denormalize, palette
+from changenet.evaluation.visualize import colorize, comparison_image
 from changenet.fileio import write_json
 
 
@@ -92,13 +92,13 @@ def _stem_png(name: str) -> str:
 def evaluate(cfg: DictConfig) -> Dict[str, object]:
     """Metrics of the model named in `evaluate.*` on the test split; writes metrics.json and pictures."""
     source_key, source_path = model_source(cfg, "evaluate")  # spec mistakes first, before any loading
-    from changenet.data.io import write_png
+    from changenet.data import class_names, class_palette, denormalize, write_png
 
     seg = cfg.dataset.segment
     out_dir = Path(cfg.evaluate.results_dir)
     loader = _loader(cfg, "evaluate", "test")
-    metric = ConfusionMatrix(seg.num_classes, seg.class_names)
-    colours = palette(cfg)
+    metric = ConfusionMatrix(seg.num_classes, class_names(cfg))
+    colours = class_palette(cfg)
     writer = BackgroundWriter()
     start = time.perf_counter()
     pairs = 0
@@ -110,8 +110,8 @@ def evaluate(cfg: DictConfig) -> Dict[str, object]:
             pairs += len(pred)
             if index % cfg.evaluate.vis_after_n_batches == 0:
                 for i, name in enumerate(batch["name"]):
-                    a = denormalize(batch["A"][i].numpy(), seg.mean, seg.std)
-                    b = denormalize(batch["B"][i].numpy(), seg.mean, seg.std)
+                    a = denormalize(batch["A"][i].numpy(), cfg)
+                    b = denormalize(batch["B"][i].numpy(), cfg)
                     writer.submit(write_png, out_dir / "pred" / _stem_png(name), colorize(pred[i], colours))
                     writer.submit(write_png, out_dir / "vis" / _stem_png(name),
                                   comparison_image(a, b, pred[i], colours, labels[i].astype(np.uint8)))
@@ -159,12 +159,12 @@ def inference(cfg: DictConfig) -> Dict[str, object]:
         from changenet.tiling import tiled_inference
 
         return tiled_inference(cfg)
-    from changenet.data.io import write_png
+    from changenet.data import class_names, class_palette, denormalize, write_png
 
     seg = cfg.dataset.segment
     out_dir = Path(cfg.inference.results_dir)
     loader = _loader(cfg, "inference", "predict")
-    colours = palette(cfg)
+    colours = class_palette(cfg)
     align = cfg.model.decode_head.align_corners
     writer = BackgroundWriter()
     start = time.perf_counter()
@@ -179,8 +179,8 @@ def inference(cfg: DictConfig) -> Dict[str, object]:
                 writer.submit(write_png, out_dir / "color" / _stem_png(name), colorize(mask, colours))
                 if index % cfg.inference.vis_after_n_batches == 0:
                     small = scores[i].argmax(axis=0).astype(np.uint8)
-                    a = denormalize(batch["A"][i].numpy(), seg.mean, seg.std)
-                    b = denormalize(batch["B"][i].numpy(), seg.mean, seg.std)
+                    a = denormalize(batch["A"][i].numpy(), cfg)
+                    b = denormalize(batch["B"][i].numpy(), cfg)
                     writer.submit(write_png, out_dir / "vis" / _stem_png(name), comparison_image(a, b, small, colours))
                 pairs += 1
         backend = predictor.backend

@@ -1,0 +1,243 @@
+"""CNDataset: image pairs and change masks in the LEVIR-CD layout.
+
+    root_dir/
+      A/          "before" images        (dataset.segment.image_folder_name)
+      B/          "after" images, same names and sizes as A   (change_image_folder_name)
+      label/      masks named <stem of the image><label_suffix>  (annotation_folder_name)
+      list/       <split>.txt: one file name per line; a CSV's first column also works,
+                  and a header line is skipped   (list_folder_name; split names from *_split)
+"""
+
+from __future__ import annotations
+
+import colorsys
+import csv
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import Dataset
+
+from changenet.config import is_set
+from changenet.data.io import read_image, read_label
+from changenet.data.transforms import (
+    PairAugmentation, normalize, preprocess_image, resize_image, resize_label, segment_config, to_class_indices,
+)
+from changenet.errors import DataError, SpecError
+
+MODES = ("train", "eval", "predict")
+# stage -> (spec key naming the split, dataset mode)
+STAGES = {
+    "train": ("train_split", "train"),
+    "val": ("validation_split", "eval"),
+    "test": ("test_split", "eval"),
+    "predict": ("predict_split", "predict"),
+}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+
+
+def _split_key_for(seg: DictConfig, split: str) -> Optional[str]:
+    for key, _mode in STAGES.values():
+        if seg.get(key) == split:
+            return f"dataset.segment.{key}"
+    return None
+
+
+def find_split_list(list_dir: Path, split: str, split_key: Optional[str] = None) -> Path:
+    """The list file of `split`: list_dir/<split>, <split>.txt or <split>.csv."""
+    for candidate in (list_dir / split, list_dir / f"{split}.txt", list_dir / f"{split}.csv"):
+        if candidate.is_file():
+            return candidate
+    named_by = f" (spec key {split_key})" if split_key else ""
+    raise DataError(
+        f"split list for '{split}'{named_by} not found: expected '{list_dir / split}.txt' or .csv; "
+        "create it with one image file name per line, or fix the split name"
+    )
+
+
+def read_split_list(list_path: Path, image_dir: Path) -> List[str]:
+    """File names from a split list: first column of each row; a first row that names no file is a header."""
+    try:
+        with open(list_path, newline="", encoding="utf-8-sig") as handle:
+            rows = [row for row in csv.reader(handle)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read split list '{list_path}': {exc}") from None
+    names = [row[0].strip() for row in rows if row and row[0].strip() and not row[0].strip().startswith("#")]
+    if names:
+        first = names[0]
+        looks_like_image = Path(first).suffix.lower() in IMAGE_SUFFIXES
+        if not (image_dir / first).is_file() and not looks_like_image:
+            names = names[1:]  # a header such as "image_name"
+    if not names:
+        raise DataError(f"split list '{list_path}' is empty; list one image file name per line")
+    return names
+
+
+class CNDataset(Dataset):
+    """Pairs of a split. Items: {"A", "B": float32 [3, S, S], "label": int64 [S, S] (not in predict
+    mode; 255 = ignore), "name": file name, "orig_size": (H, W) of the files}.
+
+    mode "train": random augmentation; "eval": deterministic, labels required; "predict": no labels
+    read (an existing label folder is ignored). Eval and predict inputs come from `preprocess_image`.
+    """
+
+    def __init__(self, cfg: DictConfig, split: str, mode: str = "eval", split_key: Optional[str] = None):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.cfg = cfg
+        seg = segment_config(cfg)
+        self.mode = mode
+        self.split = str(split)
+        self.img_size = int(seg.img_size)
+        self.num_classes = int(seg.num_classes)
+        self.label_transform = seg.label_transform
+        self.label_suffix = str(seg.label_suffix)
+        self.mean, self.std = list(seg.mean), list(seg.std)
+        self.palette = class_palette(cfg)
+        self.class_names = class_names(cfg)
+
+        if not is_set(seg, "root_dir"):
+            raise SpecError("spec key 'dataset.segment.root_dir' is not set; point it at the dataset folder "
+                            "holding A/, B/, label/ and list/")
+        self.root = Path(str(seg.root_dir)).expanduser()
+        if not self.root.is_dir():
+            raise DataError(f"dataset folder '{self.root}' (spec key dataset.segment.root_dir) does not exist")
+        self.image_dir = self._folder(seg, "image_folder_name")
+        self.change_image_dir = self._folder(seg, "change_image_folder_name")
+        self.label_dir = self.root / str(seg.annotation_folder_name)
+        if mode != "predict":
+            self._folder(seg, "annotation_folder_name")
+
+        split_key = split_key or _split_key_for(seg, self.split)
+        self.list_path = find_split_list(self.root / str(seg.list_folder_name), self.split, split_key)
+        self.names = read_split_list(self.list_path, self.image_dir)
+        self._check_files_exist()
+
+        self.augment = PairAugmentation(seg.augmentation, self.img_size) if mode == "train" else None
+        self._augment_seed: Optional[int] = None
+
+    def _folder(self, seg: DictConfig, key: str) -> Path:
+        folder = self.root / str(seg[key])
+        if not folder.is_dir():
+            raise DataError(f"folder '{folder}' (spec key dataset.segment.{key}) does not exist")
+        return folder
+
+    def label_path(self, name: str) -> Path:
+        return self.label_dir / (Path(name).stem + self.label_suffix)
+
+    def _check_files_exist(self) -> None:
+        # Checked up front: a missing file should stop the run now, not hours into an epoch.
+        missing = []
+        for name in self.names:
+            paths = [self.image_dir / name, self.change_image_dir / name]
+            if self.mode != "predict":
+                paths.append(self.label_path(name))
+            missing += [p for p in paths if not p.is_file()]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise DataError(
+                f"file '{missing[0]}' listed in '{self.list_path}' does not exist{more}; "
+                "add it or remove its name from the list"
+            )
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __repr__(self) -> str:
+        return f"CNDataset(root='{self.root}', split='{self.split}', mode='{self.mode}', pairs={len(self)})"
+
+    def _reseed_augmentation(self) -> None:
+        # torch.initial_seed() differs per DataLoader worker and per epoch and follows the training seed,
+        # so augmentation is reproducible and no two workers repeat each other's random draws.
+        seed = torch.initial_seed()
+        if seed != self._augment_seed:
+            self.augment.reseed(seed)
+            self._augment_seed = seed
+
+    def read_pair(self, index: int) -> Dict[str, Any]:
+        """The raw files of one pair: uint8 "A", "B" [H, W, 3] and, unless predicting, class-index "label"."""
+        name = self.names[index]
+        path_a, path_b = self.image_dir / name, self.change_image_dir / name
+        image_a, image_b = read_image(path_a), read_image(path_b)
+        if image_a.shape != image_b.shape:
+            raise DataError(
+                f"'{path_a}' is {image_a.shape[1]}x{image_a.shape[0]} but '{path_b}' is "
+                f"{image_b.shape[1]}x{image_b.shape[0]}; the two images of a pair must have the same size"
+            )
+        pair = {"name": name, "A": image_a, "B": image_b}
+        if self.mode != "predict":
+            path_label = self.label_path(name)
+            raw = read_label(path_label)
+            if raw.shape != image_a.shape[:2]:
+                raise DataError(
+                    f"label '{path_label}' is {raw.shape[1]}x{raw.shape[0]} but its images are "
+                    f"{image_a.shape[1]}x{image_a.shape[0]}; masks must match their images"
+                )
+            pair["label"] = to_class_indices(raw, self.label_transform, self.num_classes, path_label)
+        return pair
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        pair = self.read_pair(index)
+        height, width = pair["A"].shape[:2]
+        item: Dict[str, Any] = {"name": pair["name"], "orig_size": (height, width)}
+        if self.mode == "train":
+            self._reseed_augmentation()
+            image_a, image_b, label = self.augment(
+                resize_image(pair["A"], self.img_size), resize_image(pair["B"], self.img_size),
+                resize_label(pair["label"], self.img_size),
+            )
+            item["A"] = torch.from_numpy(normalize(image_a, self.mean, self.std))
+            item["B"] = torch.from_numpy(normalize(image_b, self.mean, self.std))
+            item["label"] = torch.from_numpy(np.ascontiguousarray(label).astype(np.int64))
+            return item
+        item["A"] = torch.from_numpy(preprocess_image(pair["A"], self.cfg))
+        item["B"] = torch.from_numpy(preprocess_image(pair["B"], self.cfg))
+        if self.mode == "eval":
+            item["label"] = torch.from_numpy(resize_label(pair["label"], self.img_size).astype(np.int64))
+        return item
+
+
+def build_dataset(cfg: DictConfig, stage: str) -> CNDataset:
+    """The dataset of a stage: "train" (augmented), "val"/"test" (labelled), "predict" (no labels)."""
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {tuple(STAGES)}, got {stage!r}")
+    key, mode = STAGES[stage]
+    split = segment_config(cfg)[key]
+    return CNDataset(cfg, split, mode, split_key=f"dataset.segment.{key}")
+
+
+# --------------------------------------------------------------------------- classes: colours and names
+# Binary change maps are shown white on black; more classes get distinct colours (class 0 stays black).
+_MULTI_CLASS_COLOURS = [
+    (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200),
+    (245, 130, 48), (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60),
+]
+
+
+def class_palette(cfg: DictConfig) -> np.ndarray:
+    """uint8 [num_classes, 3] display colour of each class: dataset.segment.color_map, else defaults."""
+    seg = segment_config(cfg)
+    count = int(seg.num_classes)
+    if count == 2:
+        colours = [(0, 0, 0), (255, 255, 255)]
+    else:
+        colours = list(_MULTI_CLASS_COLOURS[:count])
+        for index in range(len(colours), count):  # beyond the table: evenly spaced hues
+            r, g, b = colorsys.hsv_to_rgb((index * 0.618034) % 1.0, 0.8, 0.95)
+            colours.append((int(r * 255), int(g * 255), int(b * 255)))
+    palette = np.asarray(colours, dtype=np.uint8)
+    for key, colour in (seg.color_map or {}).items():
+        palette[int(key)] = np.asarray(list(colour), dtype=np.uint8)
+    return palette
+
+
+def class_names(cfg: DictConfig) -> List[str]:
+    """Name of each class: dataset.segment.class_names, else no_change/change (binary) or class_<i>."""
+    seg = segment_config(cfg)
+    if seg.get("class_names"):
+        return [str(n) for n in seg.class_names]
+    if int(seg.num_classes) == 2:
+        return ["no_change", "change"]
+    return [f"class_{i}" for i in range(int(seg.num_classes))]

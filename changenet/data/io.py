@@ -1,0 +1,183 @@
+"""Reading and writing dataset images: every failure is a DataError that names the file.
+
+`read_image` gives uint8 RGB [H, W, 3]; `read_label` gives the raw mask values uint8 [H, W];
+`write_png` writes atomically (other actions reuse it for masks and visualisations);
+`PngStripWriter` writes a PNG row strip by row strip, for scenes too large to hold in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import BinaryIO, Optional
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from changenet.errors import DataError
+from changenet.fileio import atomic_path
+
+# Remote-sensing scenes routinely exceed Pillow's decompression-bomb limit (89 megapixels); the files
+# read here are the user's own data, so the limit only gets in the way.
+Image.MAX_IMAGE_PIXELS = None
+
+# Pillow modes whose pixels are not 8-bit: converting them to RGB would silently clip the values.
+_WIDE_MODES = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def _open(path: Path, what: str) -> Image.Image:
+    if not path.is_file():
+        raise DataError(f"{what} '{path}' does not exist; check the dataset folder and the split list")
+    try:
+        image = Image.open(path)
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"cannot read {what} '{path}' ({reason}); replace it with a valid PNG/JPEG/TIFF") from None
+    return image
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """The image at `path` as uint8 RGB [H, W, 3] (grey, palette and RGBA images are converted)."""
+    path = Path(path)
+    image = _open(path, "image")
+    if image.mode in _WIDE_MODES:
+        raise DataError(f"image '{path}' has {image.mode} pixels, not 8-bit; convert it to 8-bit RGB")
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.asarray(image, dtype=np.uint8)
+
+
+def read_label(path: str | os.PathLike) -> np.ndarray:
+    """The raw values of the mask at `path` as uint8 [H, W] (no label_transform applied).
+
+    Palette images give their indices; RGB masks are accepted when they are grey (all channels equal).
+    """
+    path = Path(path)
+    image = _open(path, "label")
+    if image.mode in ("RGB", "RGBA"):
+        rgb = np.asarray(image.convert("RGB"))
+        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+            raise DataError(
+                f"label '{path}' is a colour image; labels must be single-channel masks (class index or 0/255 per pixel)"
+            )
+        return np.ascontiguousarray(rgb[..., 0])
+    if image.mode == "LA":
+        image = image.getchannel("L")
+    values = np.asarray(image)
+    if values.ndim != 2:
+        raise DataError(f"label '{path}' has {values.shape[-1]} channels; labels must be single-channel masks")
+    if values.dtype != np.uint8:
+        if values.size and (values.min() < 0 or values.max() > 255):
+            raise DataError(f"label '{path}' holds values outside 0..255 (max {values.max()}); save it as an 8-bit mask")
+        values = values.astype(np.uint8)
+    return values
+
+
+def write_png(path: str | os.PathLike, array: np.ndarray, compress_level: int = 6) -> Path:
+    """Write uint8 [H, W] or [H, W, 3|4] (or uint16 [H, W]) as PNG, atomically; returns the path."""
+    array = np.asarray(array)
+    if array.dtype == np.bool_:
+        raise DataError(f"write_png('{path}'): convert the boolean mask to uint8 (e.g. mask * 255) first")
+    if array.dtype not in (np.uint8, np.uint16) or not (
+        array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4) and array.dtype == np.uint8)
+    ):
+        raise DataError(
+            f"write_png('{path}') takes uint8 [H, W] / [H, W, 3|4] or uint16 [H, W], got {array.dtype} {array.shape}"
+        )
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG", compress_level=compress_level)
+    return Path(path)
+
+
+class PngStripWriter:
+    """Writes a PNG from horizontal strips, so a 8192x8192 scene never has to sit in memory at once.
+
+    Hand-written because Pillow and OpenCV only encode whole in-memory images. The file is the plain
+    PNG layout: signature, IHDR, zlib-compressed rows (filter byte 0) in IDAT chunks, IEND; it appears
+    at `path` only when `close()` finds that every row was written.
+    """
+
+    _SIGNATURE = b"\x89PNG\r\n\x1a\n"
+    _CHUNK_BYTES = 1 << 20
+
+    def __init__(self, path: str | os.PathLike, width: int, height: int, channels: int, compress_level: int = 6):
+        if channels not in (1, 3):
+            raise ValueError("PngStripWriter writes grey (1) or RGB (3) images")
+        self.path = Path(path)
+        self.width, self.height, self.channels = int(width), int(height), int(channels)
+        self.rows_written = 0
+        self._atomic = atomic_path(self.path)
+        self._tmp = self._atomic.__enter__()
+        self._file: Optional[BinaryIO] = open(self._tmp, "wb")
+        self._compressor = zlib.compressobj(compress_level)
+        self._pending = bytearray()
+        colour_type = 0 if channels == 1 else 2
+        self._file.write(self._SIGNATURE)
+        self._chunk(b"IHDR", struct.pack(">IIBBBBB", self.width, self.height, 8, colour_type, 0, 0, 0))
+
+    def _chunk(self, kind: bytes, data: bytes) -> None:
+        assert self._file is not None
+        self._file.write(struct.pack(">I", len(data)) + kind + data)
+        self._file.write(struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    def _flush_idat(self, final: bool = False) -> None:
+        while len(self._pending) >= self._CHUNK_BYTES or (final and self._pending):
+            block = bytes(self._pending[: self._CHUNK_BYTES])
+            del self._pending[: self._CHUNK_BYTES]
+            self._chunk(b"IDAT", block)
+
+    def write_rows(self, strip: np.ndarray) -> None:
+        """Append uint8 rows: [h, width] for grey, [h, width, 3] for RGB."""
+        strip = np.asarray(strip)
+        expected = (self.width,) if self.channels == 1 else (self.width, 3)
+        if strip.dtype != np.uint8 or strip.shape[1:] != expected:
+            raise ValueError(f"strip must be uint8 [h, {', '.join(map(str, expected))}], got {strip.dtype} {strip.shape}")
+        if self.rows_written + strip.shape[0] > self.height:
+            raise ValueError(f"too many rows for '{self.path}' ({self.height} rows)")
+        rows = strip.reshape(strip.shape[0], -1)
+        filtered = np.zeros((rows.shape[0], rows.shape[1] + 1), dtype=np.uint8)  # column 0: filter "none"
+        filtered[:, 1:] = rows
+        self._pending += self._compressor.compress(filtered.tobytes())
+        self._flush_idat()
+        self.rows_written += strip.shape[0]
+
+    def close(self) -> Path:
+        """Finish the file and move it into place; raises if rows are missing (nothing is left behind)."""
+        if self._file is None:
+            return self.path
+        try:
+            if self.rows_written != self.height:
+                raise ValueError(f"'{self.path}' got {self.rows_written} of {self.height} rows")
+            self._pending += self._compressor.flush()
+            self._flush_idat(final=True)
+            self._chunk(b"IEND", b"")
+            self._file.close()
+            self._file = None
+            self._atomic.__exit__(None, None, None)
+        except BaseException as exc:
+            self.abort(exc)
+            raise
+        return self.path
+
+    def abort(self, exc: Optional[BaseException] = None) -> None:
+        """Drop the partial file."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            error = exc or RuntimeError("aborted")
+            try:
+                self._atomic.__exit__(type(error), error, error.__traceback__)
+            except BaseException:  # noqa: BLE001 - atomic_path re-raises the error it was given
+                pass
+
+    def __enter__(self) -> "PngStripWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is None:
+            self.close()
+        else:
+            self.abort(exc)

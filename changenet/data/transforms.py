@@ -1,0 +1,185 @@
+"""Pixel transforms: THE preprocessing (resize + normalise), label mapping and training augmentation.
+
+`preprocess_image` is the one function that turns a uint8 image into model input; evaluation,
+calibration and inference all call it, and CNDataset uses it in eval/predict mode, so every backend
+sees identical inputs. Training uses the same resize and normalise with augmentation in between.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any, Optional, Sequence, Tuple
+
+import albumentations as A
+import cv2
+import numpy as np
+from omegaconf import DictConfig
+
+from changenet.errors import DataError
+
+IGNORE_INDEX = 255  # label value excluded from loss and metrics (padding, unlabelled pixels)
+
+
+def segment_config(cfg: DictConfig) -> DictConfig:
+    """The `dataset.segment` block, given either the whole spec or that block itself."""
+    dataset = cfg.get("dataset")
+    # In the segment block itself, "dataset" is the loader name ("CNDataset"), not a block.
+    return dataset.segment if isinstance(dataset, DictConfig) else cfg
+
+
+# --------------------------------------------------------------------------- resize + normalise
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize uint8 [H, W, C] to size x size: area averaging when shrinking, bilinear when enlarging."""
+    height, width = image.shape[:2]
+    if (height, width) == (size, size):
+        return image
+    shrinking = height >= size and width >= size
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def resize_label(label: np.ndarray, size: int) -> np.ndarray:
+    """Resize a class-index mask to size x size with pixel-centre nearest neighbour (no new values)."""
+    if label.shape[:2] == (size, size):
+        return label
+    # INTER_NEAREST_EXACT samples pixel centres like the bilinear image resize; INTER_NEAREST is half a pixel off.
+    return cv2.resize(label, (size, size), interpolation=cv2.INTER_NEAREST_EXACT)
+
+
+def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """uint8 [H, W, 3] -> float32 [3, H, W] as (x / 255 - mean) / std."""
+    mean_arr = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
+    std_arr = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
+    chw = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
+    chw *= np.float32(1.0 / 255.0)
+    chw -= mean_arr
+    chw /= std_arr
+    return chw
+
+
+def preprocess_image(image: np.ndarray, cfg: DictConfig) -> np.ndarray:
+    """uint8 RGB [H, W, 3] -> float32 [3, S, S] model input (S = dataset.segment.img_size).
+
+    `cfg` is the whole spec (or its dataset.segment block). Returns a numpy array: wrap it with
+    torch.from_numpy for PyTorch; ONNX Runtime and TensorRT take it as is.
+    """
+    seg = segment_config(cfg)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise DataError(f"preprocess_image takes uint8 RGB [H, W, 3] images, got {image.dtype} {image.shape}")
+    return normalize(resize_image(image, int(seg.img_size)), seg.mean, seg.std)
+
+
+def denormalize(chw: np.ndarray, cfg: DictConfig) -> np.ndarray:
+    """Inverse of `normalize` for visualisation: float32 [3, H, W] -> uint8 [H, W, 3]."""
+    seg = segment_config(cfg)
+    mean = np.asarray(seg.mean, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(seg.std, dtype=np.float32).reshape(3, 1, 1)
+    image = (np.asarray(chw, dtype=np.float32) * std + mean) * 255.0
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+
+
+# --------------------------------------------------------------------------- labels
+def to_class_indices(raw: np.ndarray, label_transform: Optional[str], num_classes: int, path: Any) -> np.ndarray:
+    """Apply label_transform to a raw mask and check its values; `path` names the file in errors.
+
+    "norm": 0 stays 0 and every other value becomes 1 (0/255 masks, also tolerant of 0/1 masks and
+    anti-aliased edges). None: values are class indices already. Either way each value must be
+    below num_classes or 255 (ignore).
+    """
+    if label_transform == "norm":
+        return (raw > 0).astype(np.uint8)
+    values = np.unique(raw)
+    bad = values[(values >= num_classes) & (values != IGNORE_INDEX)]
+    if bad.size:
+        hint = " (0/255 masks need label_transform: norm)" if label_transform is None and num_classes == 2 else ""
+        raise DataError(
+            f"label '{path}' has value(s) {', '.join(map(str, bad[:5].tolist()))}, but with num_classes={num_classes} "
+            f"and label_transform={label_transform or 'null'} only 0..{num_classes - 1} and 255 (ignore) are allowed"
+            f"{hint}; fix the mask or dataset.segment.num_classes / label_transform"
+        )
+    return raw
+
+
+# --------------------------------------------------------------------------- augmentation
+class _QuarterTurns(A.RandomRotate90):
+    """Rotation by a fixed multiple of 90 degrees: exact (no interpolation, no border) for image and mask."""
+
+    def __init__(self, turns: int, p: float = 1.0):
+        super().__init__(p=p)
+        self.turns = turns
+
+    def get_params(self) -> dict:
+        return {"factor": self.turns}
+
+
+def _rotation(angle: float) -> A.BasicTransform:
+    if float(angle) % 90 == 0:
+        return _QuarterTurns(int(round(float(angle) / 90)) % 4)
+    # Any other angle leaves empty corners: black in the images, ignored in the label.
+    return A.Rotate(limit=(float(angle), float(angle)), interpolation=cv2.INTER_LINEAR,
+                    mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_CONSTANT,
+                    fill=0, fill_mask=IGNORE_INDEX, p=1.0)
+
+
+class PairAugmentation:
+    """Training augmentation of an image pair and its label, configured by dataset.segment.augmentation.
+
+    Geometric transforms (flip, rotate, scale + crop, padded crop) draw one set of parameters and
+    apply it to A, B and the label alike; photometric ones (colour jitter, blur) are drawn per image,
+    because the two acquisitions differ in light and sharpness independently.
+    Inputs and outputs are img_size x img_size: uint8 [S, S, 3] images and a uint8 [S, S] label.
+    """
+
+    # Scale range of with_scale_random_crop and the blur strength; the spec has no keys for them.
+    SCALE_RANGE: Tuple[float, float] = (1.0, 1.2)
+    BLUR_SIGMA: Tuple[float, float] = (0.1, 1.0)
+    BLUR_PROBABILITY = 0.5
+    # with_random_crop shifts the crop window by up to img_size / 16 past the border.
+    CROP_PAD_FRACTION = 1 / 16
+
+    def __init__(self, aug_cfg: DictConfig, img_size: int):
+        size = int(img_size)
+        geometric: list = []
+        flip = aug_cfg.random_flip
+        if flip.enable:
+            geometric += [A.HorizontalFlip(p=float(flip.hflip_probability)),
+                          A.VerticalFlip(p=float(flip.vflip_probability))]
+        rotate = aug_cfg.random_rotate
+        if rotate.enable and len(rotate.angle_list) and rotate.rotate_probability > 0:
+            geometric.append(A.OneOf([_rotation(angle) for angle in rotate.angle_list],
+                                     p=float(rotate.rotate_probability)))
+        if aug_cfg.with_scale_random_crop.enable:
+            low, high = self.SCALE_RANGE
+            geometric += [A.RandomScale(scale_limit=(low - 1.0, high - 1.0), interpolation=cv2.INTER_LINEAR,
+                                        mask_interpolation=cv2.INTER_NEAREST_EXACT, p=1.0),
+                          A.RandomCrop(size, size)]
+        if aug_cfg.with_random_crop:
+            pad = max(1, int(round(size * self.CROP_PAD_FRACTION)))
+            geometric += [A.PadIfNeeded(min_height=size + 2 * pad, min_width=size + 2 * pad,
+                                        border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=IGNORE_INDEX),
+                          A.RandomCrop(size, size)]
+        photometric: list = []
+        color = aug_cfg.random_color
+        if color.enable and color.color_probability > 0:
+            photometric.append(A.ColorJitter(brightness=float(color.brightness), contrast=float(color.contrast),
+                                             saturation=float(color.saturation), hue=float(color.hue),
+                                             p=float(color.color_probability)))
+        if aug_cfg.with_random_blur:
+            photometric.append(A.GaussianBlur(blur_limit=0, sigma_limit=self.BLUR_SIGMA, p=self.BLUR_PROBABILITY))
+
+        self.geometric = A.Compose(geometric, p=1.0, additional_targets={"image_b": "image"})
+        self.photometric = A.Compose(photometric, p=1.0)
+        self.reseed(int.from_bytes(os.urandom(8), "little"))
+
+    def reseed(self, seed: int) -> None:
+        """Restart the random stream. One generator serves every transform (albumentations' own
+        `set_random_seed` gives each transform the same seed, which would couple e.g. the two flips)."""
+        generator, py_random = np.random.default_rng(seed), random.Random(seed)
+        self.geometric.set_random_state(generator, py_random)
+        self.photometric.set_random_state(generator, py_random)
+
+    def __call__(self, image_a: np.ndarray, image_b: np.ndarray, label: np.ndarray):
+        out = self.geometric(image=image_a, image_b=image_b, mask=label)
+        image_a = self.photometric(image=out["image"])["image"]
+        image_b = self.photometric(image=out["image_b"])["image"]
+        return image_a, image_b, out["mask"]

@@ -1,0 +1,57 @@
+"""Fixtures shared by every test file.
+
+synth_root (session scope)
+    Path of a tiny synthetic dataset in the LEVIR-CD layout, generated once per test session:
+    12 train / 4 val / 4 test / 4 predict pairs, 64x64, two classes (labels 0/255), seed 0.
+    Treat it as read-only: it is shared by all tests.
+tiny_spec_factory
+    Function `(*overrides) -> DictConfig`: the tiny CPU spec below plus extra `key=value` overrides.
+tiny_spec
+    A loaded spec (changenet.config.load_spec) for a CPU-sized run on synth_root:
+    model.backbone.type=fan_tiny_8_p4_hybrid, dataset.segment.img_size=64, batch_size=4, workers=0,
+    train.num_epochs=1, results_dir=<tmp_path>/results.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from omegaconf import DictConfig
+
+from changenet.config import load_spec
+
+SYNTH_PAIRS = {"num_train": 12, "num_val": 4, "num_test": 4, "num_predict": 4}
+SYNTH_IMG_SIZE = 64
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from changenet.data.synth import generate_dataset
+
+    root = tmp_path_factory.mktemp("synth") / "levir"
+    generate_dataset(root, img_size=SYNTH_IMG_SIZE, num_classes=2, seed=0, show_progress=False, **SYNTH_PAIRS)
+    return root
+
+
+@pytest.fixture
+def tiny_spec_factory(synth_root: Path, tmp_path: Path) -> Callable[..., DictConfig]:
+    def make(*overrides: str) -> DictConfig:
+        base = [
+            f"dataset.segment.root_dir={synth_root}",
+            "model.backbone.type=fan_tiny_8_p4_hybrid",
+            f"dataset.segment.img_size={SYNTH_IMG_SIZE}",
+            "dataset.segment.batch_size=4",
+            "dataset.segment.workers=0",
+            "train.num_epochs=1",
+            f"results_dir={tmp_path / 'results'}",
+        ]
+        return load_spec(None, base + list(overrides))
+
+    return make
+
+
+@pytest.fixture
+def tiny_spec(tiny_spec_factory: Callable[..., DictConfig]) -> DictConfig:
+    return tiny_spec_factory()
