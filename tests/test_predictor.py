@@ -40,6 +40,9 @@ def test_batch_plan_fixed_and_max():
     capped = RecordingPredictor(max_batch_size=3)
     assert capped.batch_plan(7) == [(0, 3, 3), (3, 6, 3), (6, 7, 1)]
     assert RecordingPredictor().batch_plan(5) == [(0, 5, 5)]
+    # an engine profile whose smallest batch is 2: short chunks are padded up to it
+    profile = RecordingPredictor(max_batch_size=4, min_batch_size=2)
+    assert profile.batch_plan(9) == [(0, 4, 4), (4, 8, 4), (8, 9, 2)]
 
 
 @pytest.mark.parametrize("kwargs", [{"fixed_batch_size": 4}, {"max_batch_size": 3}, {}])

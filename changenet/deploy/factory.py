@@ -36,4 +36,4 @@ def predictor_from_spec(cfg: DictConfig, block: str) -> Predictor:
         return OnnxRuntimePredictor.from_onnx(path, cfg)
     from changenet.deploy.trt_predictor import TensorRTPredictor
 
-    return TensorRTPredictor.from_engine(path, cfg)
+    return TensorRTPredictor.from_engine(path, cfg, gpu_id=int(cfg[block].gpu_ids[0]))

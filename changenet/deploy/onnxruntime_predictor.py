@@ -8,12 +8,10 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from changenet.deploy.predictor import NUM_OUTPUTS, Predictor
+from changenet.deploy.predictor import INPUT_NAMES, NUM_OUTPUTS, OUTPUT_NAMES, Predictor
 from changenet.deploy.sidecar import read_sidecar
 from changenet.errors import ModelError
 
-INPUT_NAMES = ("input0", "input1")
-OUTPUT_NAMES = ("output0", "output1", "output2", "output3", "output_final")
 # Preferred execution providers, fastest first; only those this onnxruntime build has are used.
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 

@@ -17,6 +17,9 @@ import torch.nn.functional as F
 from changenet.errors import ModelError
 
 NUM_OUTPUTS = 5  # [p_c4, p_c3, p_c2, p_c1, final]
+# The exported model's tensor names (DESIGN.md export contract), outputs in decoder order.
+INPUT_NAMES = ("input0", "input1")
+OUTPUT_NAMES = ("output0", "output1", "output2", "output3", "output_final")
 
 
 class Predictor(ABC):
@@ -30,6 +33,7 @@ class Predictor(ABC):
         input_size: Optional[Tuple[int, int]] = None,
         fixed_batch_size: Optional[int] = None,
         max_batch_size: Optional[int] = None,
+        min_batch_size: int = 1,
         multi_scale_infer: bool = False,
         align_corners: bool = False,
     ) -> None:
@@ -37,6 +41,7 @@ class Predictor(ABC):
         self.input_size = tuple(input_size) if input_size is not None else None  # (H, W) or any
         self.fixed_batch_size = fixed_batch_size
         self.max_batch_size = max_batch_size
+        self.min_batch_size = min_batch_size
         self.multi_scale_infer = multi_scale_infer
         self.align_corners = align_corners
 
@@ -44,6 +49,10 @@ class Predictor(ABC):
     @abstractmethod
     def _forward(self, a: np.ndarray, b: np.ndarray) -> List[np.ndarray]:
         """Run the model on a batch within the backend's limits; return the 5 outputs (logits)."""
+
+    def _forward_chunks(self, chunks: List[Tuple[np.ndarray, np.ndarray]]) -> List[List[np.ndarray]]:
+        """All chunks of one call; a backend that can overlap chunks (TensorRT streams) overrides this."""
+        return [self._forward(a, b) for a, b in chunks]
 
     def close(self) -> None:
         """Release backend resources."""
@@ -68,12 +77,13 @@ class Predictor(ABC):
             )
 
     def batch_plan(self, batch: int) -> List[Tuple[int, int, int]]:
-        """Chunks (start, stop, padded_size) covering `batch` items within the backend's batch limits."""
+        """Chunks (start, stop, padded_size) covering `batch` items within the backend's batch limits:
+        at most max (or exactly the fixed) batch each, padded up to the fixed or minimum batch."""
         step = self.fixed_batch_size or self.max_batch_size or batch
         plan = []
         for start in range(0, batch, step):
             stop = min(start + step, batch)
-            padded = self.fixed_batch_size if self.fixed_batch_size else stop - start
+            padded = self.fixed_batch_size or max(stop - start, self.min_batch_size)
             plan.append((start, stop, padded))
         return plan
 
@@ -82,14 +92,11 @@ class Predictor(ABC):
         a = np.ascontiguousarray(a, dtype=np.float32)
         b = np.ascontiguousarray(b, dtype=np.float32)
         self.check_inputs(a, b)
+        plan = self.batch_plan(a.shape[0])
+        # Short chunks repeat their last pair up to the padded size; those outputs are dropped below.
+        chunks = [(_pad_batch(a[start:stop], padded), _pad_batch(b[start:stop], padded)) for start, stop, padded in plan]
         pieces: List[List[np.ndarray]] = []
-        for start, stop, padded in self.batch_plan(a.shape[0]):
-            chunk_a, chunk_b = a[start:stop], b[start:stop]
-            if padded > stop - start:  # fixed-batch model: repeat the last pair, drop its outputs later
-                extra = padded - (stop - start)
-                chunk_a = np.concatenate([chunk_a, np.repeat(chunk_a[-1:], extra, axis=0)])
-                chunk_b = np.concatenate([chunk_b, np.repeat(chunk_b[-1:], extra, axis=0)])
-            outputs = self._forward(chunk_a, chunk_b)
+        for (start, stop, _), outputs in zip(plan, self._forward_chunks(chunks)):
             if len(outputs) != NUM_OUTPUTS:
                 raise ModelError(f"{self.backend} model returned {len(outputs)} outputs, expected {NUM_OUTPUTS}")
             pieces.append([o[: stop - start] for o in outputs])
@@ -112,6 +119,12 @@ class Predictor(ABC):
     def predict(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Class map [B, H, W] (uint8)."""
         return self.predict_scores(a, b).argmax(axis=1).astype(np.uint8)
+
+
+def _pad_batch(chunk: np.ndarray, size: int) -> np.ndarray:
+    if chunk.shape[0] >= size:
+        return chunk
+    return np.concatenate([chunk, np.repeat(chunk[-1:], size - chunk.shape[0], axis=0)])
 
 
 def combine_multi_scale(outputs: Sequence[torch.Tensor], align_corners: bool = False) -> torch.Tensor:
