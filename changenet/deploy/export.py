@@ -1,0 +1,480 @@
+"""`changenet export`: checkpoint -> ONNX (inputs input0/input1, outputs output0..3 + output_final).
+
+Every export is checked with onnx.checker and verified against PyTorch with ONNX Runtime before the
+file appears under its name; a sidecar JSON beside it records what later stages need.
+
+Exporter choice: opset >= 17 uses the torch.export-based exporter (a clean graph that keeps
+LayerNormalization as one op, which TensorRT fuses; it writes opset 18, converted down to 17 after
+its optimiser ran). LayerNormalization does not exist before opset 17 and that exporter cannot
+lower it, so opsets 12-16 use the TorchScript exporter, which spells LayerNorm out in primitive ops.
+If the torch.export route fails on a model, the TorchScript one is tried before giving up.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import onnx
+import torch
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from torch import nn
+
+from changenet.deploy.verify import (
+    INPUT_NAMES,
+    MIN_AGREEMENT,
+    OUTPUT_NAMES,
+    Pairs,
+    Verification,
+    check_graph,
+    compare,
+    random_pairs,
+    require_pass,
+    sample_pairs,
+)
+from changenet.errors import ModelError, SpecError
+from changenet.fileio import atomic_path, sha256_file
+
+DEFAULT_OPSET = 17
+MIN_OPSET = 12
+FIRST_OPSET_WITH_LAYERNORM = 17
+DYNAMO_NATIVE_OPSET = 18  # the oldest opset the torch.export-based exporter writes directly
+SDPA_OPSET = 14  # the TorchScript exporter translates scaled_dot_product_attention from this opset on
+EXPORTERS = ("auto", "dynamo", "torchscript")
+# Protobuf cannot hold more than 2 GiB; bigger models (ViT-H) keep their weights in <model>.onnx.data.
+EXTERNAL_DATA_BYTES = 1_800_000_000
+BATCH_AXIS = "batch"
+
+
+@dataclass
+class ExportResult:
+    onnx_path: Path
+    exporter: str  # "dynamo" (torch.export) or "torchscript"
+    opset_version: int
+    input_height: int
+    input_width: int
+    batch_size: int  # -1 = dynamic
+    verification: Optional[Verification]
+    seconds: float
+    notes: List[str] = field(default_factory=list)
+    external_data: Optional[Path] = None
+
+
+# --------------------------------------------------------------------------- Python API
+def export_onnx(
+    model: nn.Module,
+    onnx_path: str | os.PathLike,
+    height: int,
+    width: int,
+    batch_size: int = -1,
+    opset: int = DEFAULT_OPSET,
+    *,
+    device: Optional[torch.device | str] = None,
+    pairs: Optional[Pairs] = None,
+    verify: bool = True,
+    min_agreement: float = MIN_AGREEMENT,
+    exporter: str = "auto",
+    sidecar: Optional[Dict[str, object]] = None,
+    verbose: bool = False,
+    console: Optional[Console] = None,
+) -> ExportResult:
+    """Export a ChangeNet to `onnx_path` for [batch_size, 3, height, width] inputs (-1: dynamic batch).
+
+    `pairs` = (A, B, note): normalised float32 [N, 3, H, W] arrays for the verification (default
+    random images). With `sidecar`, `<onnx_path>.json` is written holding those fields plus the export's
+    own (input size, batch size, opset, verification). The ONNX file appears only once it has passed.
+    """
+    console = console or Console(stderr=True)
+    onnx_path = Path(onnx_path)
+    _check_export_args(model, height, width, batch_size, opset, exporter)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model = model.eval().to(device)
+    dynamic = batch_size == -1
+    # torch.export treats a size-1 dimension as fixed, so a dynamic batch is traced with two items.
+    sample_batch = 2 if dynamic else batch_size
+    check_batches = [1, 2] if dynamic else [batch_size]
+    if pairs is None:
+        pairs = random_pairs(max(check_batches), height, width)
+    a, b, inputs_note = pairs
+    if a.shape[0] < max(check_batches):
+        reps = -(-max(check_batches) // a.shape[0])
+        a, b = np.concatenate([a] * reps), np.concatenate([b] * reps)
+
+    start = time.perf_counter()
+    verification: Optional[Verification] = None
+    sample = tuple(torch.from_numpy(np.ascontiguousarray(x[:sample_batch])).to(device) for x in (a, b))
+    with torch.inference_mode():
+        reference = [o.detach() for o in model(*sample)]
+    if len(reference) != len(OUTPUT_NAMES):
+        raise ModelError(f"the model returns {len(reference)} outputs; a ChangeNet returns {len(OUTPUT_NAMES)}")
+    num_classes = int(reference[-1].shape[1])
+    external = _parameter_bytes(model) > EXTERNAL_DATA_BYTES
+    data_path = onnx_path.with_name(onnx_path.name + ".data") if external else None
+
+    with atomic_path(onnx_path) as final_tmp, tempfile.TemporaryDirectory(
+        prefix=f".{onnx_path.name}.", dir=onnx_path.parent
+    ) as work:
+        # The exporters name external weight files after the model file, so they write into a private
+        # folder under the real file name; the finished model is renamed into place at the end.
+        work_file = Path(work) / onnx_path.name
+        used, notes = _export_graph(model, sample, work_file, opset, dynamic, exporter, external, console)
+        with _step(console, "Finishing and checking the graph (onnx.checker, shape inference)"):
+            _finish_graph(work_file, reference, dynamic, external)
+            checked = check_graph(work_file)
+        if verbose:
+            print_graph_summary(checked, work_file, console)
+        if verify:
+            with _step(console, f"Verifying against PyTorch at batch {', '.join(map(str, check_batches))}"):
+                verification = _verify(work_file, model, num_classes, device, a, b, check_batches, inputs_note,
+                                       min_agreement)
+            require_pass(verification, onnx_path)
+        if data_path is not None:
+            shutil.move(str(Path(work) / data_path.name), data_path)
+        os.replace(work_file, final_tmp)
+
+    result = ExportResult(
+        onnx_path=onnx_path, exporter=used, opset_version=opset, input_height=height, input_width=width,
+        batch_size=batch_size, verification=verification, seconds=time.perf_counter() - start, notes=notes,
+        external_data=data_path,
+    )
+    if sidecar is not None:
+        from changenet.deploy.sidecar import write_sidecar
+
+        write_sidecar(onnx_path, sidecar_record(result, sidecar))
+    return result
+
+
+def sidecar_record(result: ExportResult, fields: Dict[str, object]) -> Dict[str, object]:
+    """The sidecar: the caller's fields (classes, normalisation, ...) plus the export's own figures."""
+    record = dict(fields)
+    record.update(
+        input_height=result.input_height,
+        input_width=result.input_width,
+        batch_size=result.batch_size,
+        opset_version=result.opset_version,
+        input_names=list(INPUT_NAMES),
+        output_names=list(OUTPUT_NAMES),
+        exporter=result.exporter,
+        verification=result.verification.to_dict() if result.verification else None,
+    )
+    return record
+
+
+# --------------------------------------------------------------------------- CLI action
+def export(cfg: DictConfig) -> Dict[str, object]:
+    """`changenet export -e spec.yaml export.checkpoint=... export.onnx_file=...`"""
+    from changenet.config import require, require_path
+    from changenet.data import class_names, class_palette
+    from changenet.deploy.torch_predictor import pick_device
+    from changenet.model import build_model
+    from changenet.train.checkpoint import load_model_from_checkpoint
+
+    spec = cfg.export
+    seg = cfg.dataset.segment
+    if spec.input_channel != 3:
+        raise SpecError(
+            f"spec key 'export.input_channel' is {spec.input_channel} but ChangeNet takes RGB image pairs; "
+            "set export.input_channel=3"
+        )
+    checkpoint = require_path(cfg, "export.checkpoint", "export")
+    onnx_path = Path(str(require(cfg, "export.onnx_file", "export"))).expanduser()
+    height = int(spec.input_height if spec.input_height is not None else seg.img_size)
+    width = int(spec.input_width if spec.input_width is not None else seg.img_size)
+    device = pick_device(spec.gpu_id, spec.on_cpu)
+    # A shapes-only model on the meta device checks the input size before the (slow) checkpoint load.
+    with torch.device("meta"):
+        _check_input_size(build_model(cfg, load_pretrained=False), height, width, str(cfg.model.backbone.type))
+
+    console = Console(stderr=True)
+    with _step(console, f"Loading checkpoint '{checkpoint}' (export on {device})"):
+        model = load_model_from_checkpoint(checkpoint, cfg)
+        checkpoint_sha256 = sha256_file(checkpoint)
+    with _step(console, "Preparing verification inputs"):
+        pairs = sample_pairs(cfg, 2 if spec.batch_size == -1 else spec.batch_size, height, width)
+    fields = {
+        "num_classes": int(seg.num_classes),
+        "backbone": str(cfg.model.backbone.type),
+        "mean": [float(v) for v in seg.mean],
+        "std": [float(v) for v in seg.std],
+        "class_names": class_names(cfg),
+        "color_map": {str(i): [int(c) for c in rgb] for i, rgb in enumerate(class_palette(cfg))},
+        "align_corners": bool(cfg.model.decode_head.align_corners),
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": checkpoint_sha256,
+    }
+    result = export_onnx(
+        model, onnx_path, height, width, spec.batch_size, spec.opset_version, device=device, pairs=pairs,
+        sidecar=fields, verbose=spec.verbose, console=console,
+    )
+    print_export_table(result, console)
+    return sidecar_record(result, fields)
+
+
+# --------------------------------------------------------------------------- checks
+def _check_export_args(model: nn.Module, height: int, width: int, batch_size: int, opset: int, exporter: str) -> None:
+    if opset < MIN_OPSET:
+        raise SpecError(f"spec key 'export.opset_version' must be {MIN_OPSET} or newer, got {opset}")
+    if batch_size == 0 or batch_size < -1:
+        raise SpecError(f"spec key 'export.batch_size' must be -1 (dynamic) or >= 1, got {batch_size}")
+    if exporter not in EXPORTERS:
+        raise SpecError(f"exporter must be one of {', '.join(EXPORTERS)}, got '{exporter}'")
+    _check_input_size(model, height, width)
+
+
+def _check_input_size(model: nn.Module, height: int, width: int, name: Optional[str] = None) -> None:
+    """Both sides must be multiples of the backbone's largest stride (and of its patch stride)."""
+    from changenet.model.changenet import check_input_size
+
+    backbone = getattr(model, "backbone", None)
+    if backbone is None or not hasattr(backbone, "strides"):
+        return  # not a ChangeNet (a wrapped or test model): the exporter itself will complain
+    name = name or type(backbone).__name__
+    check_input_size(backbone, height, name, key="export.input_height")
+    check_input_size(backbone, width, name, key="export.input_width")
+
+
+# --------------------------------------------------------------------------- exporting
+def _exporter_order(exporter: str, opset: int) -> List[str]:
+    if exporter != "auto":
+        return [exporter]
+    if opset >= FIRST_OPSET_WITH_LAYERNORM:
+        return ["dynamo", "torchscript"]
+    return ["torchscript"]
+
+
+def _export_graph(model: nn.Module, sample: Tuple[torch.Tensor, ...], path: Path, opset: int, dynamic: bool,
+                  exporter: str, external: bool, console: Console) -> Tuple[str, List[str]]:
+    """Write the ONNX graph to `path` with the first exporter that succeeds; (exporter used, notes)."""
+    order = _exporter_order(exporter, opset)
+    notes: List[str] = []
+    for attempt in order:
+        label = "torch.export" if attempt == "dynamo" else "TorchScript"
+        try:
+            with _step(console, f"Exporting to ONNX (opset {opset}, {label} exporter)"):
+                _run_exporter(model, sample, path, opset, dynamic, attempt, external)
+                _require_opset(path, opset)
+            return attempt, notes
+        except Exception as exc:  # noqa: BLE001 - whatever broke one exporter, the other may still work
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if attempt == order[-1]:
+                raise ModelError(f"ONNX export (opset {opset}) failed: {reason[:300]}") from None
+            notes.append(f"{label} exporter failed ({reason[:160]}); trying the next exporter")
+            console.print(f"[yellow]![/] {escape(notes[-1])}")
+            _clear_folder(path.parent)
+    raise AssertionError("unreachable: the last exporter either returns or raises")
+
+
+def _run_exporter(model: nn.Module, sample: Tuple[torch.Tensor, ...], path: Path, opset: int, dynamic: bool,
+                  exporter: str, external: bool) -> None:
+    names = dict(input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES), verbose=False)
+    with _quiet_exporter(), torch.no_grad():
+        if exporter == "dynamo":
+            batch = torch.export.Dim(BATCH_AXIS, min=1)
+            # The exporter's own conversion below its native opset runs before constant folding and
+            # fails on ops whose axes are still computed (ReduceMean); converting the optimised graph works.
+            program = torch.onnx.export(
+                model, sample, dynamo=True, optimize=True, opset_version=max(opset, DYNAMO_NATIVE_OPSET),
+                dynamic_shapes=({0: batch}, {0: batch}) if dynamic else None, **names,
+            )
+            program.save(str(path), external_data=external)
+            if opset < DYNAMO_NATIVE_OPSET:
+                _convert_opset(path, opset)
+        else:
+            axes = {name: {0: BATCH_AXIS} for name in INPUT_NAMES + OUTPUT_NAMES} if dynamic else None
+            with _explicit_attention(opset):
+                torch.onnx.export(model, sample, str(path), dynamo=False, dynamic_axes=axes, opset_version=opset,
+                                  do_constant_folding=True, **names)
+
+
+def _convert_opset(path: Path, opset: int) -> None:
+    """Rewrite the model at `path` for an older opset (weights in an external file stay there)."""
+    from onnx import version_converter
+
+    model = version_converter.convert_version(onnx.load(str(path), load_external_data=False), opset)
+    # onnx's converter moves Reduce* axes from input (opset 18) to attribute but keeps the opset-18-only
+    # attribute noop_with_empty_axes, which the checker rejects; with explicit axes it has no effect.
+    for node in model.graph.node:
+        if node.op_type.startswith("Reduce") and any(a.name == "axes" and a.ints for a in node.attribute):
+            kept = [a for a in node.attribute if a.name != "noop_with_empty_axes"]
+            del node.attribute[:]
+            node.attribute.extend(kept)
+    onnx.save_model(model, str(path))
+
+
+@contextlib.contextmanager
+def _explicit_attention(opset: int) -> Iterator[None]:
+    """The TorchScript exporter has no ONNX form of scaled_dot_product_attention before opset 14: while
+    tracing, compute attention as softmax(q k^T * scale) v, the same maths in plain ops."""
+    if opset >= SDPA_OPSET:
+        yield
+        return
+    fused = torch.nn.functional.scaled_dot_product_attention
+
+    def explicit(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **extra):
+        if attn_mask is not None or is_causal or dropout_p or extra:
+            return fused(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                         scale=scale, **extra)
+        scale = query.shape[-1] ** -0.5 if scale is None else scale
+        return torch.softmax((query * scale) @ key.transpose(-2, -1), dim=-1) @ value
+
+    torch.nn.functional.scaled_dot_product_attention = explicit
+    try:
+        yield
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = fused
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Hide the exporters' tracer warnings and log lines (torchvision absent, opset conversion notes):
+    they are about the exporter's internals, and a failed export is reported with its reason anyway."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript", "onnx_ir")]
+    levels = [log.level for log in loggers]
+    try:
+        for log in loggers:
+            log.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
+
+
+def _require_opset(path: Path, opset: int) -> None:
+    model = onnx.load(str(path), load_external_data=False)
+    got = [entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")]
+    if got != [opset]:
+        raise ModelError(f"the exporter wrote opset {got[0] if got else '?'} instead of {opset}")
+
+
+def _finish_graph(path: Path, reference: Sequence[torch.Tensor], dynamic: bool, external: bool) -> None:
+    """Declare the exact output shapes (the TorchScript exporter leaves symbolic sizes even for fixed
+    axes) and stamp the producer; save the model back."""
+    model = onnx.load(str(path))
+    for output, tensor in zip(model.graph.output, reference):
+        dims = output.type.tensor_type.shape.dim
+        del dims[:]
+        for axis, size in enumerate(tensor.shape):
+            dim = dims.add()
+            if axis == 0 and dynamic:
+                dim.dim_param = BATCH_AXIS
+            else:
+                dim.dim_value = int(size)
+    # Intermediate shapes from the exporter may carry the same stale symbols; the checker infers them again.
+    del model.graph.value_info[:]
+    model.producer_name = "changenet"
+    import changenet
+
+    model.producer_version = getattr(changenet, "__version__", "")
+    if external:
+        for exporter_file in path.parent.iterdir():
+            if exporter_file != path:
+                exporter_file.unlink()  # the exporter's own weight file(s): saved again below as one file
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(model, str(path))
+
+
+def _clear_folder(folder: Path) -> None:
+    for item in folder.iterdir():
+        if item.is_dir():
+            shutil.rmtree(item)
+        else:
+            item.unlink()
+
+
+def _parameter_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+
+
+def _verify(onnx_path: Path, model: nn.Module, num_classes: int, device: torch.device, a: np.ndarray, b: np.ndarray,
+            batch_sizes: Sequence[int], inputs_note: str, min_agreement: float) -> Verification:
+    from changenet.deploy.onnxruntime_predictor import OnnxRuntimePredictor
+    from changenet.deploy.torch_predictor import TorchPredictor
+
+    # The PyTorch side runs in exact fp32 NCHW, as traced, so the differences measured are the export's.
+    torch_side = TorchPredictor(model, num_classes, device=device, channels_last=False)
+    with OnnxRuntimePredictor(onnx_path, num_classes) as onnx_side, _exact_fp32():
+        return compare(onnx_side, torch_side, a, b, batch_sizes, inputs_note, min_agreement)
+
+
+@contextlib.contextmanager
+def _exact_fp32() -> Iterator[None]:
+    """Ampere and newer GPUs run fp32 convolutions as TF32 by default (10-bit mantissa): turn that off
+    while PyTorch serves as the reference."""
+    matmul_precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
+            yield
+    finally:
+        torch.set_float32_matmul_precision(matmul_precision)
+
+
+# --------------------------------------------------------------------------- reporting
+@contextlib.contextmanager
+def _step(console: Console, text: str) -> Iterator[None]:
+    """A spinner while the step runs, then a tick line with its duration."""
+    start = time.perf_counter()
+    with console.status(text):
+        yield
+    console.print(f"[green]✓[/] {text} [dim]({time.perf_counter() - start:.1f} s)[/]")
+
+
+def _shape_text(value_info: onnx.ValueInfoProto) -> str:
+    dims = value_info.type.tensor_type.shape.dim
+    return escape("[" + ", ".join(d.dim_param or str(d.dim_value) for d in dims) + "]")  # not rich markup
+
+
+def print_graph_summary(model: onnx.ModelProto, path: Path, console: Console) -> None:
+    """Inputs/outputs with shapes, then node counts per op type (export.verbose)."""
+    params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), "?")
+    console.print(f"[bold]{path.name}[/]: opset {opset}, {len(model.graph.node)} nodes, "
+                  f"{params / 1e6:.2f} M parameters")
+    io_table = Table(title="inputs and outputs", show_edge=False)
+    for column in ("kind", "name", "type", "shape"):
+        io_table.add_column(column)
+    for kind, values in (("input", model.graph.input), ("output", model.graph.output)):
+        for value in values:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+            io_table.add_row(kind, value.name, str(dtype), _shape_text(value))
+    console.print(io_table)
+    counts = collections.Counter(node.op_type for node in model.graph.node)
+    console.print("operators: " + ", ".join(f"{op_type} {count}" for op_type, count in counts.most_common()))
+
+
+def print_export_table(result: ExportResult, console: Console) -> None:
+    size_mb = result.onnx_path.stat().st_size / 1e6
+    if result.external_data is not None:
+        size_mb += result.external_data.stat().st_size / 1e6
+    batch = "dynamic" if result.batch_size == -1 else str(result.batch_size)
+    console.print(
+        f"Wrote [bold]{result.onnx_path}[/] ({size_mb:.1f} MB, opset {result.opset_version}, {result.exporter} "
+        f"exporter, input {result.input_height}x{result.input_width}, batch {batch}) in {result.seconds:.1f} s"
+    )
+    if result.verification is None:
+        return
+    table = Table(title=f"ONNX Runtime vs PyTorch ({result.verification.inputs})", show_edge=False)
+    for column in ("batch", "max|diff| final", "max|diff| all", "argmax agree", "onnxruntime ms", "torch ms"):
+        table.add_column(column, justify="right")
+    for check in result.verification.checks:
+        table.add_row(str(check.batch_size), f"{check.max_abs_diff:.2e}", f"{check.max_abs_diff_all_outputs:.2e}",
+                      f"{100 * check.argmax_agreement:.3f}%", f"{check.onnxruntime_ms:.1f}", f"{check.torch_ms:.1f}")
+    console.print(table)
+    console.print(f"sidecar: {result.onnx_path}.json")
