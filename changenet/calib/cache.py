@@ -1,0 +1,157 @@
+"""The INT8 calibration cache in TensorRT's text format, and the check that it belongs to a model.
+
+    TRT-<version>-EntropyCalibration2        (or MinMaxCalibration)
+    input0: 3c010204
+    /stem/Conv_output_0: 3b8e38e4
+    ...
+
+One line per activation tensor: its name, then its scale (amax / 127) as the 8 hex digits of the
+IEEE-754 float32, big-endian. TensorRT 8-10 read and write this file in their calibrators and
+ModelOpt imports it; the scales round-trip bit-exactly. TensorRT's own file carries no record of
+the model it was made for, so the cache's sidecar (`<cache>.json`) keeps the SHA-256 of the source
+ONNX: a cache made for another model is refused instead of silently mis-scaling it.
+
+Hand-written: the format is a few lines of text, and no installed library writes it (ModelOpt
+only reads it).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from changenet.deploy.sidecar import read_sidecar, write_sidecar
+from changenet.errors import ModelError
+from changenet.fileio import atomic_path
+
+# calibration method -> TensorRT calibrator algorithm named in the header. Percentile is not a
+# TensorRT algorithm; its scales are clipped maxima, which TensorRT's min-max reader takes as they are.
+ALGORITHMS = {
+    "entropy": "EntropyCalibration2",
+    "max": "MinMaxCalibration",
+    "minmax": "MinMaxCalibration",
+    "percentile": "MinMaxCalibration",
+}
+# Stands in for the installed TensorRT's version where none is installed (TensorRT-RTX has no calibrator).
+DEFAULT_TRT_VERSION = "10.13.0"
+INT8_MAX = 127.0
+
+
+def canonical_method(method: str) -> str:
+    """One name per algorithm: ModelOpt calls min-max 'max', ONNX Runtime 'minmax'."""
+    return "minmax" if method in ("max", "minmax") else method
+
+
+def trt_version_number(version: str) -> int:
+    """TensorRT's NV_TENSORRT_VERSION integer: 8.6.1 -> 8601, 10.13.0 -> 101300 (10 and later use two digits
+    for the minor and patch numbers)."""
+    parts = [int(p) for p in (version.split(".") + ["0", "0"])[:3]]
+    major, minor, patch = parts
+    return major * 10000 + minor * 100 + patch if major >= 10 else major * 1000 + minor * 100 + patch
+
+
+def installed_trt_version() -> str:
+    try:
+        import tensorrt  # type: ignore[import-not-found]
+
+        return str(tensorrt.__version__)
+    except ImportError:
+        return DEFAULT_TRT_VERSION
+
+
+def scale_to_hex(scale: float) -> str:
+    return struct.pack(">f", float(scale)).hex()
+
+
+def hex_to_scale(text: str) -> np.float32:
+    return np.frombuffer(bytes.fromhex(text), dtype=">f4")[0].astype(np.float32)
+
+
+@dataclass
+class CalibrationCache:
+    scales: Dict[str, np.float32]  # activation tensor -> scale (amax / 127)
+    algorithm: str = "EntropyCalibration2"
+    trt_version: int = field(default_factory=lambda: trt_version_number(installed_trt_version()))
+
+    @property
+    def header(self) -> str:
+        return f"TRT-{self.trt_version}-{self.algorithm}"
+
+
+def scale_from_amax(amax: float) -> np.float32:
+    """amax / 127 as float32. A tensor that was always 0 gets scale 1 (any scale represents it; 0 would
+    divide by zero in QuantizeLinear), as ONNX Runtime does."""
+    scale = np.float32(float(amax) / INT8_MAX)
+    return scale if scale > np.finfo(np.float32).tiny else np.float32(1.0)
+
+
+def write_cache(path: str | os.PathLike, cache: CalibrationCache, sidecar: Dict[str, Any]) -> Path:
+    """Write the cache file and its sidecar atomically."""
+    lines = [cache.header]
+    for name, scale in cache.scales.items():
+        if not math.isfinite(float(scale)) or float(scale) <= 0:
+            raise ModelError(f"calibration gave tensor '{name}' the scale {scale}; check the calibration images")
+        if ": " in name or "\n" in name:
+            raise ModelError(f"tensor name '{name}' cannot be written to a TensorRT calibration cache")
+        lines.append(f"{name}: {scale_to_hex(scale)}")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    write_sidecar(path, {"kind": "tensorrt_calibration_cache", "algorithm": cache.algorithm, **sidecar})
+    return path
+
+
+def read_cache(path: str | os.PathLike) -> CalibrationCache:
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelError(f"cannot read calibration cache '{path}': {exc}") from None
+    header = lines[0].strip().split("-") if lines else []
+    if len(header) != 3 or header[0] != "TRT" or not header[1].isdigit():
+        raise ModelError(f"'{path}' is not a TensorRT calibration cache (first line should read TRT-<version>-<algorithm>)")
+    scales: Dict[str, np.float32] = {}
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        name, sep, value = line.rpartition(": ")
+        try:
+            if not sep or len(value.strip()) != 8:
+                raise ValueError
+            scales[name] = hex_to_scale(value.strip())
+        except ValueError:
+            raise ModelError(f"calibration cache '{path}' line {number} is not '<tensor>: <8 hex digits>': {line!r}") from None
+    return CalibrationCache(scales, algorithm=header[2], trt_version=int(header[1]))
+
+
+def check_cache_belongs(cache_path: Path, onnx_path: Path, onnx_sha256: str, method: str) -> Dict[str, Any]:
+    """The sidecar of an existing cache, after checking it was made from this very ONNX file with this
+    calibration method; a ModelError naming both files/hashes otherwise."""
+    meta = read_sidecar(cache_path)
+    made_for = meta.get("source_onnx_sha256")
+    how_to_fix = (f"delete '{cache_path}' to recalibrate, or point gen_trt_engine.tensorrt.calibration.cal_cache_file "
+                  "at another file")
+    if not made_for:
+        raise ModelError(f"calibration cache '{cache_path}' has no sidecar '{cache_path}.json' recording the model it "
+                         f"was made for, so it cannot be checked against '{onnx_path}'; {how_to_fix}")
+    if made_for != onnx_sha256:
+        raise ModelError(
+            f"calibration cache '{cache_path}' was made for '{meta.get('source_onnx', '?')}' (sha256 {made_for[:16]}...) "
+            f"but the model is '{onnx_path}' (sha256 {onnx_sha256[:16]}...); {how_to_fix}"
+        )
+    cached_method = meta.get("method")
+    if cached_method and canonical_method(cached_method) != canonical_method(method):
+        raise ModelError(f"calibration cache '{cache_path}' holds {cached_method} scales but calibrate.method is {method}; "
+                         f"{how_to_fix}")
+    return meta
+
+
+def default_cache_path(cfg: Any) -> Path:
+    configured: Optional[str] = cfg.gen_trt_engine.tensorrt.calibration.cal_cache_file
+    return Path(configured).expanduser() if configured else Path(str(cfg.calibrate.results_dir)) / "cal.cache"

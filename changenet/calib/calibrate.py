@@ -1,0 +1,222 @@
+"""`changenet calibrate`: INT8 calibration of a two-input FP32 ONNX over real (A, B) image pairs.
+
+    FP32 ONNX ──► ranges of every activation (both inputs fed from the same pairs) ──► cal.cache
+                                                                                          │
+      Q/DQ ONNX for the target (tensorrt: ModelOpt placement, onnxruntime: CPU placement) ◄┘
+                                                                                          │
+      accuracy report: FP32 vs INT8 on the validation split (calibration_report.json) ◄───┘
+
+The cache is the one source of the activation scales: a fresh calibration writes it and then places
+Q/DQ from it, exactly as a later run that reuses it does, so both give the same model. One cache
+serves both targets because it holds a scale for every activation tensor, not only those one
+placement quantizes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+import onnx
+from omegaconf import DictConfig
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from changenet.calib.cache import (
+    ALGORITHMS, CalibrationCache, check_cache_belongs, default_cache_path, read_cache, scale_from_amax, write_cache,
+)
+from changenet.calib.data import (
+    CalibrationPairs, ModelInputs, PairFeed, calibration_pairs, check_input_size, model_inputs,
+)
+from changenet.calib.qdq import (
+    HIGH_PRECISION_DTYPES, place_for_onnxruntime, place_for_tensorrt, resolve_exclusions, verify_scales,
+)
+from changenet.config import is_set, require_path
+from changenet.console import console
+from changenet.deploy.fp16 import load_graph, model_precision
+from changenet.deploy.sidecar import read_sidecar, write_sidecar
+from changenet.errors import ModelError, SpecError
+from changenet.fileio import atomic_path, sha256_file
+
+TARGETS = ("tensorrt", "onnxruntime")
+
+
+def say(message: str) -> None:
+    """One plain line (no markup, no wrapping): file names may hold characters rich would interpret."""
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+# --------------------------------------------------------------------------- CLI action
+def calibrate(cfg: DictConfig) -> Dict[str, Any]:
+    """`changenet calibrate -e spec.yaml`: Q/DQ ONNX + calibration cache, then the accuracy report."""
+    onnx_path = source_onnx(cfg)
+    target = str(cfg.calibrate.target)
+    int8_path = build_int8_onnx(cfg, onnx_path, target)
+    summary: Dict[str, Any] = {"source_onnx": str(onnx_path), "int8_onnx": str(int8_path), "target": target,
+                               "calibration_cache": str(default_cache_path(cfg))}
+    if cfg.calibrate.report:
+        from changenet.calib.report import accuracy_report
+
+        summary["report"] = accuracy_report(cfg, onnx_path, int8_path, target)
+    return summary
+
+
+def source_onnx(cfg: DictConfig) -> Path:
+    """calibrate.onnx_file, else gen_trt_engine.onnx_file (TAO specs name the model there)."""
+    for key in ("calibrate.onnx_file", "gen_trt_engine.onnx_file"):
+        if is_set(cfg, key):
+            return require_path(cfg, key, "calibrate")
+    raise SpecError("`changenet calibrate` needs the FP32 ONNX model: set calibrate.onnx_file (or gen_trt_engine.onnx_file)")
+
+
+# --------------------------------------------------------------------------- Python API
+def build_int8_onnx(cfg: DictConfig, onnx_path: str | Path, target: str) -> Path:
+    """The Q/DQ INT8 ONNX of `onnx_path` for `target` ("tensorrt" or "onnxruntime"): calibrates (or
+    reuses the matching cache), places Q/DQ, checks every activation scale against the cache and
+    writes the model with a sidecar. Returns its path (calibrate.output_onnx or the default)."""
+    onnx_path = Path(onnx_path)
+    if target not in TARGETS:
+        raise SpecError(f"INT8 target must be one of {', '.join(TARGETS)}, got '{target}'")
+    if str(cfg.calibrate.high_precision_dtype) not in HIGH_PRECISION_DTYPES:
+        raise SpecError(f"spec key 'calibrate.high_precision_dtype' must be one of {', '.join(HIGH_PRECISION_DTYPES)}, "
+                        f"got '{cfg.calibrate.high_precision_dtype}'")
+    if not onnx_path.is_file():
+        raise ModelError(f"ONNX model '{onnx_path}' does not exist")
+    graph = load_graph(onnx_path)
+    if model_precision(graph) != "fp32":
+        raise ModelError(f"'{onnx_path}' is already an {model_precision(graph).upper()} model; calibrate the FP32 export")
+    method = str(cfg.calibrate.method)
+    inputs = model_inputs(graph, onnx_path)
+    check_input_size(inputs, onnx_path, cfg)
+    exclusions = resolve_exclusions(cfg, graph)
+    for note in exclusions.notes:
+        say(f"note: {note}")
+
+    cache_path = default_cache_path(cfg)
+    digest = sha256_file(onnx_path)
+    scales = cached_or_calibrated_scales(cfg, onnx_path, graph, digest, cache_path, method, inputs)
+
+    results_dir = Path(str(cfg.calibrate.results_dir))
+    output = Path(cfg.calibrate.output_onnx).expanduser() if cfg.calibrate.output_onnx \
+        else results_dir / f"model.{target}.int8.onnx"
+    start = time.perf_counter()
+    with console.status(f"Placing Q/DQ for {target}"), atomic_path(output) as tmp:
+        if target == "tensorrt":
+            size = int(cfg.dataset.segment.img_size)
+            place_for_tensorrt(onnx_path, tmp, cache_path, method, exclusions, inputs.names,
+                               (inputs.batch_size or 1, 3, size, size), str(cfg.calibrate.high_precision_dtype),
+                               log_file=results_dir / "modelopt.log")
+        else:
+            place_for_onnxruntime(onnx_path, tmp, scales, exclusions)
+        quantized = verify_scales(tmp, scales, shown_as=output)
+    write_sidecar(output, {
+        **read_sidecar(onnx_path),  # the export's facts: classes, normalisation, input size
+        "precision": "int8",
+        "int8_target": target,
+        "source_onnx": str(onnx_path),
+        "source_onnx_sha256": digest,
+        "calibration_cache": str(cache_path),
+        "calibration_method": method,
+        "quantized_activations": quantized,
+        "excluded_op_types": list(exclusions.op_types),
+        "excluded_nodes": list(exclusions.nodes),
+    })
+    say(f"INT8 model for {target}: {output} ({quantized} activations quantized, scales from {cache_path}; "
+        f"{time.perf_counter() - start:.1f} s)")
+    return output
+
+
+def cached_or_calibrated_scales(cfg: DictConfig, onnx_path: Path, graph: onnx.ModelProto, digest: str,
+                                cache_path: Path, method: str, inputs: ModelInputs) -> Dict[str, np.float32]:
+    """The activation scales: from the cache when it was made for this model, else from a calibration
+    over the spec's pairs (which then writes the cache)."""
+    if cache_path.exists():
+        check_cache_belongs(cache_path, onnx_path, digest, method)
+        cache = read_cache(cache_path)
+        say(f"calibration cache '{cache_path}' matches '{onnx_path.name}': reusing its {len(cache.scales)} scales "
+            "without recalibrating")
+        return cache.scales
+
+    pairs = calibration_pairs(cfg, say=say)
+    start = time.perf_counter()
+    scales = collect_scales(onnx_path, graph, pairs, method, inputs)
+    write_cache(cache_path, CalibrationCache(scales, ALGORITHMS[method]), {
+        "source_onnx": str(onnx_path),
+        "source_onnx_sha256": digest,
+        "method": method,
+        "num_pairs": pairs.num_pairs,
+        "pairs_source": pairs.source,
+        "seed": int(cfg.calibrate.seed),
+        "num_tensors": len(scales),
+        "seconds": round(time.perf_counter() - start, 2),
+    })
+    say(f"calibrated {len(scales)} activation tensors on {pairs.num_pairs} pairs ({method}) -> {cache_path}")
+    return scales
+
+
+# ORT's calibrators named by our method names (ModelOpt's "max" is ORT's min-max with symmetric ranges).
+def _ort_method(method: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"entropy": CalibrationMethod.Entropy, "max": CalibrationMethod.MinMax,
+            "minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}[method]
+
+
+def collect_scales(onnx_path: Path, graph: onnx.ModelProto, pairs: CalibrationPairs, method: str,
+                   inputs: ModelInputs) -> Dict[str, np.float32]:
+    """Run the FP32 model over the pairs with ONNX Runtime's calibrator (symmetric ranges) and return
+    {tensor: amax / 127} for every float activation, in graph order.
+
+    Batches go through one at a time so memory stays at one batch of activations whatever the number
+    of pairs (ORT's histograms and min/max merge across calls). Softmax outputs are probabilities, so
+    their range is [0, 1] by definition; a histogram method would clip most of them away.
+    """
+    from onnxruntime.quantization import create_calibrator
+
+    batch_size = inputs.batch_size or pairs.batch_size
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=console)
+    with tempfile.TemporaryDirectory(prefix="changenet-calib-") as work, progress:
+        task = progress.add_task(f"calibrating ({method})", total=pairs.num_batches(batch_size))
+        with _quiet_prints():
+            calibrator = create_calibrator(onnx_path, None, augmented_model_path=str(Path(work) / "augmented.onnx"),
+                                           calibrate_method=_ort_method(method), extra_options={"symmetric": True})
+        for batch in pairs.batches(batch_size, full=inputs.batch_size is not None):
+            with _quiet_prints():
+                calibrator.collect_data(PairFeed([batch], inputs.names))
+            progress.advance(task)
+        with _quiet_prints():
+            ranges = calibrator.compute_data()
+
+    softmax_outputs = {n.output[0] for n in graph.graph.node if n.op_type == "Softmax"}
+    scales: Dict[str, np.float32] = {}
+    for name in _tensors_in_graph_order(graph):
+        if name not in ranges or name in scales:
+            continue
+        low, high = ranges[name].range_value  # scalars or 1-element arrays, by calibrator
+        amax = 1.0 if name in softmax_outputs else float(np.abs(np.concatenate([np.ravel(low), np.ravel(high)])).max())
+        if not math.isfinite(amax):
+            raise ModelError(f"calibration found non-finite values in tensor '{name}' of '{onnx_path}'; "
+                             "check the model with FP32 inference on the calibration images")
+        scales[name] = scale_from_amax(amax)
+    return scales
+
+
+def _tensors_in_graph_order(model: onnx.ModelProto) -> List[str]:
+    names = [i.name for i in model.graph.input]
+    for node in model.graph.node:
+        names += list(node.input) + list(node.output)
+    return names
+
+
+@contextlib.contextmanager
+def _quiet_prints():
+    """ORT's calibrators print a line per call ("Collecting tensor data ..."); the progress bar says it."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+

@@ -1,0 +1,167 @@
+"""Calibration data: (A, B) image pairs, preprocessed exactly as evaluation preprocesses them.
+
+Where the pairs come from (first that applies):
+  1. gen_trt_engine.tensorrt.calibration.cal_image_dir: a list of folders. A folder holding a split
+     list (<list_folder_name>/<train_split>.txt, i.e. a dataset root) gives the pairs named there;
+     any other folder gives every file name present in both its A and B sub-folders
+     (dataset.segment.image_folder_name / change_image_folder_name).
+  2. otherwise the training split of the dataset (dataset.segment.root_dir, train_split).
+cal_batch_size x cal_batches pairs are drawn without replacement with a fixed seed (calibrate.seed),
+so a calibration is repeatable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+from omegaconf import DictConfig
+
+from changenet.config import is_set
+from changenet.data.dataset import IMAGE_SUFFIXES, CNDataset, find_split_list, read_split_list
+from changenet.data.io import read_image
+from changenet.data.transforms import preprocess_image
+from changenet.errors import DataError, ModelError
+
+if TYPE_CHECKING:
+    import onnx
+
+CAL_DIR_KEY = "gen_trt_engine.tensorrt.calibration.cal_image_dir"
+
+PairPaths = Tuple[Path, Path]
+
+
+@dataclass
+class CalibrationPairs:
+    """The drawn pairs; `batches()` loads and preprocesses them one batch at a time."""
+
+    pairs: List[PairPaths]
+    batch_size: int
+    source: str  # where the pairs were found, for messages and the cache sidecar
+    preprocess: Callable[[np.ndarray], np.ndarray]
+
+    @property
+    def num_pairs(self) -> int:
+        return len(self.pairs)
+
+    def num_batches(self, batch_size: Optional[int] = None) -> int:
+        step = batch_size or self.batch_size
+        return -(-self.num_pairs // step)
+
+    def load_pair(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
+        path_a, path_b = self.pairs[index]
+        image_a, image_b = read_image(path_a), read_image(path_b)
+        if image_a.shape != image_b.shape:
+            raise DataError(
+                f"calibration pair '{path_a}' and '{path_b}' differ in size "
+                f"({image_a.shape[1]}x{image_a.shape[0]} vs {image_b.shape[1]}x{image_b.shape[0]})"
+            )
+        return self.preprocess(image_a), self.preprocess(image_b)
+
+    def batches(self, batch_size: Optional[int] = None, full: bool = False) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+        """(A, B) float32 [n, 3, S, S] batches. The last one may be smaller, unless `full` (for models
+        with a fixed batch size): then its last pair is repeated to fill it."""
+        step = batch_size or self.batch_size
+        for start in range(0, self.num_pairs, step):
+            indices = list(range(start, min(start + step, self.num_pairs)))
+            if full:
+                indices += [indices[-1]] * (step - len(indices))
+            loaded = [self.load_pair(i) for i in indices]
+            yield np.stack([a for a, _ in loaded]), np.stack([b for _, b in loaded])
+
+
+def calibration_pairs(cfg: DictConfig, say: Callable[[str], None] = print) -> CalibrationPairs:
+    """Draw the calibration pairs the spec asks for; `say` gets the one-line note when there are fewer."""
+    cal = cfg.gen_trt_engine.tensorrt.calibration
+    requested = int(cal.cal_batch_size) * int(cal.cal_batches)
+    folders = [Path(str(d)).expanduser() for d in cal.cal_image_dir]
+    if folders:
+        available, source = _pairs_from_folders(cfg, folders), f"{CAL_DIR_KEY} ({', '.join(map(str, folders))})"
+    else:
+        available, source = _pairs_from_train_split(cfg)
+    if not available:
+        raise DataError(f"no calibration image pairs found in {source}; add A/B image pairs there or set {CAL_DIR_KEY}")
+
+    rng = np.random.default_rng(int(cfg.calibrate.seed))
+    if len(available) > requested:
+        chosen = sorted(rng.choice(len(available), size=requested, replace=False).tolist())
+        pairs = [available[i] for i in chosen]
+    else:
+        pairs = available
+        if len(available) < requested:
+            say(f"calibration: {len(available)} pairs available in {source}, fewer than the "
+                f"{requested} asked for (cal_batch_size x cal_batches); using all {len(available)}")
+    return CalibrationPairs(pairs, int(cal.cal_batch_size), source, lambda image: preprocess_image(image, cfg))
+
+
+def _pairs_from_train_split(cfg: DictConfig) -> Tuple[List[PairPaths], str]:
+    seg = cfg.dataset.segment
+    if not is_set(cfg, "dataset.segment.root_dir"):
+        raise DataError(f"no calibration image pairs: {CAL_DIR_KEY} is empty and dataset.segment.root_dir is not set; "
+                        "set one of them (calibration uses the training split by default)")
+    dataset = CNDataset(cfg, str(seg.train_split), mode="predict", split_key="dataset.segment.train_split")
+    source = f"the training split '{dataset.list_path}'"
+    return [(dataset.image_dir / n, dataset.change_image_dir / n) for n in dataset.names], source
+
+
+def _pairs_from_folders(cfg: DictConfig, folders: Sequence[Path]) -> List[PairPaths]:
+    seg = cfg.dataset.segment
+    pairs: List[PairPaths] = []
+    for folder in folders:
+        dir_a, dir_b = folder / str(seg.image_folder_name), folder / str(seg.change_image_folder_name)
+        if not dir_a.is_dir() or not dir_b.is_dir():
+            raise DataError(
+                f"calibration folder '{folder}' (spec key {CAL_DIR_KEY}) needs sub-folders "
+                f"'{seg.image_folder_name}' and '{seg.change_image_folder_name}' holding the image pairs"
+            )
+        list_dir = folder / str(seg.list_folder_name)
+        if list_dir.is_dir():  # a dataset root: its training list names the pairs
+            names = read_split_list(find_split_list(list_dir, str(seg.train_split), "dataset.segment.train_split"), dir_a)
+        else:
+            names = sorted(p.name for p in dir_a.iterdir()
+                           if p.suffix.lower() in IMAGE_SUFFIXES and (dir_b / p.name).is_file())
+        pairs += [(dir_a / n, dir_b / n) for n in names]
+    return pairs
+
+
+# --------------------------------------------------------------------------- feeding ONNX models
+class ModelInputs(NamedTuple):
+    names: List[str]
+    batch_size: Optional[int]  # None: dynamic batch axis
+    size: Optional[Tuple[int, int]]  # (H, W); None: dynamic
+
+
+def model_inputs(model: "onnx.ModelProto", onnx_path: Path) -> ModelInputs:
+    """The two inputs of a changenet ONNX graph: names, fixed batch size and fixed size (if any)."""
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if len(inputs) != 2:
+        raise ModelError(f"'{onnx_path}' has {len(inputs)} inputs; a changenet model takes two (input0, input1)")
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
+    size = (dims[2], dims[3]) if len(dims) == 4 and dims[2] and dims[3] else None
+    return ModelInputs([i.name for i in inputs], dims[0] if dims else None, size)
+
+
+def check_input_size(inputs: ModelInputs, onnx_path: Path, cfg: DictConfig) -> None:
+    """A model built for another size than the preprocessed images gets a clear error, not an ORT one."""
+    img = int(cfg.dataset.segment.img_size)
+    if inputs.size is not None and inputs.size != (img, img):
+        raise ModelError(
+            f"'{onnx_path}' takes {inputs.size[0]}x{inputs.size[1]} inputs but dataset.segment.img_size={img}; "
+            f"set dataset.segment.img_size={inputs.size[0]} or export the model at {img}x{img}"
+        )
+
+
+class PairFeed:
+    """An onnxruntime CalibrationDataReader: each `get_next()` is one batch {input0: A, input1: B}.
+    Both inputs come from the same real pairs (TAO's calibrator fed only the first input)."""
+
+    def __init__(self, batches: Iterator[Tuple[np.ndarray, np.ndarray]], input_names: Sequence[str]):
+        self._batches = iter(batches)
+        self.input_names = list(input_names)
+
+    def get_next(self) -> Optional[Dict[str, np.ndarray]]:
+        batch = next(self._batches, None)
+        return None if batch is None else dict(zip(self.input_names, batch))

@@ -1,0 +1,66 @@
+"""The LightningDataModule: train and validation loaders of CNDataset, sized by dataset.segment."""
+
+from __future__ import annotations
+
+import random
+from typing import Optional
+
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset
+
+from changenet.data import build_dataset
+
+
+class ChangeDataModule(L.LightningDataModule):
+    """Loaders for the train split (shuffled, augmented) and the validation split (in order)."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.train_set: Optional[Dataset] = None
+        self.val_set: Optional[Dataset] = None
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        # Called once by the runner (to report data errors before the model is built) and again by Lightning.
+        if self.train_set is None:
+            self.train_set = build_dataset(self.cfg, "train")
+            self.val_set = build_dataset(self.cfg, "val")
+
+    def train_dataloader(self) -> DataLoader:
+        batch_size = int(self.cfg.dataset.segment.batch_size)
+        # Equal batches keep BatchNorm statistics steady, unless that would leave no batch at all.
+        return self._loader(self.train_set, shuffle=True, drop_last=len(self.train_set) >= batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False, drop_last=False)
+
+    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool) -> DataLoader:
+        seg = self.cfg.dataset.segment
+        workers = int(seg.workers)
+        return DataLoader(
+            dataset,
+            batch_size=int(seg.batch_size),
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=workers,
+            # Workers are started afresh each epoch (not persistent): their random streams then derive from
+            # the per-epoch seed, which makes a resumed run draw the same augmentations as an uninterrupted one.
+            persistent_workers=False,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+
+def seed_epoch(seed: int, epoch: int, rank: int = 0) -> None:
+    """Seed python, numpy and torch from (seed, epoch, rank).
+
+    Called right before each training epoch's data iterator is made, so the shuffle order, the
+    workers' seeds and dropout of epoch e depend on e alone, not on how many epochs this process ran:
+    a resumed run continues exactly as an uninterrupted one would.
+    """
+    derived = int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+    random.seed(derived)
+    np.random.seed(derived)
+    torch.manual_seed(derived)

@@ -1,0 +1,159 @@
+"""`changenet train`: check the inputs, pick up where the last run stopped, fit, report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig
+
+from changenet.config.loader import is_set, require, require_path
+from changenet.errors import SpecError
+from changenet.fileio import atomic_path
+from changenet.model import count_parameters
+from changenet.train.checkpoint import (
+    LATEST_CHECKPOINT_NAME,
+    METADATA_KEY,
+    check_matches_spec,
+    completed_epochs,
+    read_changenet_checkpoint,
+)
+from changenet.train.datamodule import ChangeDataModule
+from changenet.train.module import ChangeNetModule
+from changenet.train.trainer import STATUS_FILE, build_trainer, format_epoch_line, plan_devices
+
+RESUME_KEY = "train.resume_training_checkpoint_path"
+
+
+def train(cfg: DictConfig) -> Path:
+    """Train the model the spec describes; returns the path of the final checkpoint."""
+    _quiet_lightning()
+    require_path(cfg, "dataset.segment.root_dir", "train", kind="dir")
+    results_dir = prepare_results_dir(cfg)
+    num_epochs = int(cfg.train.num_epochs)
+
+    resume = find_resume_checkpoint(cfg, results_dir)
+    start_epoch = 0
+    if resume is not None:
+        path, checkpoint = resume
+        start_epoch = completed_epochs(checkpoint)
+        if start_epoch >= num_epochs:
+            _say(
+                f"checkpoint '{path}' has already trained all {num_epochs} epochs (train.num_epochs); nothing to do. "
+                "Raise train.num_epochs to train longer, or use a new train.results_dir to start over."
+            )
+            return path
+        _say(f"resuming from '{path}': epoch {start_epoch - 1:03d} done, continuing with epoch {start_epoch:03d} of {num_epochs}")
+
+    plan = plan_devices(cfg)
+    if plan.note:
+        _say(f"warning: {plan.note}", err=True)
+    if rank_zero_only.rank == 0:
+        keep_status_before(results_dir / STATUS_FILE, start_epoch)
+        remove_unfinished_saves(results_dir)
+
+    L.seed_everything(int(cfg.train.seed), workers=True, verbose=False)
+    datamodule = ChangeDataModule(cfg)
+    datamodule.setup("fit")  # data errors surface now, before the model is built
+    module = ChangeNetModule(cfg, load_pretrained=resume is None)
+    trainable = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
+    _say(
+        f"model {cfg.model.backbone.type}: {count_parameters(module.model) / 1e6:.1f}M parameters "
+        f"({trainable / 1e6:.1f}M trainable); {len(datamodule.train_set)} training / {len(datamodule.val_set)} "
+        f"validation pairs at {cfg.dataset.segment.img_size}px; writing to '{results_dir}'"
+    )
+    trainer = build_trainer(cfg, results_dir, plan)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume[0]) if resume else None, weights_only=True)
+
+    latest = results_dir / LATEST_CHECKPOINT_NAME
+    records = read_status(results_dir / STATUS_FILE)
+    if records:
+        _say(f"done: {format_epoch_line(records[-1])}")
+    _say(f"latest checkpoint: '{latest}'; per-epoch metrics: '{results_dir / STATUS_FILE}'")
+    return latest
+
+
+# --------------------------------------------------------------------------- checks and resume
+def prepare_results_dir(cfg: DictConfig) -> Path:
+    """train.results_dir, created and proven writable."""
+    path = Path(str(require(cfg, "train.results_dir", "train"))).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise SpecError(
+            f"spec key 'train.results_dir' names '{path}', which cannot be written ({exc.strerror}); "
+            "choose a writable folder"
+        ) from None
+    return path
+
+
+def find_resume_checkpoint(cfg: DictConfig, results_dir: Path) -> Optional[Tuple[Path, Dict[str, Any]]]:
+    """train.resume_training_checkpoint_path, else the latest checkpoint in results_dir, else None.
+
+    The checkpoint must be a changenet checkpoint trained for the spec's architecture.
+    """
+    if is_set(cfg, RESUME_KEY):
+        path = require_path(cfg, RESUME_KEY, "train")
+    else:
+        path = results_dir / LATEST_CHECKPOINT_NAME
+        if not path.is_file():
+            return None
+    checkpoint = read_changenet_checkpoint(path)
+    check_matches_spec(checkpoint[METADATA_KEY], cfg, path)
+    return path, checkpoint
+
+
+def read_status(path: Path) -> List[Dict[str, Any]]:
+    """The records of status.json (one JSON object per line); a line cut short by a kill is skipped."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def keep_status_before(path: Path, epoch: int) -> None:
+    """Drop status.json records of epochs >= `epoch`: they are trained again, and would appear twice."""
+    if not path.exists():
+        return
+    kept = [record for record in read_status(path) if int(record.get("epoch", -1)) < epoch]
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(record) + "\n" for record in kept))
+
+
+def remove_unfinished_saves(results_dir: Path) -> None:
+    """Delete temporary files of checkpoint saves that a killed run left behind (see fileio.atomic_path)."""
+    for leftover in results_dir.glob(".*.pth.*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- console
+@rank_zero_only
+def _say(message: str, err: bool = False) -> None:
+    print(message, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def _quiet_lightning() -> None:
+    """Lightning's info lines (devices, seeds, tips) and hints that do not apply are replaced by our own lines."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for message in (
+        r".*does not have many workers.*",  # workers are the spec's choice (dataset.segment.workers)
+        r".*dirpath has changed.*",  # resuming from another folder: no best-model bookkeeping to carry over
+        r".*exists and is not empty.*",  # resuming into results_dir is the normal case
+        r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",  # inside Lightning, with newer torch
+    ):
+        warnings.filterwarnings("ignore", message=message)

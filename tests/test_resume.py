@@ -1,0 +1,110 @@
+"""Resuming: a resumed run ends where an uninterrupted one does, a killed run leaves a loadable checkpoint
+and picks up from it, and a finished run is not trained again."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from changenet.train.checkpoint import (
+    LATEST_CHECKPOINT_NAME,
+    epoch_checkpoint_name,
+    load_model_from_checkpoint,
+    read_changenet_checkpoint,
+)
+from changenet.train.runner import train
+from changenet.train.trainer import STATUS_FILE
+
+SMALL_MODEL = ("model.decode_head.embed_dim=32",)
+
+
+def status_epochs(results_dir: Path) -> list:
+    return [json.loads(line)["epoch"] for line in (results_dir / STATUS_FILE).read_text().splitlines()]
+
+
+def assert_same_tensors(first: dict, second: dict) -> None:
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.allclose(first[key].float(), second[key].float(), rtol=0, atol=1e-6), key
+
+
+def test_resumed_run_ends_with_the_same_weights(tiny_spec_factory, tmp_path, capsys):
+    # Augmentation on and two loader workers: their random draws must follow the epoch, not the process.
+    common = (*SMALL_MODEL, "train.num_epochs=3", "train.max_steps_per_epoch=2", "dataset.segment.workers=2")
+    straight = tiny_spec_factory(*common, f"results_dir={tmp_path / 'straight'}")
+    train(straight)
+    straight_dir = Path(straight.train.results_dir)
+
+    # Resume a second run from the straight run's checkpoint after epoch 1 (two of three epochs done).
+    midway = straight_dir / epoch_checkpoint_name(1)
+    resumed = tiny_spec_factory(
+        *common, f"results_dir={tmp_path / 'resumed'}", f"train.resume_training_checkpoint_path={midway}"
+    )
+    capsys.readouterr()
+    train(resumed)
+    resumed_dir = Path(resumed.train.results_dir)
+    assert f"resuming from '{midway}': epoch 001 done, continuing with epoch 002 of 3" in capsys.readouterr().out
+    assert status_epochs(resumed_dir) == [2]
+
+    end_straight = read_changenet_checkpoint(straight_dir / LATEST_CHECKPOINT_NAME)
+    end_resumed = read_changenet_checkpoint(resumed_dir / LATEST_CHECKPOINT_NAME)
+    assert end_straight["epoch"] == end_resumed["epoch"] == 2
+    assert_same_tensors(end_straight["state_dict"], end_resumed["state_dict"])
+    moments = [end["optimizer_states"][0]["state"] for end in (end_straight, end_resumed)]
+    for index in moments[0]:
+        assert_same_tensors(moments[0][index], moments[1][index])
+
+    # Running the finished experiment again trains nothing and says why.
+    before = (straight_dir / STATUS_FILE).read_text()
+    train(straight)
+    assert "has already trained all 3 epochs" in capsys.readouterr().out
+    assert (straight_dir / STATUS_FILE).read_text() == before
+
+
+def test_killed_run_resumes_from_its_latest_checkpoint(tiny_spec_factory, tmp_path):
+    cfg = tiny_spec_factory(*SMALL_MODEL, "train.num_epochs=3", "train.max_steps_per_epoch=3")
+    spec = tmp_path / "spec.yaml"
+    OmegaConf.save(cfg, spec)
+    results = Path(cfg.train.results_dir)
+    latest = results / LATEST_CHECKPOINT_NAME
+    command = [sys.executable, "-m", "changenet.cli", "train", "-e", str(spec)]
+
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 240
+        while not latest.exists():
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "no checkpoint within 4 minutes"
+            time.sleep(0.02)
+        # Into epoch 1's training steps: a third of the time epoch 0 took.
+        time.sleep(0.3 * json.loads((results / STATUS_FILE).read_text().splitlines()[0])["time_s"])
+        first.kill()  # SIGKILL: no clean-up of any kind
+        first.wait()
+
+    # The kill landed in epoch 1: the latest checkpoint is epoch 0's, whole and loadable.
+    assert read_changenet_checkpoint(latest)["epoch"] == 0
+    load_model_from_checkpoint(latest, cfg)
+
+    second = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert f"resuming from '{latest}': epoch 000 done, continuing with epoch 001 of 3" in second.stdout
+    assert "Traceback" not in second.stderr
+    assert read_changenet_checkpoint(latest)["epoch"] == 2
+    assert (results / epoch_checkpoint_name(2)).is_file()
+    assert status_epochs(results) == [0, 1, 2]
+    assert not [p for p in results.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_cli_reports_a_user_error_in_one_line(tiny_spec_factory, tmp_path):
+    command = [sys.executable, "-m", "changenet.cli", "train", f"dataset.segment.root_dir={tmp_path / 'nowhere'}",
+               f"results_dir={tmp_path / 'results'}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: dir '{tmp_path / 'nowhere'}' named by spec key 'dataset.segment.root_dir' does not exist"]

@@ -1,0 +1,250 @@
+"""Training on the tiny synthetic set: learning, checkpoint files, status.json, and clear errors for bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from changenet.data import build_dataset
+from changenet.errors import DataError, ModelError, SpecError
+from changenet.train.checkpoint import (
+    LATEST_CHECKPOINT_NAME,
+    METADATA_KEY,
+    checkpoint_metadata,
+    epoch_checkpoint_name,
+    load_model_from_checkpoint,
+)
+from changenet.train.module import ChangeNetModule, lr_factor
+from changenet.train.runner import train
+from changenet.train.trainer import STATUS_FILE, plan_devices, precision_for
+
+# A narrow decoder keeps the 64x64 runs to seconds on a CPU.
+SMALL_MODEL = ("model.decode_head.embed_dim=32",)
+NO_AUGMENTATION = (
+    "dataset.segment.augmentation.random_flip.enable=false",
+    "dataset.segment.augmentation.random_rotate.enable=false",
+    "dataset.segment.augmentation.random_color.enable=false",
+    "dataset.segment.augmentation.with_scale_random_crop.enable=false",
+    "dataset.segment.augmentation.with_random_crop=false",
+    "dataset.segment.augmentation.with_random_blur=false",
+)
+
+
+def read_status(results_dir: Path) -> list:
+    return [json.loads(line) for line in (results_dir / STATUS_FILE).read_text().splitlines()]
+
+
+def changed_fraction(cfg) -> float:
+    """Fraction of labelled pixels marked "change" in the split the validation loop scores."""
+    labels = torch.stack([item["label"] for item in build_dataset(cfg, "val")])
+    labelled = labels != 255
+    return float((labels[labelled] == 1).float().mean())
+
+
+def write_checkpoint(path: Path, cfg, **meta_changes) -> Path:
+    """A changenet checkpoint of an untrained model, as `changenet train` lays it out."""
+    from changenet.model import build_model
+
+    meta = checkpoint_metadata(cfg)
+    meta.update(meta_changes)
+    state = {f"model.{key}": value for key, value in build_model(cfg, load_pretrained=False).state_dict().items()}
+    torch.save({"epoch": 0, "state_dict": state, METADATA_KEY: meta}, path)
+    return path
+
+
+# --------------------------------------------------------------------------- training runs
+def test_short_training_learns(tiny_spec_factory):
+    # Twelve pairs teach a network from scratch too little to generalise in a minute of CPU, so the
+    # validation loop scores the training pairs: this checks that the loop learns, not the model's reach
+    # (the README's 400-pair run measures that).
+    cfg = tiny_spec_factory(
+        *SMALL_MODEL, *NO_AUGMENTATION, "dataset.segment.validation_split=train", "train.optim.lr=0.002",
+        "train.optim.weight_decay=0.01", "train.num_epochs=30", "train.validation_interval=30",
+        "train.checkpoint_interval=30",
+    )
+    train(cfg)
+    records = read_status(Path(cfg.train.results_dir))
+    assert [r["epoch"] for r in records] == list(range(30))
+    assert records[-1]["train_loss"] < 0.6 * records[0]["train_loss"], "training loss did not fall"
+    # Predicting "no change" everywhere scores IoU 1 - p on no-change and 0 on change.
+    trivial_miou = (1 - changed_fraction(cfg)) / 2
+    assert records[-1]["val_miou"] > trivial_miou + 0.1, (records[-1]["val_miou"], trivial_miou)
+
+
+def test_checkpoints_status_and_latest(tiny_spec_factory, capsys):
+    cfg = tiny_spec_factory(
+        *SMALL_MODEL, "train.num_epochs=3", "train.max_steps_per_epoch=1",
+        "train.checkpoint_interval=2", "train.validation_interval=2",
+    )
+    results = Path(cfg.train.results_dir)
+    latest = train(cfg)
+
+    assert latest == results / LATEST_CHECKPOINT_NAME
+    # Checkpoints every 2nd epoch (0-based names), the latest after every epoch, no temporary files left.
+    assert sorted(p.name for p in results.iterdir() if p.suffix == ".pth") == [
+        LATEST_CHECKPOINT_NAME, epoch_checkpoint_name(1)]
+    assert not [p for p in results.iterdir() if p.name.startswith(".")]
+    assert not latest.is_symlink()
+
+    records = read_status(results)
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    for record in records:
+        assert record["train_loss"] > 0 and record["lr"] > 0 and record["time_s"] > 0
+        assert set(record["train_loss_parts"]) == {"loss_p_c4", "loss_p_c3", "loss_p_c2", "loss_p_c1", "loss_final"}
+    assert "val_miou" not in records[0] and "val_miou" not in records[2]  # validation every 2nd epoch
+    assert 0.0 <= records[1]["val_miou"] <= 1.0 and 0.0 <= records[1]["val_acc"] <= 1.0
+    # "linear" policy: lr x (1 - e / (num_epochs + 1))
+    assert [r["lr"] for r in records] == pytest.approx([0.0005 * (1 - e / 4) for e in range(3)])
+
+    checkpoint = torch.load(latest, map_location="cpu", weights_only=True)
+    assert checkpoint["epoch"] == 2 and "optimizer_states" in checkpoint and "lr_schedulers" in checkpoint
+    meta = checkpoint[METADATA_KEY]
+    assert (meta["backbone"], meta["num_classes"], meta["img_size"], meta["embed_dim"]) == ("fan_tiny_8_p4_hybrid", 2, 64, 32)
+    assert meta["feature_strides"] == [4, 8, 16, 16] and meta["class_names"] == ["no_change", "change"]
+
+    model = load_model_from_checkpoint(latest, cfg)
+    assert not model.training
+    with torch.no_grad():
+        outputs = model(torch.zeros(1, 3, 64, 64), torch.zeros(1, 3, 64, 64))
+    assert outputs[-1].shape == (1, 2, 64, 64)
+    trained = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())
+
+    out = capsys.readouterr()
+    if not torch.cuda.is_available():
+        assert [line for line in out.err.splitlines() if line.startswith("warning")] == [
+            "warning: no CUDA GPU found: training on the CPU (train.num_gpus=1 ignored)"]
+    assert "epoch 002/002" in out.out
+
+
+# --------------------------------------------------------------------------- bad checkpoints
+def test_load_model_accepts_a_changenet_checkpoint(tiny_spec_factory, tmp_path):
+    cfg = tiny_spec_factory(*SMALL_MODEL)
+    path = write_checkpoint(tmp_path / "ok.pth", cfg)
+    assert not load_model_from_checkpoint(path, cfg).training
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "does not exist"),
+    ("plain_weights", "is not a changenet checkpoint"),
+    ("text_file", "is not a readable PyTorch file"),
+    ("pickled_object", "holds pickled Python objects"),
+    ("other_backbone", "was trained with backbone fan_small_12_p4_hybrid, but the spec says fan_tiny_8_p4_hybrid"),
+    ("other_num_classes", "was trained with num_classes 3, but the spec says 2"),
+])
+def test_load_model_rejects_with_one_clear_sentence(tiny_spec_factory, tmp_path, case, message):
+    tiny_spec = tiny_spec_factory(*SMALL_MODEL)
+    path = tmp_path / f"{case}.pth"
+    if case == "plain_weights":
+        torch.save({"weight": torch.zeros(3)}, path)
+    elif case == "text_file":
+        path.write_text("not a checkpoint\n")
+    elif case == "pickled_object":
+        torch.save({"config": tiny_spec}, path)  # a DictConfig: loads only with weights_only=False
+    elif case == "other_backbone":
+        write_checkpoint(path, tiny_spec, backbone="fan_small_12_p4_hybrid")
+    elif case == "other_num_classes":
+        write_checkpoint(path, tiny_spec, num_classes=3)
+    with pytest.raises(ModelError) as error:
+        load_model_from_checkpoint(path, tiny_spec)
+    text = str(error.value)
+    assert message in text and str(path) in text and "\n" not in text
+
+
+def test_resume_checkpoint_for_another_backbone_is_refused(tiny_spec_factory, tmp_path):
+    cfg = tiny_spec_factory(*SMALL_MODEL)
+    results = Path(cfg.train.results_dir)
+    results.mkdir(parents=True)
+    write_checkpoint(results / LATEST_CHECKPOINT_NAME, cfg, backbone="fan_small_12_p4_hybrid")
+    with pytest.raises(ModelError, match="trained with backbone fan_small_12_p4_hybrid, but the spec says fan_tiny"):
+        train(cfg)
+
+
+def test_missing_resume_checkpoint_names_the_key(tiny_spec_factory, tmp_path):
+    cfg = tiny_spec_factory(f"train.resume_training_checkpoint_path={tmp_path / 'gone.pth'}")
+    with pytest.raises(SpecError, match="gone.pth.*train.resume_training_checkpoint_path"):
+        train(cfg)
+
+
+# --------------------------------------------------------------------------- bad folders and data
+def test_missing_dataset_root_names_the_key(tiny_spec_factory, tmp_path):
+    with pytest.raises(SpecError, match="dataset.segment.root_dir"):
+        train(tiny_spec_factory(f"dataset.segment.root_dir={tmp_path / 'nowhere'}"))
+
+
+def test_results_dir_that_cannot_be_written(tiny_spec_factory, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root ignores folder permissions: a path below a file fails for everyone
+            (tmp_path / "afile").write_text("")
+            target = tmp_path / "afile" / "sub"
+        else:
+            target = locked / "sub"
+        with pytest.raises(SpecError, match="train.results_dir.*cannot be written"):
+            train(tiny_spec_factory(f"train.results_dir={target}"))
+    finally:
+        locked.chmod(0o700)
+
+
+def test_empty_split_list_is_a_data_error(tiny_spec_factory, tmp_path):
+    root = tmp_path / "empty"
+    for folder in ("A", "B", "label", "list"):
+        (root / folder).mkdir(parents=True)
+    (root / "list" / "train.txt").write_text("")
+    (root / "list" / "val.txt").write_text("")
+    with pytest.raises(DataError, match="train.txt' is empty"):
+        train(tiny_spec_factory(f"dataset.segment.root_dir={root}"))
+
+
+# --------------------------------------------------------------------------- settings
+def test_lr_policies():
+    linear = lr_factor("linear", 10)
+    assert [linear(e) for e in (0, 5, 10)] == pytest.approx([1.0, 1 - 5 / 11, 1 - 10 / 11])
+    step = lr_factor("step", 9)  # x0.1 every 3 epochs
+    assert [step(e) for e in range(7)] == pytest.approx([1, 1, 1, 0.1, 0.1, 0.1, 0.01])
+    assert lr_factor("step", 2)(1) == pytest.approx(0.1)  # num_epochs // 3 == 0: every epoch
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("adamw", {"betas": (0.8, 0.9), "weight_decay": 0.05, "lr": 0.003}),
+    ("sgd", {"momentum": 0.7, "weight_decay": 0.05, "lr": 0.003}),
+])
+def test_optimizer_follows_the_spec(tiny_spec_factory, name, expected):
+    cfg = tiny_spec_factory(*SMALL_MODEL, f"train.optim.optim={name}", "train.optim.lr=0.003",
+                            "train.optim.weight_decay=0.05", "train.optim.momentum=0.7", "train.optim.betas=[0.8,0.9]")
+    module = ChangeNetModule(cfg, load_pretrained=False)
+    config = module.configure_optimizers()
+    optimizer = config["optimizer"]
+    assert type(optimizer).__name__ == {"adamw": "AdamW", "sgd": "SGD"}[name]
+    group = optimizer.param_groups[0]
+    assert {key: group[key] for key in expected} == expected
+    assert config["lr_scheduler"]["interval"] == "epoch"
+
+
+def test_frozen_backbone_is_left_out_of_the_optimizer(tiny_spec_factory):
+    module = ChangeNetModule(tiny_spec_factory(*SMALL_MODEL, "model.backbone.freeze_backbone=true"), load_pretrained=False)
+    optimised = {id(p) for group in module.configure_optimizers()["optimizer"].param_groups for p in group["params"]}
+    assert optimised and not optimised & {id(p) for p in module.model.backbone.parameters()}
+
+
+def test_device_plan(tiny_spec_factory, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cpu = plan_devices(tiny_spec_factory())
+    assert (cpu.accelerator, cpu.devices, cpu.distributed) == ("cpu", 1, False) and "CPU" in cpu.note
+    with pytest.raises(SpecError, match="train.precision.*16-mixed"):
+        precision_for(tiny_spec_factory("train.precision=16-mixed"), cpu)
+    assert precision_for(tiny_spec_factory("train.precision=bf16-mixed"), cpu) == "bf16-mixed"
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    two = plan_devices(tiny_spec_factory("train.num_gpus=2"))
+    assert (two.accelerator, two.devices, two.distributed, two.note) == ("gpu", [0, 1], True, None)
+    assert plan_devices(tiny_spec_factory("train.gpu_ids=[1]")).devices == [1]
+    with pytest.raises(SpecError, match="train.gpu_ids.*GPU 3"):
+        plan_devices(tiny_spec_factory("train.gpu_ids=[0,3]"))
