@@ -254,7 +254,7 @@ class GenTrtEngineConfig:
 class CalibrateConfig:
     onnx_file: Optional[str] = _f(None, "FP32 ONNX to calibrate (default gen_trt_engine.onnx_file)")
     target: str = _f("tensorrt", "Q/DQ placement: tensorrt (ModelOpt) or onnxruntime")
-    method: str = _f("entropy", "tensorrt: entropy|max; onnxruntime: entropy|minmax|percentile")
+    method: str = _f("entropy", "activation ranges: entropy, max (= minmax) or percentile")
     output_onnx: Optional[str] = _f(None, "Q/DQ ONNX to write (default <results_dir>/calibrate/model.<target>.int8.onnx)")
     exclude_op_types: List[str] = _f(factory=list, help="op types kept in higher precision")
     exclude_nodes: List[str] = _f(factory=list, help="node names kept in higher precision")

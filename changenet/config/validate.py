@@ -68,7 +68,9 @@ CHOICES = {
     "calibrate.target": ("tensorrt", "onnxruntime"),
     "inference.tiling.stretch": ("auto", "percentile", "none"),
 }
-CALIBRATION_METHODS = {"tensorrt": ("entropy", "max"), "onnxruntime": ("entropy", "minmax", "percentile")}
+# One calibration run serves both Q/DQ placements, so every method works for either target
+# ("max" is TensorRT's name, "minmax" ONNX Runtime's, for the same symmetric min-max ranges).
+CALIBRATION_METHODS = ("entropy", "max", "minmax", "percentile")
 BENCHMARK_BACKENDS = ("torch", "torch-bf16", "onnxruntime", "onnxruntime-int8", "tensorrt")
 
 
@@ -113,10 +115,8 @@ def validate_ranges(cfg: DictConfig) -> None:
             shown = ", ".join("null" if a is None else str(a) for a in allowed)
             raise SpecError(f"spec key '{key}' must be one of: {shown}; got {value!r}{hint}")
 
-    target = cfg.calibrate.target
-    if cfg.calibrate.method not in CALIBRATION_METHODS[target]:
-        _fail("calibrate.method", f"must be one of {', '.join(CALIBRATION_METHODS[target])} for target {target}",
-              cfg.calibrate.method)
+    if cfg.calibrate.method not in CALIBRATION_METHODS:
+        _fail("calibrate.method", f"must be one of {', '.join(CALIBRATION_METHODS)}", cfg.calibrate.method)
     for backend in cfg.benchmark.backends:
         if backend not in BENCHMARK_BACKENDS:
             _fail("benchmark.backends", f"may list only {', '.join(BENCHMARK_BACKENDS)}", backend)

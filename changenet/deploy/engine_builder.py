@@ -274,11 +274,8 @@ def _onnx_for_precision(onnx_path: Path, engine_path: Path, options: BuildOption
         fp16_path = engine_path.with_name(engine_path.stem + ".fp16.onnx")
         LOG.info("converting '%s' to FP16 (LayerNormalization and Softmax kept in FP32) -> '%s'", onnx_path, fp16_path)
         return convert_to_fp16(onnx_path, fp16_path, options.layers_precision, options.verbose)
-    if options.layers_precision:
-        LOG.warning(
-            "gen_trt_engine.tensorrt.layers_precision is ignored: it applies when an FP32 export is converted "
-            "for an FP16 build (for INT8, list the layers in calibrate.exclude_nodes)"
-        )
+    if options.layers_precision and wanted == "FP32":
+        LOG.warning("gen_trt_engine.tensorrt.layers_precision is ignored by an FP32 build: every layer is FP32 already")
     return onnx_path
 
 
