@@ -5,7 +5,9 @@ set -euo pipefail
 OUT=${1:-demo}
 CN="${CHANGENET:-.venv/bin/changenet}"
 SPEC=specs/tiny_cpu.yaml
-COMMON=(dataset.segment.root_dir="$OUT/data" results_dir="$OUT/results")
+# DEMO_OVERRIDES adds spec overrides to every step (e.g. "train.num_epochs=1" for a quick look).
+COMMON=(dataset.segment.root_dir="$OUT/data" results_dir="$OUT/results" ${DEMO_OVERRIDES:-})
+CALIB=(gen_trt_engine.tensorrt.calibration.cal_batch_size=8 gen_trt_engine.tensorrt.calibration.cal_batches=4)
 CKPT="$OUT/results/train/changenet_model_segment_latest.pth"
 ONNX="$OUT/results/export/model.onnx"
 
@@ -25,12 +27,12 @@ $CN export -e $SPEC "${COMMON[@]}" export.checkpoint="$CKPT" export.onnx_file="$
 step "6/9 evaluate the ONNX model (ONNX Runtime)"
 $CN evaluate -e $SPEC "${COMMON[@]}" evaluate.onnx_file="$ONNX" evaluate.results_dir="$OUT/results/evaluate_onnx"
 step "7/9 INT8 calibration over image pairs (ONNX Runtime and TensorRT placements)"
-$CN calibrate -e $SPEC "${COMMON[@]}" calibrate.onnx_file="$ONNX" calibrate.target=onnxruntime
-$CN calibrate -e $SPEC "${COMMON[@]}" calibrate.onnx_file="$ONNX" calibrate.target=tensorrt
+$CN calibrate -e $SPEC "${COMMON[@]}" calibrate.onnx_file="$ONNX" calibrate.target=onnxruntime "${CALIB[@]}"
+$CN calibrate -e $SPEC "${COMMON[@]}" calibrate.onnx_file="$ONNX" calibrate.target=tensorrt "${CALIB[@]}"
 step "8/9 TensorRT engines (built ahead of time with TensorRT-RTX; running them needs an NVIDIA GPU)"
 for precision in FP32 FP16 INT8; do
   $CN gen_trt_engine -e $SPEC "${COMMON[@]}" gen_trt_engine.onnx_file="$ONNX" \
-      gen_trt_engine.tensorrt.data_type=$precision \
+      gen_trt_engine.tensorrt.data_type=$precision "${CALIB[@]}" \
       gen_trt_engine.trt_engine="$OUT/results/gen_trt_engine/model_${precision,,}.engine"
 done
 step "9/9 benchmark"
