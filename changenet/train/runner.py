@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from changenet.config.loader import is_set, require, require_path
@@ -70,9 +71,15 @@ def train(cfg: DictConfig) -> Path:
         f"validation pairs at {cfg.dataset.segment.img_size}px; writing to '{results_dir}'"
     )
     trainer = build_trainer(cfg, results_dir, plan)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume[0]) if resume else None, weights_only=True)
-
     latest = results_dir / LATEST_CHECKPOINT_NAME
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume[0]) if resume else None, weights_only=True)
+    except SystemExit as stop:
+        # Lightning finishes the current batch after Ctrl-C or SIGTERM, then exits quietly: say what happens next.
+        again = f"resumes from '{latest}'" if latest.is_file() else "starts again (no epoch was finished)"
+        _say(f"training stopped before the end; the same command {again}", err=True)
+        raise SystemExit(143 if isinstance(stop, SIGTERMException) else 130) from None
+
     records = read_status(results_dir / STATUS_FILE)
     if records:
         _say(f"done: {format_epoch_line(records[-1])}")

@@ -125,6 +125,12 @@ class ChangeNetCheckpoint(ModelCheckpoint):
             enable_version_counter=False,
         )
 
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        # Lightning writes "last" only alongside a numbered checkpoint; TAO's latest file follows every epoch.
+        if not self._should_skip_saving_checkpoint(trainer) and (trainer.current_epoch + 1) % self._every_n_epochs:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
 
 # --------------------------------------------------------------------------- callbacks
 class EpochSeeding(Callback):
