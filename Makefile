@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= demo
 
-.PHONY: setup test demo clean
+.PHONY: setup test test-all demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,11 @@ setup: $(BIN)/python
 	$(BIN)/pip install -q -c constraints-cpu.txt torch==2.13.0
 	$(BIN)/pip install -q -c constraints-cpu.txt -e ".[dev]"
 
+# The CI suite; tests marked slow (a learning run, large-model integration builds) run in test-all.
 test: setup
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+test-all: setup
 	$(BIN)/python -m pytest -q tests
 
 demo: setup

@@ -57,6 +57,7 @@ def write_checkpoint(path: Path, cfg, **meta_changes) -> Path:
 
 
 # --------------------------------------------------------------------------- training runs
+@pytest.mark.slow  # minutes on a loaded 2-core CPU: run by `make test-all`
 def test_short_training_learns(tiny_spec_factory):
     # Twelve pairs teach a network from scratch too little to generalise in a minute of CPU, so the
     # validation loop scores the training pairs: this checks that the loop learns, not the model's reach
