@@ -14,7 +14,7 @@ setup: $(BIN)/python
 	$(BIN)/pip install -q -c constraints-cpu.txt torch==2.13.0
 	$(BIN)/pip install -q -c constraints-cpu.txt -e ".[dev]"
 
-# The CI suite; tests marked slow (a learning run, large-model integration builds) run in test-all.
+# The CI suite; tests marked slow (large-model integration builds) run in test-all.
 test: setup
 	$(BIN)/python -m pytest -q -m "not slow" tests
 

@@ -22,8 +22,8 @@ from changenet.train.module import ChangeNetModule, lr_factor
 from changenet.train.runner import train
 from changenet.train.trainer import STATUS_FILE, plan_devices, precision_for
 
-# A narrow decoder keeps the 64x64 runs to seconds on a CPU.
-SMALL_MODEL = ("model.decode_head.embed_dim=32",)
+# A narrow decoder at 32 x 32 (the synthetic pairs resized) keeps each run to seconds on a CPU.
+SMALL_MODEL = ("model.decode_head.embed_dim=32", "dataset.segment.img_size=32")
 NO_AUGMENTATION = (
     "dataset.segment.augmentation.random_flip.enable=false",
     "dataset.segment.augmentation.random_rotate.enable=false",
@@ -57,7 +57,6 @@ def write_checkpoint(path: Path, cfg, **meta_changes) -> Path:
 
 
 # --------------------------------------------------------------------------- training runs
-@pytest.mark.slow  # minutes on a loaded 2-core CPU: run by `make test-all`
 def test_short_training_learns(tiny_spec_factory):
     # Twelve pairs teach a network from scratch too little to generalise in a minute of CPU, so the
     # validation loop scores the training pairs: this checks that the loop learns, not the model's reach
@@ -104,14 +103,14 @@ def test_checkpoints_status_and_latest(tiny_spec_factory, capsys):
     checkpoint = torch.load(latest, map_location="cpu", weights_only=True)
     assert checkpoint["epoch"] == 2 and "optimizer_states" in checkpoint and "lr_schedulers" in checkpoint
     meta = checkpoint[METADATA_KEY]
-    assert (meta["backbone"], meta["num_classes"], meta["img_size"], meta["embed_dim"]) == ("fan_tiny_8_p4_hybrid", 2, 64, 32)
+    assert (meta["backbone"], meta["num_classes"], meta["img_size"], meta["embed_dim"]) == ("fan_tiny_8_p4_hybrid", 2, 32, 32)
     assert meta["feature_strides"] == [4, 8, 16, 16] and meta["class_names"] == ["no_change", "change"]
 
     model = load_model_from_checkpoint(latest, cfg)
     assert not model.training
     with torch.no_grad():
-        outputs = model(torch.zeros(1, 3, 64, 64), torch.zeros(1, 3, 64, 64))
-    assert outputs[-1].shape == (1, 2, 64, 64)
+        outputs = model(torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 32))
+    assert outputs[-1].shape == (1, 2, 32, 32)
     trained = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())
 
