@@ -49,6 +49,7 @@ class Measurement:
     peak_rss_mib: Optional[float] = None
     peak_gpu_mib: Optional[float] = None
     utilisation: Optional[float] = None
+    speedup: Optional[float] = None  # pairs/s over the first listed backend's at the same batch size
     device: str = ""
     extra: Dict[str, object] = field(default_factory=dict)
 
@@ -150,7 +151,7 @@ def measure(predictor: Predictor, backend: str, batch: int, inputs: Tuple[np.nda
     seconds = time_predictor(predictor, inputs[0], inputs[1], warmup, iterations)
     rate = batch / float(seconds.mean())
     result = Measurement(
-        backend=backend, batch_size=batch, pairs_per_second=round(rate, 2),
+        backend=backend, batch_size=batch, pairs_per_second=round(rate, 3),
         latency_ms_p50=round(float(np.percentile(seconds, 50)) * 1e3, 2),
         latency_ms_p90=round(float(np.percentile(seconds, 90)) * 1e3, 2),
         latency_ms_p99=round(float(np.percentile(seconds, 99)) * 1e3, 2),
@@ -177,6 +178,15 @@ def _model_gflops(cfg: DictConfig, size: int) -> Optional[float]:
         return model_flops(cfg, size)
     except ChangenetError:
         return None
+
+
+def add_speedups(rows: List[Measurement], backends: List[str]) -> None:
+    """Each measured row's rate over the first listed backend's at the same batch size, from this run."""
+    baseline = {r.batch_size: r.pairs_per_second for r in rows if r.backend == backends[0] and r.status == "ok"}
+    for row in rows:
+        base = baseline.get(row.batch_size)
+        if row.status == "ok" and base:
+            row.speedup = round(row.pairs_per_second / base, 2)
 
 
 # --------------------------------------------------------------------------- end to end
@@ -230,8 +240,9 @@ def run_benchmark(cfg: DictConfig, open_fn: Callable[[str, DictConfig], Predicto
                                         bench.iterations, gflops, peak))
                 except ChangenetError as exc:
                     rows.append(Measurement(backend, bs, status="failed", reason=str(exc)))
+    add_speedups(rows, list(bench.backends))
     report: Dict[str, object] = {
-        "image_size": size, "model_gflops_per_pair": round(gflops, 3) if gflops else None,
+        "image_size": size, "speedup_baseline": str(bench.backends[0]), "model_gflops_per_pair": round(gflops, 3) if gflops else None,
         "backbone": cfg.model.backbone.type, "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                                                           "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
         "peak_tflops": {k: {"value": v[0], "source": v[1]} for k, v in peaks.items()},
@@ -256,16 +267,19 @@ def run_benchmark(cfg: DictConfig, open_fn: Callable[[str, DictConfig], Predicto
 def print_report(report: Dict[str, object]) -> None:
     table = Table(title=f"benchmark: {report['backbone']} at {report['image_size']}x{report['image_size']} "
                         f"({report['model_gflops_per_pair']} GFLOPs per pair)")
-    for column in ("backend", "batch", "pairs/s", "p50 ms", "p90 ms", "p99 ms", "peak RSS MiB", "util.", "device"):
+    speedup_title = f"x {report['speedup_baseline']}"
+    for column in ("backend", "batch", "pairs/s", speedup_title, "p50 ms", "p90 ms", "p99 ms", "peak RSS MiB", "util.",
+                   "device"):
         table.add_column(column, no_wrap=True)
     reasons: Dict[str, str] = {}
     for row in report["results"]:  # type: ignore[union-attr]
         if row["status"] != "ok":
             reasons[row["backend"]] = row["reason"]
-            table.add_row(row["backend"], str(row["batch_size"]), "-", "-", "-", "-", "-", "-", row["status"])
+            table.add_row(row["backend"], str(row["batch_size"]), "-", "-", "-", "-", "-", "-", "-", row["status"])
             continue
         util = f"{row['utilisation'] * 100:.1f}%" if row["utilisation"] is not None else "-"
-        table.add_row(row["backend"], str(row["batch_size"]), f"{row['pairs_per_second']:.1f}",
+        speedup = f"{row['speedup']:.2f}" if row["speedup"] is not None else "-"
+        table.add_row(row["backend"], str(row["batch_size"]), f"{row['pairs_per_second']:.3g}", speedup,
                       f"{row['latency_ms_p50']:.1f}", f"{row['latency_ms_p90']:.1f}", f"{row['latency_ms_p99']:.1f}",
                       f"{row['peak_rss_mib'] or '-'}", util, row["device"])
     console.print(table)

@@ -254,3 +254,31 @@ def test_excluded_op_types_stay_out_of_int8_for_tensorrt(spec, tmp_path):
     for node in excluded_model.graph.node:
         if node.name in norms:
             assert value_types.get(node.input[0]) == onnx.TensorProto.FLOAT
+
+
+class UpsamplingPairNet(PairNet):
+    """PairNet whose difference is taken at half resolution and brought back by a transposed conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(8, 8, 4, stride=2, padding=1)
+
+    def forward(self, a, b):
+        diff = self.up(self.down(self.mix(self.features(a) - self.features(b))))
+        coarse = F.avg_pool2d(diff, 4)
+        return (*[head(coarse) for head in self.heads], self.final(diff))
+
+
+def test_exported_transposed_convs_run_in_int8_on_onnxruntime(spec, tmp_path):
+    from changenet.deploy.export import export_onnx
+
+    torch.manual_seed(0)
+    model_path = tmp_path / "upsampling.onnx"
+    result = export_onnx(UpsamplingPairNet().eval(), model_path, SIZE, SIZE)
+    assert result.split_transposed_convs == 1
+    int8 = onnx.load(str(build_int8_onnx(spec(model_path, "calibrate.report=false"), model_path, "onnxruntime")))
+    convs = {n.name for n in int8.graph.node if n.op_type == "Conv"}
+    # 2 feature convs x 2 images, mix, down, the 4 phases of up, 4 heads, final; no ConvTranspose left.
+    assert len(convs) == 15 and not [n for n in int8.graph.node if n.op_type == "ConvTranspose"]
+    assert convs <= dq_fed_nodes(int8), sorted(convs - dq_fed_nodes(int8))

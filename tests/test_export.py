@@ -27,7 +27,7 @@ from changenet.train.checkpoint import METADATA_KEY, MODEL_PREFIX, checkpoint_me
 
 SIZE = 64
 SIDECAR_KEYS = {
-    "input_height", "input_width", "batch_size", "num_classes", "backbone", "mean", "std", "class_names",
+    "split_transposed_convs", "input_height", "input_width", "batch_size", "num_classes", "backbone", "mean", "std", "class_names",
     "color_map", "opset_version", "checkpoint_sha256", "verification",
 }
 
@@ -83,6 +83,8 @@ def test_dynamic_export_contract(dynamic_export):
     assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [17]
     ops = collections.Counter(node.op_type for node in model.graph.node)
     assert ops["LayerNormalization"] > 0  # kept as one op at opset 17 (TensorRT fuses it)
+    # The decoder's two x2 transposed convs are written as 4 phase Convs each (the default).
+    assert ops["ConvTranspose"] == 0 and record["split_transposed_convs"] == 2
     inputs, outputs = graph_dims(model.graph.input), graph_dims(model.graph.output)
     assert list(inputs) == list(INPUT_NAMES) and list(outputs) == list(OUTPUT_NAMES)
     assert inputs["input0"] == ["batch", 3, SIZE, SIZE]
@@ -142,12 +144,14 @@ def test_verbose_prints_graph_summary(dynamic_export, capsys):
 def test_opset12_fixed_batch(tiny, workdir):
     _, model, _ = tiny
     onnx_path = workdir / "fixed" / "model12.onnx"
-    result = export_onnx(model, onnx_path, SIZE, SIZE, batch_size=2, opset=12)
+    result = export_onnx(model, onnx_path, SIZE, SIZE, batch_size=2, opset=12, split_transposed_conv=False)
     assert result.exporter == "torchscript" and result.verification.passed
+    assert result.split_transposed_convs == 0
     assert [c.batch_size for c in result.verification.checks] == [2]
     graph = onnx.load(str(onnx_path))
     assert [o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")] == [12]
-    assert "LayerNormalization" not in {node.op_type for node in graph.graph.node}
+    ops = collections.Counter(node.op_type for node in graph.graph.node)
+    assert "LayerNormalization" not in ops and ops["ConvTranspose"] == 2  # kept when asked
     assert all(dims[0] == 2 for dims in graph_dims(graph.graph.input).values())
     assert all(dims[0] == 2 for dims in graph_dims(graph.graph.output).values())
     assert not Path(str(onnx_path) + ".json").exists()  # the Python API writes a sidecar only when asked

@@ -37,7 +37,8 @@ from changenet.errors import ModelError, SpecError
 
 # Ops ONNX Runtime runs in int8 on the CPU (QLinearConv, QLinearMatMul, QGemm). Q/DQ around any
 # other op (LayerNormalization, Softmax, Erf, Resize, Add, and ConvTranspose, which ORT 1.32 leaves in
-# float on the CPU) only adds quantize/dequantize round trips that are then computed in float anyway.
+# float on the CPU; export writes the model's transposed convs as Convs for that reason) only adds
+# quantize/dequantize round trips that are then computed in float anyway.
 ORT_CPU_OP_TYPES = ("Conv", "MatMul", "Gemm")
 ORT_ZERO_POINT = 128  # uint8 activations: symmetric int8 shifted by 128 (see place_for_onnxruntime)
 HIGH_PRECISION_DTYPES = ("fp16", "fp32")

@@ -45,6 +45,7 @@ from changenet.deploy.verify import (
     require_pass,
     sample_pairs,
 )
+from changenet.deploy.inference_layers import to_inference_form
 from changenet.errors import ModelError, SpecError
 from changenet.fileio import atomic_path, sha256_file
 
@@ -71,6 +72,7 @@ class ExportResult:
     seconds: float
     notes: List[str] = field(default_factory=list)
     external_data: Optional[Path] = None
+    split_transposed_convs: int = 0  # transposed convolutions written as phase convolutions
 
 
 # --------------------------------------------------------------------------- Python API
@@ -90,12 +92,15 @@ def export_onnx(
     sidecar: Optional[Dict[str, object]] = None,
     verbose: bool = False,
     console: Optional[Console] = None,
+    split_transposed_conv: bool = True,
 ) -> ExportResult:
     """Export a ChangeNet to `onnx_path` for [batch_size, 3, height, width] inputs (-1: dynamic batch).
 
     `pairs` = (A, B, note): normalised float32 [N, 3, H, W] arrays for the verification (default
     random images). With `sidecar`, `<onnx_path>.json` is written holding those fields plus the export's
     own (input size, batch size, opset, verification). The ONNX file appears only once it has passed.
+    `split_transposed_conv` exports transposed convolutions as phase convolutions (inference_layers.py);
+    the verification compares the file with the unchanged model, so it proves the two equal.
     """
     console = console or Console(stderr=True)
     onnx_path = Path(onnx_path)
@@ -130,7 +135,11 @@ def export_onnx(
         # The exporters name external weight files after the model file, so they write into a private
         # folder under the real file name; the finished model is renamed into place at the end.
         work_file = Path(work) / onnx_path.name
-        used, notes = _export_graph(model, sample, work_file, opset, dynamic, exporter, external, console)
+        graph_model, split = to_inference_form(model) if split_transposed_conv else (model, 0)
+        used, notes = _export_graph(graph_model, sample, work_file, opset, dynamic, exporter, external, console)
+        if split:
+            notes.append(f"{split} transposed convolutions exported as phase convolutions")
+        del graph_model
         with _step(console, "Finishing and checking the graph (onnx.checker, shape inference)"):
             _finish_graph(work_file, reference, dynamic, external)
             checked = check_graph(work_file)
@@ -148,7 +157,7 @@ def export_onnx(
     result = ExportResult(
         onnx_path=onnx_path, exporter=used, opset_version=opset, input_height=height, input_width=width,
         batch_size=batch_size, verification=verification, seconds=time.perf_counter() - start, notes=notes,
-        external_data=data_path,
+        external_data=data_path, split_transposed_convs=split,
     )
     if sidecar is not None:
         from changenet.deploy.sidecar import write_sidecar
@@ -168,6 +177,7 @@ def sidecar_record(result: ExportResult, fields: Dict[str, object]) -> Dict[str,
         input_names=list(INPUT_NAMES),
         output_names=list(OUTPUT_NAMES),
         exporter=result.exporter,
+        split_transposed_convs=result.split_transposed_convs,
         verification=result.verification.to_dict() if result.verification else None,
     )
     return record
@@ -217,7 +227,7 @@ def export(cfg: DictConfig) -> Dict[str, object]:
     }
     result = export_onnx(
         model, onnx_path, height, width, spec.batch_size, spec.opset_version, device=device, pairs=pairs,
-        sidecar=fields, verbose=spec.verbose, console=console,
+        sidecar=fields, verbose=spec.verbose, console=console, split_transposed_conv=spec.split_transposed_conv,
     )
     print_export_table(result, console)
     return sidecar_record(result, fields)
@@ -468,6 +478,8 @@ def print_export_table(result: ExportResult, console: Console) -> None:
         f"Wrote [bold]{result.onnx_path}[/] ({size_mb:.1f} MB, opset {result.opset_version}, {result.exporter} "
         f"exporter, input {result.input_height}x{result.input_width}, batch {batch}) in {result.seconds:.1f} s"
     )
+    for note in result.notes:
+        console.print(f"  note: {escape(note)}")
     if result.verification is None:
         return
     table = Table(title=f"ONNX Runtime vs PyTorch ({result.verification.inputs})", show_edge=False)
