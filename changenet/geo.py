@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence, Tuple
 import numpy as np
 
 from changenet.errors import DataError
-from changenet.fileio import atomic_path
+from changenet.data.io import PngStripWriter, StripWriter
 
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
 PNG_SUFFIXES = (".png",)
@@ -222,23 +222,14 @@ def check_pair(scene_a: Scene, scene_b: Scene) -> None:
 
 
 # --------------------------------------------------------------------------- writing
-class GeoTiffStripWriter:
-    """Writes a uint8 GeoTIFF (1 band: class mask; 3 bands: RGB) from consecutive row strips.
-
-    The file appears at `path` only when every row was written (temp name, then rename).
-    """
+class GeoTiffStripWriter(StripWriter):
+    """Writes a uint8 GeoTIFF (1 band: class mask; 3 bands: RGB) from consecutive row strips."""
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, channels: int, crs: Any = None,
                  transform: Any = None, colormap: Optional[np.ndarray] = None) -> None:
         import rasterio
 
-        if channels not in (1, 3):
-            raise ValueError("GeoTiffStripWriter writes 1 (mask) or 3 (RGB) bands")
-        self.path = Path(path)
-        self.width, self.height, self.channels = int(width), int(height), int(channels)
-        self.rows_written = 0
-        self._atomic = atomic_path(self.path)
-        tmp = self._atomic.__enter__()
+        super().__init__(path, width, height, channels)
         profile = {
             "driver": "GTiff", "width": self.width, "height": self.height, "count": self.channels,
             "dtype": "uint8", "compress": "deflate", "BIGTIFF": "IF_SAFER",
@@ -250,59 +241,39 @@ class GeoTiffStripWriter:
         if channels == 3:
             profile.update(photometric="RGB", interleave="pixel")
         try:
-            self._dataset = rasterio.open(tmp, "w", **profile)
+            self._dataset = rasterio.open(self._tmp, "w", **profile)
             if colormap is not None and channels == 1:
                 # GIS viewers then show the class mask in the same colours as the RGB rendering.
                 self._dataset.write_colormap(1, {i: tuple(int(c) for c in rgb) for i, rgb in enumerate(colormap)})
         except BaseException as exc:
-            self._atomic.__exit__(type(exc), exc, exc.__traceback__)
+            self._drop(exc)
             raise
 
-    def write_rows(self, strip: np.ndarray) -> None:
-        """Append uint8 rows: [h, width] for the mask, [h, width, 3] for RGB."""
+    @property
+    def _is_open(self) -> bool:
+        return not self._dataset.closed
+
+    def _append(self, strip: np.ndarray) -> None:
         from rasterio.windows import Window
 
-        rows = strip.shape[0]
-        if self.rows_written + rows > self.height:
-            raise ValueError(f"too many rows for '{self.path}' ({self.height} rows)")
         bands = strip[None] if strip.ndim == 2 else strip.transpose(2, 0, 1)
-        self._dataset.write(bands, window=Window(0, self.rows_written, self.width, rows))
-        self.rows_written += rows
+        self._dataset.write(bands, window=Window(0, self.rows_written, self.width, strip.shape[0]))
 
-    def close(self) -> Path:
-        if self._dataset.closed:
-            return self.path
-        try:
-            if self.rows_written != self.height:
-                raise ValueError(f"'{self.path}' got {self.rows_written} of {self.height} rows")
-            self._dataset.close()
-            self._atomic.__exit__(None, None, None)
-        except BaseException as exc:
-            self.abort(exc)
-            raise
-        return self.path
+    def _finish(self) -> None:
+        self._dataset.close()
 
-    def abort(self, exc: Optional[BaseException] = None) -> None:
-        """Drop the partial file."""
-        if not self._dataset.closed:
-            self._dataset.close()
-            error = exc or RuntimeError("aborted")
-            try:
-                self._atomic.__exit__(type(error), error, error.__traceback__)
-            except BaseException:  # noqa: BLE001 - atomic_path re-raises the error it was given
-                pass
+    def _release(self) -> None:
+        self._dataset.close()
 
 
 def open_strip_writer(path: str | os.PathLike, like: Scene, channels: int,
-                      colormap: Optional[np.ndarray] = None) -> Any:
+                      colormap: Optional[np.ndarray] = None) -> StripWriter:
     """A row-strip writer for a raster the size of `like`: GeoTIFF (with `like`'s georeference) for
     .tif/.tiff paths, PNG for .png. Both have write_rows(strip), close() and abort()."""
     suffix = Path(path).suffix.lower()
     if suffix in GEOTIFF_SUFFIXES:
         return GeoTiffStripWriter(path, like.width, like.height, channels, like.crs, like.transform, colormap)
     if suffix in PNG_SUFFIXES:
-        from changenet.data.io import PngStripWriter
-
         return PngStripWriter(path, like.width, like.height, channels)
     raise DataError(f"cannot write a mask to '{path}': use a .tif/.tiff (GeoTIFF) or .png file name "
                     "(masks need a lossless format)")

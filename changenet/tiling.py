@@ -36,6 +36,7 @@ from changenet.data.transforms import normalize
 from changenet.deploy.predictor import Predictor
 from changenet.errors import ModelError, SpecError
 from changenet.data import class_palette
+from changenet.data.io import StripWriter, strip_writer_group
 from changenet.evaluation.visualize import colorize
 from changenet.fileio import write_json
 from changenet.geo import (
@@ -264,7 +265,7 @@ def predict_scene(
                             OmegaConf.create({"dataset": {"segment": {"num_classes": predictor.num_classes, "color_map": None}}}))
     start = time.perf_counter()
     class_pixels = np.zeros(predictor.num_classes, dtype=np.int64)
-    writers: List[Any] = []
+    writers: List[StripWriter] = []
     with contextlib.ExitStack() as stack:
         open_args = (settings.bands, settings.stretch, settings.percentiles)
         scene_a = stack.enter_context(open_scene(path_a, *open_args))
@@ -274,7 +275,7 @@ def predict_scene(
         bar = stack.enter_context(_scene_progress()) if progress else None
         task = bar.add_task(Path(path_a).name, total=grid.num_windows) if bar is not None else None
         advance = (lambda n: bar.advance(task, n)) if bar is not None else None
-        try:
+        with strip_writer_group(writers):
             writers.append(open_strip_writer(out_path, scene_a, 1, colormap=colours))
             if color_path is not None:
                 writers.append(open_strip_writer(color_path, scene_a, 3))
@@ -285,12 +286,6 @@ def predict_scene(
                 writers[0].write_rows(mask)
                 if color_path is not None:
                     writers[1].write_rows(colorize(mask, colours))
-            for writer in writers:
-                writer.close()
-        except BaseException as exc:
-            for writer in writers:
-                writer.abort(exc)
-            raise
         crs = scene_a.crs.to_string() if scene_a.crs is not None else None
     seconds = time.perf_counter() - start
     pixels = grid.height * grid.width

@@ -22,6 +22,15 @@ from omegaconf import DictConfig
 
 from changenet.config import load_spec
 
+# Overrides that switch every training augmentation off (deterministic, unaltered pairs).
+NO_AUGMENTATION = [
+    "dataset.segment.augmentation.random_flip.enable=false",
+    "dataset.segment.augmentation.random_rotate.enable=false",
+    "dataset.segment.augmentation.random_color.enable=false",
+    "dataset.segment.augmentation.with_scale_random_crop.enable=false",
+    "dataset.segment.augmentation.with_random_crop=false",
+    "dataset.segment.augmentation.with_random_blur=false",
+]
 SYNTH_PAIRS = {"num_train": 12, "num_val": 4, "num_test": 4, "num_predict": 4}
 SYNTH_IMG_SIZE = 64
 

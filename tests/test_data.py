@@ -15,16 +15,9 @@ from changenet.data import CNDataset, build_dataset, class_names, class_palette,
 from changenet.data.io import PngStripWriter, read_image, read_label, write_png
 from changenet.data.transforms import denormalize
 from changenet.errors import DataError
+from conftest import NO_AUGMENTATION
 
 SIZE = 32
-NO_AUGMENTATION = [
-    "dataset.segment.augmentation.random_flip.enable=false",
-    "dataset.segment.augmentation.random_rotate.enable=false",
-    "dataset.segment.augmentation.random_color.enable=false",
-    "dataset.segment.augmentation.with_scale_random_crop.enable=false",
-    "dataset.segment.augmentation.with_random_crop=false",
-    "dataset.segment.augmentation.with_random_blur=false",
-]
 
 
 def make_dataset(root: Path, pairs: Dict[str, tuple], split: str = "train", list_text: Optional[str] = None) -> Path:

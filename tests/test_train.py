@@ -21,17 +21,10 @@ from changenet.train.checkpoint import (
 from changenet.train.module import ChangeNetModule, lr_factor
 from changenet.train.runner import train
 from changenet.train.trainer import STATUS_FILE, plan_devices, precision_for
+from conftest import NO_AUGMENTATION
 
 # A narrow decoder at 32 x 32 (the synthetic pairs resized) keeps each run to seconds on a CPU.
 SMALL_MODEL = ("model.decode_head.embed_dim=32", "dataset.segment.img_size=32")
-NO_AUGMENTATION = (
-    "dataset.segment.augmentation.random_flip.enable=false",
-    "dataset.segment.augmentation.random_rotate.enable=false",
-    "dataset.segment.augmentation.random_color.enable=false",
-    "dataset.segment.augmentation.with_scale_random_crop.enable=false",
-    "dataset.segment.augmentation.with_random_crop=false",
-    "dataset.segment.augmentation.with_random_blur=false",
-)
 
 
 def read_status(results_dir: Path) -> list:

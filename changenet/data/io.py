@@ -7,11 +7,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import zlib
 from pathlib import Path
-from typing import BinaryIO, Optional
+from typing import BinaryIO, Iterator, List, Optional
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -92,25 +93,111 @@ def write_png(path: str | os.PathLike, array: np.ndarray, compress_level: int = 
     return Path(path)
 
 
-class PngStripWriter:
+class StripWriter:
+    """Life cycle shared by the row-strip writers (PNG here, GeoTIFF in changenet.geo).
+
+    The file is written under a temporary name and appears at `path` only when `close()` finds every
+    row written; `abort()` (or a failing close) drops it. Subclasses open their handle in __init__ and
+    provide `_is_open`, `_append(strip)`, `_finish()` (trailer, then close) and `_release()` (close
+    without finishing).
+    """
+
+    def __init__(self, path: str | os.PathLike, width: int, height: int, channels: int) -> None:
+        if channels not in (1, 3):
+            raise ValueError(f"{type(self).__name__} writes grey/mask (1) or RGB (3) images")
+        self.path = Path(path)
+        self.width, self.height, self.channels = int(width), int(height), int(channels)
+        self.rows_written = 0
+        self._atomic = atomic_path(self.path)
+        self._tmp = self._atomic.__enter__()
+
+    @property
+    def _is_open(self) -> bool:
+        raise NotImplementedError
+
+    def _append(self, strip: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        raise NotImplementedError
+
+    def _drop(self, exc: BaseException) -> None:
+        """Remove the temporary file; atomic_path re-raises the error it is given, the caller raises it."""
+        try:
+            self._atomic.__exit__(type(exc), exc, exc.__traceback__)
+        except BaseException:  # noqa: BLE001
+            pass
+
+    def write_rows(self, strip: np.ndarray) -> None:
+        """Append uint8 rows: [h, width] for grey/mask, [h, width, 3] for RGB."""
+        strip = np.asarray(strip)
+        expected = (self.width,) if self.channels == 1 else (self.width, 3)
+        if strip.dtype != np.uint8 or strip.shape[1:] != expected:
+            raise ValueError(f"strip must be uint8 [h, {', '.join(map(str, expected))}], got {strip.dtype} {strip.shape}")
+        if self.rows_written + strip.shape[0] > self.height:
+            raise ValueError(f"too many rows for '{self.path}' ({self.height} rows)")
+        self._append(strip)
+        self.rows_written += strip.shape[0]
+
+    def close(self) -> Path:
+        """Finish the file and move it into place; raises if rows are missing (nothing is left behind)."""
+        if not self._is_open:
+            return self.path
+        try:
+            if self.rows_written != self.height:
+                raise ValueError(f"'{self.path}' got {self.rows_written} of {self.height} rows")
+            self._finish()
+            self._atomic.__exit__(None, None, None)
+        except BaseException as exc:
+            self.abort(exc)
+            raise
+        return self.path
+
+    def abort(self, exc: Optional[BaseException] = None) -> None:
+        """Drop the partial file."""
+        if self._is_open:
+            self._release()
+            self._drop(exc or RuntimeError("aborted"))
+
+    def __enter__(self) -> "StripWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is None:
+            self.close()
+        else:
+            self.abort(exc)
+
+
+@contextlib.contextmanager
+def strip_writer_group(writers: List[StripWriter]) -> Iterator[List[StripWriter]]:
+    """Writers of files that belong together (A, B, label; mask, colour): all are closed when the block
+    ends normally, all aborted when it raises. Writers may be appended to the list inside the block."""
+    try:
+        yield writers
+        for writer in writers:
+            writer.close()
+    except BaseException as exc:
+        for writer in writers:
+            writer.abort(exc)
+        raise
+
+
+class PngStripWriter(StripWriter):
     """Writes a PNG from horizontal strips, so a 8192x8192 scene never has to sit in memory at once.
 
     Hand-written because Pillow and OpenCV only encode whole in-memory images. The file is the plain
-    PNG layout: signature, IHDR, zlib-compressed rows (filter byte 0) in IDAT chunks, IEND; it appears
-    at `path` only when `close()` finds that every row was written.
+    PNG layout: signature, IHDR, zlib-compressed rows (filter byte 0) in IDAT chunks, IEND.
     """
 
     _SIGNATURE = b"\x89PNG\r\n\x1a\n"
     _CHUNK_BYTES = 1 << 20
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, channels: int, compress_level: int = 6):
-        if channels not in (1, 3):
-            raise ValueError("PngStripWriter writes grey (1) or RGB (3) images")
-        self.path = Path(path)
-        self.width, self.height, self.channels = int(width), int(height), int(channels)
-        self.rows_written = 0
-        self._atomic = atomic_path(self.path)
-        self._tmp = self._atomic.__enter__()
+        super().__init__(path, width, height, channels)
         self._file: Optional[BinaryIO] = open(self._tmp, "wb")
         self._compressor = zlib.compressobj(compress_level)
         self._pending = bytearray()
@@ -129,55 +216,24 @@ class PngStripWriter:
             del self._pending[: self._CHUNK_BYTES]
             self._chunk(b"IDAT", block)
 
-    def write_rows(self, strip: np.ndarray) -> None:
-        """Append uint8 rows: [h, width] for grey, [h, width, 3] for RGB."""
-        strip = np.asarray(strip)
-        expected = (self.width,) if self.channels == 1 else (self.width, 3)
-        if strip.dtype != np.uint8 or strip.shape[1:] != expected:
-            raise ValueError(f"strip must be uint8 [h, {', '.join(map(str, expected))}], got {strip.dtype} {strip.shape}")
-        if self.rows_written + strip.shape[0] > self.height:
-            raise ValueError(f"too many rows for '{self.path}' ({self.height} rows)")
+    @property
+    def _is_open(self) -> bool:
+        return self._file is not None
+
+    def _append(self, strip: np.ndarray) -> None:
         rows = strip.reshape(strip.shape[0], -1)
         filtered = np.zeros((rows.shape[0], rows.shape[1] + 1), dtype=np.uint8)  # column 0: filter "none"
         filtered[:, 1:] = rows
         self._pending += self._compressor.compress(filtered.tobytes())
         self._flush_idat()
-        self.rows_written += strip.shape[0]
 
-    def close(self) -> Path:
-        """Finish the file and move it into place; raises if rows are missing (nothing is left behind)."""
-        if self._file is None:
-            return self.path
-        try:
-            if self.rows_written != self.height:
-                raise ValueError(f"'{self.path}' got {self.rows_written} of {self.height} rows")
-            self._pending += self._compressor.flush()
-            self._flush_idat(final=True)
-            self._chunk(b"IEND", b"")
-            self._file.close()
-            self._file = None
-            self._atomic.__exit__(None, None, None)
-        except BaseException as exc:
-            self.abort(exc)
-            raise
-        return self.path
+    def _finish(self) -> None:
+        self._pending += self._compressor.flush()
+        self._flush_idat(final=True)
+        self._chunk(b"IEND", b"")
+        self._release()
 
-    def abort(self, exc: Optional[BaseException] = None) -> None:
-        """Drop the partial file."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-            error = exc or RuntimeError("aborted")
-            try:
-                self._atomic.__exit__(type(error), error, error.__traceback__)
-            except BaseException:  # noqa: BLE001 - atomic_path re-raises the error it was given
-                pass
-
-    def __enter__(self) -> "PngStripWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc is None:
-            self.close()
-        else:
-            self.abort(exc)
+    def _release(self) -> None:
+        assert self._file is not None
+        self._file.close()
+        self._file = None

@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from changenet.data.io import PngStripWriter, write_png
+from changenet.data.io import PngStripWriter, strip_writer_group, write_png
 from changenet.fileio import DIR_MODE, FILE_MODE
 from changenet.errors import DataError
 from changenet.fileio import write_json
@@ -628,7 +628,7 @@ def _write_scene(folder: Path, scene_size: int, img_size: int, num_classes: int,
     writers = [PngStripWriter(folder / "A.png", scene_size, scene_size, 3, PNG_LEVEL),
                PngStripWriter(folder / "B.png", scene_size, scene_size, 3, PNG_LEVEL),
                PngStripWriter(folder / "label.png", scene_size, scene_size, 1, PNG_LEVEL)]
-    try:
+    with strip_writer_group(writers):
         for row in range(blocks):
             rows = min(block, scene_size - row * block)
             strips = [np.zeros((rows, scene_size, 3), np.uint8), np.zeros((rows, scene_size, 3), np.uint8),
@@ -645,12 +645,6 @@ def _write_scene(folder: Path, scene_size: int, img_size: int, num_classes: int,
             for writer, strip in zip(writers, strips):
                 writer.write_rows(strip)
             progress.update(task, advance=1)
-        for writer in writers:
-            writer.close()
-    except BaseException as exc:
-        for writer in writers:
-            writer.abort(exc)
-        raise
     return {"size": scene_size, "block": block, "changed_fraction": round(changed / float(scene_size ** 2), 4),
             "files": ["scene/A.png", "scene/B.png", "scene/label.png"]}
 
