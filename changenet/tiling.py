@@ -210,6 +210,11 @@ def resolve_settings(predictor: Predictor, cfg: Optional[DictConfig] = None, **e
     if fixed is not None and tile != fixed[0]:
         raise SpecError(f"inference.tiling.tile_size is {tile} but this {predictor.backend} model takes "
                         f"{fixed[0]}x{fixed[1]} inputs; set tile_size={fixed[0]} or leave it unset")
+    multiple = predictor.size_multiple
+    if multiple and tile % multiple:
+        lower, upper = max(tile // multiple, 1) * multiple, (tile // multiple + 1) * multiple
+        raise SpecError(f"inference.tiling.tile_size is {tile} but the model needs a multiple of {multiple}; "
+                        f"use {lower} or {upper}")
     overlap = int(_pick(explicit.get("overlap"), cfg, "inference.tiling.overlap", tile // 8))
     batch = int(_pick(explicit.get("batch_size"), cfg, "inference.tiling.batch_size", DEFAULT_BATCH))
     if batch < 1:

@@ -177,6 +177,11 @@ def test_one_tile_image_matches_plain_inference_with_fan_tiny(tmp_path):
                             cfg=cfg, batch_size=3, progress=False)
     assert np.asarray(Image.open(tmp_path / "big.png")).shape == (80, 112)
     assert summary["windows"] == 2 * 2
+    # A tile the backbone cannot take (fan: multiples of 16) is refused before any window runs.
+    with pytest.raises(SpecError, match="tile_size is 72 but the model needs a multiple of 16; use 64 or 80"):
+        predict_scene(predictor, tmp_path / "big_a.png", tmp_path / "big_b.png", tmp_path / "bad.png",
+                      cfg=cfg, tile_size=72, progress=False)
+    assert not (tmp_path / "bad.png").exists()
 
 
 @pytest.mark.parametrize("height,width", [(70, 100), (20, 50), (33, 32)])

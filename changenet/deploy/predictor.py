@@ -45,6 +45,11 @@ class Predictor(ABC):
         self.multi_scale_infer = multi_scale_infer
         self.align_corners = align_corners
 
+    @property
+    def size_multiple(self) -> Optional[int]:
+        """For a backend that takes any input size: the number every side must be a multiple of."""
+        return None
+
     # ------------------------------------------------------------------ to implement
     @abstractmethod
     def _forward(self, a: np.ndarray, b: np.ndarray) -> List[np.ndarray]:

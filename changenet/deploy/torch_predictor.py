@@ -69,6 +69,15 @@ class TorchPredictor(Predictor):
         return cls(model, seg.num_classes, multi_scale_infer=seg.multi_scale_infer,
                    align_corners=cfg.model.decode_head.align_corners, device=device, **kwargs)
 
+    @property
+    def size_multiple(self) -> Optional[int]:
+        backbone = getattr(self.model, "backbone", None)
+        if backbone is None or not hasattr(backbone, "strides"):
+            return None  # not a ChangeNet (a test model): it says itself what it cannot take
+        from changenet.model.changenet import input_size_multiple
+
+        return input_size_multiple(backbone)
+
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(array).to(self.device, non_blocking=True)
         if self.channels_last:

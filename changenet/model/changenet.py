@@ -97,9 +97,14 @@ def check_feature_strides(backbone: nn.Module, feature_strides: List[int], name:
         )
 
 
+def input_size_multiple(backbone: nn.Module) -> int:
+    """Input sides must be multiples of this: the largest feature stride and the token (patch) stride."""
+    return math.lcm(max(backbone.strides), backbone.token_stride)
+
+
 def check_input_size(backbone: nn.Module, size: int, name: str, key: str = "dataset.segment.img_size") -> None:
     """The input side must be a multiple of the largest feature stride and of the token (patch) stride."""
-    multiple = math.lcm(max(backbone.strides), backbone.token_stride)
+    multiple = input_size_multiple(backbone)
     if size % multiple:
         lower, upper = max(size // multiple, 1) * multiple, (size // multiple + 1) * multiple
         raise SpecError(
