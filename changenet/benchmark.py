@@ -33,7 +33,10 @@ GPU_PEAK_TFLOPS = {
     "L4": (30.3, 121.0), "A10": (31.2, 125.0), "RTX 4090": (82.6, 165.0), "T4": (8.1, 65.0),
 }
 # Backends that run reduced precision use the tensor-core peak.
-REDUCED_PRECISION_BACKENDS = ("torch-bf16", "onnxruntime-int8", "tensorrt")
+REDUCED_PRECISION_BACKENDS = ("torch-bf16", "torch-bf16-cudagraph", "onnxruntime-int8", "tensorrt")
+# PyTorch backends: name -> (autocast precision, CUDA graphs)
+TORCH_BACKENDS = {"torch": ("fp32", False), "torch-bf16": ("bf16", False), "torch-cudagraph": ("fp32", True),
+                  "torch-bf16-cudagraph": ("bf16", True)}
 
 
 @dataclass
@@ -98,15 +101,16 @@ def open_backend(backend: str, cfg: DictConfig) -> Predictor:
     """The Predictor for a benchmark backend name; raises ChangenetError with the reason it cannot run."""
     bench = cfg.benchmark
     seg = cfg.dataset.segment
-    if backend in ("torch", "torch-bf16"):
+    if backend in TORCH_BACKENDS:
         from changenet.deploy.torch_predictor import TorchPredictor
 
-        precision = "bf16" if backend == "torch-bf16" else "fp32"
+        precision, cuda_graphs = TORCH_BACKENDS[backend]
+        options = {"precision": precision, "cuda_graphs": cuda_graphs}
         if is_set(cfg, "benchmark.checkpoint"):
-            return TorchPredictor.from_checkpoint(bench.checkpoint, cfg, precision=precision)
+            return TorchPredictor.from_checkpoint(bench.checkpoint, cfg, **options)
         from changenet.model import build_model  # speed does not depend on the weights
 
-        return TorchPredictor(build_model(cfg, load_pretrained=False), seg.num_classes, precision=precision)
+        return TorchPredictor(build_model(cfg, load_pretrained=False), seg.num_classes, **options)
     if backend in ("onnxruntime", "onnxruntime-int8"):
         from changenet.deploy.onnxruntime_predictor import OnnxRuntimePredictor
 

@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 from changenet.benchmark import benchmark, estimate_cpu_peak_tflops
 from changenet.config import load_spec
 
@@ -12,7 +14,7 @@ ROW_KEYS = {"backend", "batch_size", "status", "reason", "pairs_per_second", "la
 def test_report_lists_every_backend(tmp_path):
     cfg = load_spec(None, [
         "model.backbone.type=fan_tiny_8_p4_hybrid", "dataset.segment.img_size=32", "model.decode_head.embed_dim=16",
-        f"results_dir={tmp_path}", "benchmark.backends=[torch,onnxruntime,onnxruntime-int8,tensorrt]",
+        f"results_dir={tmp_path}", "benchmark.backends=[torch,onnxruntime,onnxruntime-int8,tensorrt,torch-cudagraph]",
         "benchmark.batch_sizes=[1,2]", "benchmark.warmup=1", "benchmark.iterations=2",
         f"benchmark.onnx_file={tmp_path}/missing.onnx",
     ])
@@ -21,21 +23,24 @@ def test_report_lists_every_backend(tmp_path):
     assert report["model_gflops_per_pair"] > 0 and report["speedup_baseline"] == "torch"
     rows = report["results"]
     assert {(r["backend"], r["batch_size"]) for r in rows} == {
-        (b, s) for b in ("torch", "onnxruntime", "onnxruntime-int8", "tensorrt") for s in (1, 2)}
+        (b, s) for b in ("torch", "onnxruntime", "onnxruntime-int8", "tensorrt", "torch-cudagraph") for s in (1, 2)}
     for row in rows:
         assert ROW_KEYS <= set(row)
-        if row["backend"] == "torch":
+        runnable = ("torch", "torch-cudagraph") if torch.cuda.is_available() else ("torch",)
+        if row["backend"] in runnable:
             assert row["status"] == "ok"
             assert row["pairs_per_second"] > 0
             assert row["latency_ms_p50"] <= row["latency_ms_p99"]
             assert 0 < row["utilisation"] < 1
-            assert row["speedup"] == 1.0  # the first listed backend is the baseline
+            assert row["speedup"] > 0 and (row["backend"] != "torch" or row["speedup"] == 1.0)  # torch: baseline
         else:
             assert row["status"] == "unavailable" and row["reason"]
     by_backend = {r["backend"]: r["reason"] for r in rows}
     assert "missing.onnx" in by_backend["onnxruntime"]
     assert "benchmark.int8_onnx_file" in by_backend["onnxruntime-int8"]
     assert "benchmark.trt_engine" in by_backend["tensorrt"]
+    if not torch.cuda.is_available():
+        assert "CUDA graphs need an NVIDIA GPU" in by_backend["torch-cudagraph"]
 
 
 def test_cpu_peak_estimate_is_plausible():

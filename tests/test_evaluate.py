@@ -12,7 +12,7 @@ from changenet.deploy.export import export
 from changenet.errors import ChangenetError, DataError, SpecError
 from changenet.evaluation.runner import evaluate, inference
 from changenet.model import build_model
-from changenet.train.checkpoint import METADATA_KEY, MODEL_PREFIX, checkpoint_metadata
+from changenet.train.checkpoint import save_model_checkpoint
 
 SMALL = ("model.decode_head.embed_dim=16", "dataset.segment.img_size=64")
 
@@ -22,10 +22,7 @@ def checkpoint(tiny_spec_factory, tmp_path):
     cfg = tiny_spec_factory(*SMALL)
     torch.manual_seed(0)
     model = build_model(cfg, load_pretrained=False)
-    path = tmp_path / "model.pth"
-    state = {MODEL_PREFIX + key: value for key, value in model.state_dict().items()}
-    torch.save({"state_dict": state, METADATA_KEY: checkpoint_metadata(cfg)}, path)
-    return path
+    return save_model_checkpoint(model, cfg, tmp_path / "model.pth")
 
 
 def test_onnx_and_checkpoint_give_the_same_metrics(tiny_spec_factory, checkpoint, tmp_path):

@@ -23,7 +23,7 @@ from changenet.deploy.verify import INPUT_NAMES, OUTPUT_NAMES, check_graph, samp
 from changenet.errors import ModelError, SpecError
 from changenet.fileio import sha256_file
 from changenet.model import build_model
-from changenet.train.checkpoint import METADATA_KEY, MODEL_PREFIX, checkpoint_metadata
+from changenet.train.checkpoint import save_model_checkpoint
 
 SIZE = 64
 SIDECAR_KEYS = {
@@ -37,13 +37,6 @@ def spec_for(root: Path, results: Path, *overrides: str):
         f"dataset.segment.root_dir={root}", "model.backbone.type=fan_tiny_8_p4_hybrid",
         f"dataset.segment.img_size={SIZE}", "dataset.segment.workers=0", f"results_dir={results}", *overrides,
     ])
-
-
-def save_checkpoint(model: torch.nn.Module, cfg, path: Path) -> Path:
-    """A checkpoint laid out as `changenet train` writes it: Lightning state_dict + changenet metadata."""
-    state = {MODEL_PREFIX + key: value for key, value in model.state_dict().items()}
-    torch.save({"state_dict": state, METADATA_KEY: checkpoint_metadata(cfg)}, path)
-    return path
 
 
 def graph_dims(values) -> dict:
@@ -61,7 +54,7 @@ def tiny(synth_root, workdir):
     torch.manual_seed(0)
     cfg = spec_for(synth_root, workdir / "results")
     model = build_model(cfg, load_pretrained=False).eval()
-    checkpoint = save_checkpoint(model, cfg, workdir / "model_epoch_000.pth")
+    checkpoint = save_model_checkpoint(model, cfg, workdir / "model_epoch_000.pth")
     return cfg, model, checkpoint
 
 

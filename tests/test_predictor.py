@@ -79,3 +79,40 @@ def test_multi_scale_combine_averages_probabilities():
     assert probs.shape == (1, 2, 4, 4)
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(1, 4, 4))
     assert float(probs[0, 0, 0, 0]) > 0.75  # four of five outputs say "no change"
+
+
+# --------------------------------------------------------------------------- CUDA graphs (PyTorch)
+def _tiny_changenet():
+    from changenet.config import load_spec
+    from changenet.model import build_model
+
+    torch.manual_seed(0)
+    cfg = load_spec(None, ["model.backbone.type=fan_tiny_8_p4_hybrid", "dataset.segment.img_size=32",
+                           "model.decode_head.embed_dim=16"])
+    return build_model(cfg, load_pretrained=False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_cuda_graphs_need_a_gpu():
+    from changenet.deploy.torch_predictor import TorchPredictor
+    from changenet.errors import UnsupportedError
+
+    with pytest.raises(UnsupportedError, match="CUDA graphs need an NVIDIA GPU; this predictor runs on cpu"):
+        TorchPredictor(_tiny_changenet(), 2, cuda_graphs=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need an NVIDIA GPU (none on this machine)")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_graph_replays_match_eager_runs(precision):
+    from changenet.deploy.torch_predictor import TorchPredictor
+
+    model = _tiny_changenet()
+    eager = TorchPredictor(model, 2, device="cuda", precision=precision)
+    graphed = TorchPredictor(model, 2, device="cuda", precision=precision, cuda_graphs=True)
+    rng = np.random.default_rng(0)
+    for batch in (2, 2, 3):  # a replay with new data, then a second captured shape
+        a, b = (rng.standard_normal((batch, 3, 32, 32), dtype=np.float32) for _ in range(2))
+        for want, got in zip(eager.forward_all(a, b), graphed.forward_all(a, b)):
+            np.testing.assert_allclose(got, want, atol=1e-2 if precision == "bf16" else 1e-4)
+    assert len(graphed._captured) == 2

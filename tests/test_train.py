@@ -14,9 +14,9 @@ from changenet.errors import DataError, ModelError, SpecError
 from changenet.train.checkpoint import (
     LATEST_CHECKPOINT_NAME,
     METADATA_KEY,
-    checkpoint_metadata,
     epoch_checkpoint_name,
     load_model_from_checkpoint,
+    save_model_checkpoint,
 )
 from changenet.train.module import ChangeNetModule, lr_factor
 from changenet.train.runner import train
@@ -39,13 +39,14 @@ def changed_fraction(cfg) -> float:
 
 
 def write_checkpoint(path: Path, cfg, **meta_changes) -> Path:
-    """A changenet checkpoint of an untrained model, as `changenet train` lays it out."""
+    """A changenet checkpoint of an untrained model, its metadata entry changed by `meta_changes`."""
     from changenet.model import build_model
 
-    meta = checkpoint_metadata(cfg)
-    meta.update(meta_changes)
-    state = {f"model.{key}": value for key, value in build_model(cfg, load_pretrained=False).state_dict().items()}
-    torch.save({"epoch": 0, "state_dict": state, METADATA_KEY: meta}, path)
+    save_model_checkpoint(build_model(cfg, load_pretrained=False), cfg, path)
+    if meta_changes:
+        checkpoint = torch.load(path, weights_only=True)
+        checkpoint[METADATA_KEY].update(meta_changes)
+        torch.save(checkpoint, path)
     return path
 
 

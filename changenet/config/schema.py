@@ -269,7 +269,9 @@ class CalibrateConfig:
 # --------------------------------------------------------------------------- benchmark
 @dataclass
 class BenchmarkConfig:
-    backends: List[str] = _f(factory=lambda: ["torch", "onnxruntime"], help="torch, onnxruntime, onnxruntime-int8, tensorrt")
+    backends: List[str] = _f(
+        factory=lambda: ["torch", "onnxruntime"],
+        help="torch, torch-bf16, torch-cudagraph, torch-bf16-cudagraph, onnxruntime, onnxruntime-int8, tensorrt")
     batch_sizes: List[int] = _f(factory=lambda: [1, 8], help="batch sizes to time")
     warmup: int = _f(3, "untimed iterations")
     iterations: int = _f(20, "timed iterations")

@@ -71,7 +71,8 @@ CHOICES = {
 # One calibration run serves both Q/DQ placements, so every method works for either target
 # ("max" is TensorRT's name, "minmax" ONNX Runtime's, for the same symmetric min-max ranges).
 CALIBRATION_METHODS = ("entropy", "max", "minmax", "percentile")
-BENCHMARK_BACKENDS = ("torch", "torch-bf16", "onnxruntime", "onnxruntime-int8", "tensorrt")
+BENCHMARK_BACKENDS = ("torch", "torch-bf16", "torch-cudagraph", "torch-bf16-cudagraph", "onnxruntime", "onnxruntime-int8",
+                      "tensorrt")
 
 
 def _value(cfg: DictConfig, key: str) -> Any:

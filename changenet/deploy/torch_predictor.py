@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import List, Optional
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -16,6 +17,17 @@ from changenet.errors import SpecError, UnsupportedError
 
 # Autocast precisions a caller may ask for; fp32 runs the model as stored.
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class CapturedForward:
+    """One forward pass recorded as a CUDA graph: inputs are copied into `a`/`b`, `graph.replay()`
+    recomputes `outputs` in place."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    graph: "torch.cuda.CUDAGraph"
+    outputs: List[torch.Tensor]
 
 
 def pick_device(gpu_id: int = 0, on_cpu: bool = False) -> torch.device:
@@ -42,6 +54,7 @@ class TorchPredictor(Predictor):
         device: Optional[torch.device | str] = None,
         channels_last: Optional[bool] = None,
         precision: str = "fp32",
+        cuda_graphs: bool = False,
     ) -> None:
         super().__init__(num_classes, multi_scale_infer=multi_scale_infer, align_corners=align_corners)
         if precision not in AUTOCAST_DTYPES:
@@ -56,6 +69,12 @@ class TorchPredictor(Predictor):
         self.model = model.eval().to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # CUDA graphs replay a recorded launch sequence, removing the per-kernel CPU launch cost; one
+        # graph per input shape (batch_plan keeps those few: full chunks and one remainder).
+        if cuda_graphs and self.device.type != "cuda":
+            raise UnsupportedError(f"CUDA graphs need an NVIDIA GPU; this predictor runs on {self.device}")
+        self.cuda_graphs = cuda_graphs
+        self._captured: Dict[Tuple[int, ...], CapturedForward] = {}
 
     @classmethod
     def from_checkpoint(
@@ -84,19 +103,48 @@ class TorchPredictor(Predictor):
             tensor = tensor.contiguous(memory_format=torch.channels_last)
         return tensor
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
+    def _autocast(self, cache_enabled: bool = True) -> contextlib.AbstractContextManager:
         dtype = AUTOCAST_DTYPES[self.precision]
         if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return torch.autocast(device_type=self.device.type, dtype=dtype, cache_enabled=cache_enabled)
 
     def _forward(self, a: np.ndarray, b: np.ndarray) -> List[np.ndarray]:
-        with torch.inference_mode(), self._autocast():
-            outputs = self.model(self._to_device(a), self._to_device(b))
+        if self.cuda_graphs:
+            outputs = self._replay(a, b)
+        else:
+            with torch.inference_mode(), self._autocast():
+                outputs = self.model(self._to_device(a), self._to_device(b))
         return [o.float().cpu().numpy() for o in outputs]
+
+    def _replay(self, a: np.ndarray, b: np.ndarray) -> List[torch.Tensor]:
+        captured = self._captured.get(a.shape)
+        if captured is None:
+            captured = self._captured[a.shape] = self._capture(a, b)
+        captured.a.copy_(self._to_device(a))
+        captured.b.copy_(self._to_device(b))
+        captured.graph.replay()
+        return captured.outputs
+
+    def _capture(self, a: np.ndarray, b: np.ndarray) -> CapturedForward:
+        """Record the forward pass for this input shape (the PyTorch CUDA graphs recipe: warm up on a
+        side stream so lazy initialisation and cuDNN's algorithm search stay out of the graph; autocast
+        without its weight cache, whose casts a graph could not repeat)."""
+        static_a, static_b = self._to_device(a).clone(), self._to_device(b).clone()
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side), torch.no_grad(), self._autocast(cache_enabled=False):
+            for _ in range(3):
+                self.model(static_a, static_b)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), self._autocast(cache_enabled=False), torch.cuda.graph(graph):
+            outputs = list(self.model(static_a, static_b))
+        return CapturedForward(static_a, static_b, graph, outputs)
 
     def close(self) -> None:
         # Drop the model so a following backend in the same process gets the GPU memory back.
         self.model = None  # type: ignore[assignment]
+        self._captured.clear()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -7,8 +7,8 @@ model it holds. Everything in it is tensors and primitive types, so it loads wit
     <train.results_dir>/model_epoch_000.pth ...          every train.checkpoint_interval epochs
     <train.results_dir>/changenet_model_segment_latest.pth   after every epoch, replaced atomically
 
-Writing them is the Trainer's job (changenet.train.trainer); this module needs no Lightning, so
-evaluation, inference and export load models without importing it.
+Writing them is the Trainer's job (changenet.train.trainer; `save_model_checkpoint` writes weights-only
+ones); this module needs no Lightning, so evaluation, inference and export load models without it.
 """
 
 from __future__ import annotations
@@ -64,6 +64,21 @@ def checkpoint_metadata(cfg: DictConfig) -> Dict[str, Any]:
         "std": [float(v) for v in seg.std],
         "model": OmegaConf.to_container(cfg.model, resolve=True),
     }
+
+
+def save_model_checkpoint(model: torch.nn.Module, cfg: DictConfig, path: str | os.PathLike, epoch: int = 0) -> Path:
+    """Write `model`'s weights as a changenet checkpoint that evaluate, inference and export load.
+
+    For weights that did not come from `changenet train` (converted or hand-built models); it holds no
+    optimiser state, so training does not resume from it. Written atomically.
+    """
+    from changenet.fileio import atomic_path
+
+    state = {MODEL_PREFIX + key: value for key, value in model.state_dict().items()}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save({"epoch": int(epoch), "state_dict": state, METADATA_KEY: checkpoint_metadata(cfg)}, tmp)
+    return path
 
 
 # --------------------------------------------------------------------------- reading
