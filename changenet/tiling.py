@@ -212,7 +212,9 @@ def resolve_settings(predictor: Predictor, cfg: Optional[DictConfig] = None, **e
                         f"{fixed[0]}x{fixed[1]} inputs; set tile_size={fixed[0]} or leave it unset")
     multiple = predictor.size_multiple
     if multiple and tile % multiple:
-        lower, upper = max(tile // multiple, 1) * multiple, (tile // multiple + 1) * multiple
+        from changenet.model.changenet import nearest_multiples
+
+        lower, upper = nearest_multiples(tile, multiple)
         raise SpecError(f"inference.tiling.tile_size is {tile} but the model needs a multiple of {multiple}; "
                         f"use {lower} or {upper}")
     overlap = int(_pick(explicit.get("overlap"), cfg, "inference.tiling.overlap", tile // 8))

@@ -91,7 +91,7 @@ def to_inference_form(model: nn.Module) -> Tuple[nn.Module, int]:
         return model, 0
     model = copy.deepcopy(model)
     replaced = 0
-    for name, module in list(model.named_modules()):
+    for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, nn.ConvTranspose2d) and can_split_into_phases(child):
                 setattr(module, child_name, PhaseConvTranspose2d(child).to(child.weight.device))

@@ -102,11 +102,16 @@ def input_size_multiple(backbone: nn.Module) -> int:
     return math.lcm(max(backbone.strides), backbone.token_stride)
 
 
+def nearest_multiples(size: int, multiple: int) -> tuple:
+    """The multiples of `multiple` just below (at least one multiple) and above `size`: sizes to suggest."""
+    return max(size // multiple, 1) * multiple, (size // multiple + 1) * multiple
+
+
 def check_input_size(backbone: nn.Module, size: int, name: str, key: str = "dataset.segment.img_size") -> None:
     """The input side must be a multiple of the largest feature stride and of the token (patch) stride."""
     multiple = input_size_multiple(backbone)
     if size % multiple:
-        lower, upper = max(size // multiple, 1) * multiple, (size // multiple + 1) * multiple
+        lower, upper = nearest_multiples(size, multiple)
         raise SpecError(
             f"spec key '{key}' is {size} but backbone '{name}' needs a multiple of {multiple} (largest feature "
             f"stride {max(backbone.strides)}, patch stride {backbone.token_stride}); use {lower} or {upper}"
