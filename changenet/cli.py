@@ -62,9 +62,13 @@ def _load_entry_point(action: str) -> Callable:
 def run_action(action: str, spec: Optional[Path], overrides: List[str]) -> None:
     """Load the spec for an action and run it; user errors become one line and exit code 2."""
     from changenet.config import load_spec
+    from changenet.config.tao_compat import note_settings_without_effect
+    from changenet.console import show_log_lines
 
+    show_log_lines()
     try:
         cfg = load_spec(spec, overrides, action=action)
+        note_settings_without_effect(cfg, action)
         _load_entry_point(action)(cfg)
     except ChangenetError as exc:
         _fail(str(exc))

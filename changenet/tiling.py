@@ -231,8 +231,8 @@ def resolve_settings(predictor: Predictor, cfg: Optional[DictConfig] = None, **e
     bands = _pick(explicit.get("bands"), cfg, "inference.tiling.bands", None)
     return TileSettings(
         tile_size=tile, overlap=overlap, batch_size=batch,
-        mean=tuple(float(m) for m in _pick(explicit.get("mean"), cfg, "dataset.segment.mean", DEFAULT_MEAN_STD)),
-        std=tuple(float(s) for s in _pick(explicit.get("std"), cfg, "dataset.segment.std", DEFAULT_MEAN_STD)),
+        mean=tuple(float(m) for m in _pick(explicit.get("mean"), cfg, "dataset.segment.augmentation.mean", DEFAULT_MEAN_STD)),
+        std=tuple(float(s) for s in _pick(explicit.get("std"), cfg, "dataset.segment.augmentation.std", DEFAULT_MEAN_STD)),
         bands=tuple(int(b) for b in bands) if bands else None,
         stretch=stretch, percentiles=percentiles,  # type: ignore[arg-type]
     )
@@ -264,7 +264,7 @@ def predict_scene(
     """Change mask of a whole image pair at full resolution, written to `out_path` (.tif: GeoTIFF with
     A's CRS and transform, single-band uint8 class indices with a colour table; .png: grey class indices).
     `color_path` adds an RGB rendering in the class colours. Unset arguments come from `cfg`
-    (inference.tiling.*, dataset.segment.mean/std/color_map) or the defaults. Returns a summary dict.
+    (inference.tiling.*, dataset.segment.augmentation.mean/std, color_map) or the defaults. Returns a summary dict.
     """
     settings = resolve_settings(predictor, cfg, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
                                 mean=mean, std=std, bands=bands, stretch=stretch, percentiles=percentiles)

@@ -10,10 +10,14 @@ tiny_spec
     A loaded spec (changenet.config.load_spec) for a CPU-sized run on synth_root:
     model.backbone.type=fan_tiny_8_p4_hybrid, dataset.segment.img_size=64, batch_size=4, workers=0,
     train.num_epochs=1, results_dir=<tmp_path>/results.
+tao_reference (session scope)
+    Path of the TAO-made reference models (../shared/tao-reference, or $CHANGENET_TAO_REFERENCE). Tests
+    that use it fail when it is missing and CHANGENET_REQUIRE_TAO_REFERENCE=1 (as .ci/run sets), else skip.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -64,3 +68,21 @@ def tiny_spec_factory(synth_root: Path, tmp_path: Path) -> Callable[..., DictCon
 @pytest.fixture
 def tiny_spec(tiny_spec_factory: Callable[..., DictConfig]) -> DictConfig:
     return tiny_spec_factory()
+
+
+# --------------------------------------------------------------------------- TAO reference models
+# TAO-made models with TAO's outputs (see ../shared/tao-reference/README.md). CI sets
+# CHANGENET_REQUIRE_TAO_REFERENCE=1, so a missing reference fails there; elsewhere the tests skip.
+TAO_REFERENCE_DIR = Path(os.environ.get("CHANGENET_TAO_REFERENCE",
+                                        Path(__file__).resolve().parents[1].parent / "shared" / "tao-reference"))
+
+
+@pytest.fixture(scope="session")
+def tao_reference() -> Path:
+    """The folder of TAO reference models; fails (CI) or skips (elsewhere) when it is missing."""
+    if (TAO_REFERENCE_DIR / "README.md").is_file():
+        return TAO_REFERENCE_DIR
+    message = f"TAO reference models not found at {TAO_REFERENCE_DIR} (set CHANGENET_TAO_REFERENCE)"
+    if os.environ.get("CHANGENET_REQUIRE_TAO_REFERENCE") == "1":
+        pytest.fail(message)
+    pytest.skip(message)

@@ -13,7 +13,7 @@ ROW_KEYS = {"backend", "batch_size", "status", "reason", "pairs_per_second", "la
 
 def test_report_lists_every_backend(tmp_path):
     cfg = load_spec(None, [
-        "model.backbone.type=fan_tiny_8_p4_hybrid", "dataset.segment.img_size=32", "model.decode_head.embed_dim=16",
+        "model.backbone.type=fan_tiny_8_p4_hybrid", "dataset.segment.img_size=32", "model.decode_head.decoder_params.embed_dim=16",
         f"results_dir={tmp_path}", "benchmark.backends=[torch,onnxruntime,onnxruntime-int8,tensorrt,torch-cudagraph]",
         "benchmark.batch_sizes=[1,2]", "benchmark.warmup=1", "benchmark.iterations=2",
         f"benchmark.onnx_file={tmp_path}/missing.onnx",
@@ -57,7 +57,7 @@ def test_end_to_end_reports_its_fraction_of_the_backend_only_rate(synth_root, tm
 
     overrides = [
         f"dataset.segment.root_dir={synth_root}", "model.backbone.type=fan_tiny_8_p4_hybrid",
-        "dataset.segment.img_size=32", "model.decode_head.embed_dim=16", "dataset.segment.workers=0",
+        "dataset.segment.img_size=32", "model.decode_head.decoder_params.embed_dim=16", "dataset.segment.workers=0",
         f"results_dir={tmp_path}",
     ]
     onnx_path = tmp_path / "model.onnx"

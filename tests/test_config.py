@@ -73,7 +73,7 @@ def test_aliases_align_corner_and_enabled():
     ("train.optim.lr=-0.1", ["train.optim.lr", ">= 0"]),
     ("dataset.segment.augmentation.random_flip.vflip_probability=1.5", ["vflip_probability", "[0, 1]"]),
     ("dataset.segment.augmentation.random_color.color_probability=-0.1", ["color_probability", "[0, 1]"]),
-    ("train.optim.optim=adam", ["train.optim.optim", "adamw"]),
+    ("train.optim.optim=adamm", ["train.optim.optim", "adamw"]),
     ("model.backbone.type=fan_tiny", ["model.backbone.type", "fan_tiny_8_p4_hybrid"]),
     ("gen_trt_engine.tensorrt.data_type=int4", ["gen_trt_engine.tensorrt.data_type", "INT4"]),
     ("gen_trt_engine.tensorrt.min_batch_size=8", ["min/opt/max_batch_size", "8/1/1"]),

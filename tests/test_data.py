@@ -318,7 +318,7 @@ def test_preprocess_image_resizes_and_normalises(tiny_spec):
 
 
 def test_preprocess_uses_spec_mean_and_std(tiny_spec_factory):
-    cfg = tiny_spec_factory("dataset.segment.mean=[0.0,0.0,0.0]", "dataset.segment.std=[1.0,1.0,1.0]")
+    cfg = tiny_spec_factory("dataset.segment.augmentation.mean=[0.0,0.0,0.0]", "dataset.segment.augmentation.std=[1.0,1.0,1.0]")
     image = np.full((64, 64, 3), 51, np.uint8)
     np.testing.assert_allclose(preprocess_image(image, cfg), 0.2, rtol=1e-6)
 

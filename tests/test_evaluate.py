@@ -1,6 +1,7 @@
 """evaluate / inference through the shared loop: every backend gives the same metrics, files are written."""
 
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -8,13 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
+from changenet.config import load_spec
 from changenet.deploy.export import export
 from changenet.errors import ChangenetError, DataError, SpecError
 from changenet.evaluation.runner import evaluate, inference
 from changenet.model import build_model
 from changenet.train.checkpoint import save_model_checkpoint
 
-SMALL = ("model.decode_head.embed_dim=16", "dataset.segment.img_size=64")
+SMALL = ("model.decode_head.decoder_params.embed_dim=16", "dataset.segment.img_size=64")
 
 
 @pytest.fixture
@@ -54,11 +56,23 @@ def test_inference_writes_masks_at_original_size(tiny_spec_factory, checkpoint, 
     assert (out / "color" / masks[0].name).is_file() and (out / "vis" / masks[0].name).is_file()
 
 
-def test_exactly_one_model_source(tiny_spec_factory, checkpoint, tmp_path):
-    with pytest.raises(SpecError, match="exactly one model source"):
+def test_model_source_choice(tiny_spec_factory, checkpoint, tmp_path, caplog):
+    with pytest.raises(SpecError, match="set one model source: evaluate.checkpoint, evaluate.onnx_file, evaluate.trt_engine"):
         evaluate(tiny_spec_factory(*SMALL))
-    with pytest.raises(SpecError, match=r"found evaluate\.checkpoint, evaluate\.onnx_file"):
-        evaluate(tiny_spec_factory(*SMALL, f"evaluate.checkpoint={checkpoint}", f"evaluate.onnx_file={tmp_path}/m.onnx"))
+    # TAO's example specs name a checkpoint and an engine: the checkpoint is used, and one line says so.
+    spec = tmp_path / "tao_style.yaml"
+    spec.write_text(f"evaluate:\n  checkpoint: {checkpoint}\n  trt_engine: {tmp_path / 'model.engine'}\n")
+    base = [*SMALL, "model.backbone.type=fan_tiny_8_p4_hybrid", f"dataset.segment.root_dir={tiny_spec_factory().dataset.segment.root_dir}",
+                                      "dataset.segment.workers=0", f"results_dir={tmp_path / 'r'}"]
+    with caplog.at_level(logging.WARNING, logger="changenet.deploy.factory"):
+        results = evaluate(load_spec(spec, base))
+    assert results["backend"] == "torch"
+    assert [r.getMessage() for r in caplog.records] == [
+        "the spec sets evaluate.checkpoint and evaluate.trt_engine; using evaluate.checkpoint (pass "
+        "evaluate.<source>=<file> on the command line to choose another)"]
+    # A source on the command line replaces the file's.
+    chosen = load_spec(spec, base + [f"evaluate.onnx_file={tmp_path / 'm.onnx'}"])
+    assert (chosen.evaluate.checkpoint, chosen.evaluate.trt_engine) == (None, None)
 
 
 def test_missing_label_is_a_clear_error(synth_root, tiny_spec_factory, checkpoint, tmp_path):

@@ -178,7 +178,7 @@ def test_broken_export_fails_verification_and_leaves_nothing(tiny, workdir, monk
     real_export = torch.onnx.export
 
     def export_with_flipped_classes(module, *args, **kwargs):
-        classify = module.decoder.classify
+        classify = module.decoder.change_probability.conv2d
         with torch.no_grad():
             classify.weight.neg_()
             classify.bias.neg_()

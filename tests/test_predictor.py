@@ -88,7 +88,7 @@ def _tiny_changenet():
 
     torch.manual_seed(0)
     cfg = load_spec(None, ["model.backbone.type=fan_tiny_8_p4_hybrid", "dataset.segment.img_size=32",
-                           "model.decode_head.embed_dim=16"])
+                           "model.decode_head.decoder_params.embed_dim=16"])
     return build_model(cfg, load_pretrained=False)
 
 

@@ -16,13 +16,13 @@ from changenet.train.checkpoint import (
     LATEST_CHECKPOINT_NAME,
     epoch_checkpoint_name,
     load_model_from_checkpoint,
-    read_changenet_checkpoint,
+    read_checkpoint,
 )
 from changenet.train.runner import train
 from changenet.train.trainer import STATUS_FILE
 
 # A narrow decoder at 32 x 32: what is tested here does not depend on the size, and it is 4x cheaper.
-SMALL_MODEL = ("model.decode_head.embed_dim=32", "dataset.segment.img_size=32")
+SMALL_MODEL = ("model.decode_head.decoder_params.embed_dim=32", "dataset.segment.img_size=32")
 
 
 def status_epochs(results_dir: Path) -> list:
@@ -53,8 +53,8 @@ def test_resumed_run_ends_with_the_same_weights(tiny_spec_factory, tmp_path, cap
     assert f"resuming from '{midway}': epoch 001 done, continuing with epoch 002 of 3" in capsys.readouterr().out
     assert status_epochs(resumed_dir) == [2]
 
-    end_straight = read_changenet_checkpoint(straight_dir / LATEST_CHECKPOINT_NAME)
-    end_resumed = read_changenet_checkpoint(resumed_dir / LATEST_CHECKPOINT_NAME)
+    end_straight = read_checkpoint(straight_dir / LATEST_CHECKPOINT_NAME).data
+    end_resumed = read_checkpoint(resumed_dir / LATEST_CHECKPOINT_NAME).data
     assert end_straight["epoch"] == end_resumed["epoch"] == 2
     assert_same_tensors(end_straight["state_dict"], end_resumed["state_dict"])
     moments = [end["optimizer_states"][0]["state"] for end in (end_straight, end_resumed)]
@@ -89,14 +89,14 @@ def test_killed_run_resumes_from_its_latest_checkpoint(tiny_spec_factory, tmp_pa
         first.wait()
 
     # The kill landed in epoch 1: the latest checkpoint is epoch 0's, whole and loadable.
-    assert read_changenet_checkpoint(latest)["epoch"] == 0
+    assert read_checkpoint(latest).epoch == 0
     load_model_from_checkpoint(latest, cfg)
 
     second = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-2000:]
     assert f"resuming from '{latest}': epoch 000 done, continuing with epoch 001 of 3" in second.stdout
     assert "Traceback" not in second.stderr
-    assert read_changenet_checkpoint(latest)["epoch"] == 2
+    assert read_checkpoint(latest).epoch == 2
     assert (results / epoch_checkpoint_name(2)).is_file()
     assert status_epochs(results) == [0, 1, 2]
     assert not [p for p in results.iterdir() if p.name.startswith(".")]  # no temporary files left

@@ -18,13 +18,13 @@ from changenet.train.checkpoint import (
     load_model_from_checkpoint,
     save_model_checkpoint,
 )
-from changenet.train.module import ChangeNetModule, lr_factor
+from changenet.train.module import ChangeNetModule, linear_lr_factor, lr_scheduler
 from changenet.train.runner import train
 from changenet.train.trainer import STATUS_FILE, plan_devices, precision_for
 from conftest import NO_AUGMENTATION
 
 # A narrow decoder at 32 x 32 (the synthetic pairs resized) keeps each run to seconds on a CPU.
-SMALL_MODEL = ("model.decode_head.embed_dim=32", "dataset.segment.img_size=32")
+SMALL_MODEL = ("model.decode_head.decoder_params.embed_dim=32", "dataset.segment.img_size=32")
 
 
 def read_status(results_dir: Path) -> list:
@@ -98,7 +98,8 @@ def test_checkpoints_status_and_latest(tiny_spec_factory, capsys):
     assert checkpoint["epoch"] == 2 and "optimizer_states" in checkpoint and "lr_schedulers" in checkpoint
     meta = checkpoint[METADATA_KEY]
     assert (meta["backbone"], meta["num_classes"], meta["img_size"], meta["embed_dim"]) == ("fan_tiny_8_p4_hybrid", 2, 32, 32)
-    assert meta["feature_strides"] == [4, 8, 16, 16] and meta["class_names"] == ["no_change", "change"]
+    assert meta["feat_downsample"] is False and meta["class_names"] == ["no_change", "change"]
+    assert checkpoint["tao_model"] == "visual_changenet_segment"  # TAO's marker: TAO's tools take the file
 
     model = load_model_from_checkpoint(latest, cfg)
     assert not model.training
@@ -124,11 +125,13 @@ def test_load_model_accepts_a_changenet_checkpoint(tiny_spec_factory, tmp_path):
 
 @pytest.mark.parametrize("case, message", [
     ("missing", "does not exist"),
-    ("plain_weights", "is not a changenet checkpoint"),
-    ("text_file", "is not a readable PyTorch file"),
-    ("pickled_object", "holds pickled Python objects"),
-    ("other_backbone", "was trained with backbone fan_small_12_p4_hybrid, but the spec says fan_tiny_8_p4_hybrid"),
-    ("other_num_classes", "was trained with num_classes 3, but the spec says 2"),
+    ("plain_weights", "is not a model checkpoint (no 'state_dict' entry)"),
+    ("text_file", "truncated or not a PyTorch file"),
+    ("pickled_object", "holds pickled Python objects (pathlib.PosixPath)"),
+    ("other_backbone", "holds a model with backbone fan_small_12_p4_hybrid, but the spec says "
+                       "model.backbone.type=fan_tiny_8_p4_hybrid; set model.backbone.type=fan_small_12_p4_hybrid"),
+    ("other_num_classes", "holds a model with num_classes 3, but the spec says dataset.segment.num_classes=2"),
+    ("changenet_0.1", "was written by changenet 0.1.0, whose model was not TAO's"),
 ])
 def test_load_model_rejects_with_one_clear_sentence(tiny_spec_factory, tmp_path, case, message):
     tiny_spec = tiny_spec_factory(*SMALL_MODEL)
@@ -138,11 +141,13 @@ def test_load_model_rejects_with_one_clear_sentence(tiny_spec_factory, tmp_path,
     elif case == "text_file":
         path.write_text("not a checkpoint\n")
     elif case == "pickled_object":
-        torch.save({"config": tiny_spec}, path)  # a DictConfig: loads only with weights_only=False
+        torch.save({"state_dict": {}, "where": Path("/x")}, path)  # a Path: loads only with weights_only=False
     elif case == "other_backbone":
         write_checkpoint(path, tiny_spec, backbone="fan_small_12_p4_hybrid")
     elif case == "other_num_classes":
         write_checkpoint(path, tiny_spec, num_classes=3)
+    elif case == "changenet_0.1":
+        write_checkpoint(path, tiny_spec, format=1, changenet_version="0.1.0")
     with pytest.raises(ModelError) as error:
         load_model_from_checkpoint(path, tiny_spec)
     text = str(error.value)
@@ -154,7 +159,7 @@ def test_resume_checkpoint_for_another_backbone_is_refused(tiny_spec_factory, tm
     results = Path(cfg.train.results_dir)
     results.mkdir(parents=True)
     write_checkpoint(results / LATEST_CHECKPOINT_NAME, cfg, backbone="fan_small_12_p4_hybrid")
-    with pytest.raises(ModelError, match="trained with backbone fan_small_12_p4_hybrid, but the spec says fan_tiny"):
+    with pytest.raises(ModelError, match="holds a model with backbone fan_small_12_p4_hybrid, but the spec says"):
         train(cfg)
 
 
@@ -197,16 +202,28 @@ def test_empty_split_list_is_a_data_error(tiny_spec_factory, tmp_path):
 
 
 # --------------------------------------------------------------------------- settings
+def _lrs(policy, num_epochs, epochs):
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = lr_scheduler(optimizer, policy, num_epochs)
+    rates = []
+    for _ in range(epochs):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
 def test_lr_policies():
-    linear = lr_factor("linear", 10)
+    linear = linear_lr_factor(10)
     assert [linear(e) for e in (0, 5, 10)] == pytest.approx([1.0, 1 - 5 / 11, 1 - 10 / 11])
-    step = lr_factor("step", 9)  # x0.1 every 3 epochs
-    assert [step(e) for e in range(7)] == pytest.approx([1, 1, 1, 0.1, 0.1, 0.1, 0.01])
-    assert lr_factor("step", 2)(1) == pytest.approx(0.1)  # num_epochs // 3 == 0: every epoch
+    assert _lrs("linear", 10, 3) == pytest.approx([1.0, 1 - 1 / 11, 1 - 2 / 11])
+    assert _lrs("step", 9, 7) == pytest.approx([1, 1, 1, 0.1, 0.1, 0.1, 0.01])  # x0.1 every 3 epochs
+    assert _lrs("step", 2, 2) == pytest.approx([1, 0.1])  # num_epochs // 3 == 0: every epoch (TAO would fail)
 
 
 @pytest.mark.parametrize("name, expected", [
     ("adamw", {"betas": (0.8, 0.9), "weight_decay": 0.05, "lr": 0.003}),
+    ("adam", {"betas": (0.8, 0.9), "weight_decay": 0.05, "lr": 0.003}),
     ("sgd", {"momentum": 0.7, "weight_decay": 0.05, "lr": 0.003}),
 ])
 def test_optimizer_follows_the_spec(tiny_spec_factory, name, expected):
@@ -215,16 +232,25 @@ def test_optimizer_follows_the_spec(tiny_spec_factory, name, expected):
     module = ChangeNetModule(cfg, load_pretrained=False)
     config = module.configure_optimizers()
     optimizer = config["optimizer"]
-    assert type(optimizer).__name__ == {"adamw": "AdamW", "sgd": "SGD"}[name]
+    assert type(optimizer).__name__ == {"adamw": "AdamW", "adam": "Adam", "sgd": "SGD"}[name]
     group = optimizer.param_groups[0]
     assert {key: group[key] for key in expected} == expected
     assert config["lr_scheduler"]["interval"] == "epoch"
 
 
-def test_frozen_backbone_is_left_out_of_the_optimizer(tiny_spec_factory):
-    module = ChangeNetModule(tiny_spec_factory(*SMALL_MODEL, "model.backbone.freeze_backbone=true"), load_pretrained=False)
-    optimised = {id(p) for group in module.configure_optimizers()["optimizer"].param_groups for p in group["params"]}
-    assert optimised and not optimised & {id(p) for p in module.model.backbone.parameters()}
+def test_frozen_backbone_stays_unchanged_by_a_step(tiny_spec_factory):
+    # TAO's optimizer covers every parameter (so its states line up with ours by position); a frozen
+    # backbone gets no gradient, so the optimizer leaves it alone.
+    cfg = tiny_spec_factory(*SMALL_MODEL, "model.backbone.freeze_backbone=true", "train.optim.weight_decay=0.5")
+    module = ChangeNetModule(cfg, load_pretrained=False)
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(module.model.parameters()))
+    before = {k: v.clone() for k, v in module.model.backbone.state_dict().items()}
+    outputs = module.model.train()(torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32))
+    sum(o.mean() for o in outputs).backward()
+    optimizer.step()
+    assert all(torch.equal(before[k], v) for k, v in module.model.backbone.state_dict().items())
+    assert any(p.grad is not None for p in module.model.decoder.parameters())
 
 
 def test_device_plan(tiny_spec_factory, monkeypatch):

@@ -1,6 +1,7 @@
 """TensorRT Predictor: host-side logic everywhere; the CUDA path where a GPU and TensorRT exist."""
 
 import importlib.util
+import logging
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from changenet.deploy.trt_predictor import (
     EngineLayout,
     TensorRTPredictor,
     TensorSpec,
+    check_engine_layout,
     check_engine_metadata,
     check_engine_runtime,
     ordered_outputs,
@@ -183,12 +185,28 @@ def test_without_gpu_the_error_is_one_clear_line(rtx_engine):
 def test_spec_mismatch_is_reported_before_looking_for_a_gpu(rtx_engine, tmp_path):
     with pytest.raises(ModelError, match="predicts 2 classes but the spec says dataset.segment.num_classes=3"):
         TensorRTPredictor.from_engine(rtx_engine, _cfg("dataset.segment.num_classes=3"))
-    lonely = tmp_path / "lonely.engine"
-    lonely.write_bytes(rtx_engine.read_bytes())
-    with pytest.raises(ModelError, match="lonely.engine.json' is missing"):
-        TensorRTPredictor.from_engine(lonely, _cfg())
     with pytest.raises(ModelError, match="engine '.*nothing.engine' does not exist"):
         TensorRTPredictor.from_engine(tmp_path / "nothing.engine", _cfg())
+
+
+@pytest.mark.skipif(bool(GPUS), reason="this machine has a GPU; the no-GPU error cannot be seen here")
+def test_engine_without_sidecar_is_accepted_and_said_so(rtx_engine, tmp_path, caplog):
+    # Engines of TAO Deploy and trtexec have no sidecar: their layout is read from the engine (on a GPU).
+    lonely = tmp_path / "lonely.engine"
+    lonely.write_bytes(rtx_engine.read_bytes())
+    with caplog.at_level(logging.WARNING, logger="changenet.deploy.trt_predictor"):
+        with pytest.raises(UnsupportedError, match="this engine needs an NVIDIA GPU"):
+            TensorRTPredictor.from_engine(lonely, _cfg())
+    assert ["has no changenet sidecar" in r.getMessage() for r in caplog.records] == [True]
+
+
+def test_engine_tensors_are_checked_against_the_spec():
+    layout = EngineLayout.from_tensors(_tensors(), _profiles(1, 4), "m.engine")
+    check_engine_layout(layout, "m.engine", num_classes=2, img_size=SIZE)
+    with pytest.raises(ModelError, match="'m.engine' predicts 2 classes but the spec says dataset.segment.num_classes=5"):
+        check_engine_layout(layout, "m.engine", num_classes=5, img_size=SIZE)
+    with pytest.raises(ModelError, match=rf"takes {SIZE}x{SIZE} inputs but dataset.segment.img_size=256"):
+        check_engine_layout(layout, "m.engine", num_classes=2, img_size=256)
 
 
 def _gpu_skip_reason():

@@ -5,7 +5,8 @@ Where the pairs come from (first that applies):
      list (<list_folder_name>/<train_split>.txt, i.e. a dataset root) gives the pairs named there;
      any other folder gives every file name present in both its A and B sub-folders
      (dataset.segment.image_folder_name / change_image_folder_name).
-  2. otherwise the training split of the dataset (dataset.segment.root_dir, train_split).
+  2. dataset.segment.quant_calibration_dataset.images_dir (TAO 7's field), read the same way;
+  3. otherwise the training split of the dataset (dataset.segment.root_dir, train_split).
 cal_batch_size x cal_batches pairs are drawn without replacement with a fixed seed (calibrate.seed),
 so a calibration is repeatable.
 """
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     import onnx
 
 CAL_DIR_KEY = "gen_trt_engine.tensorrt.calibration.cal_image_dir"
+QUANT_DIR_KEY = "dataset.segment.quant_calibration_dataset.images_dir"
 
 PairPaths = Tuple[Path, Path]
 
@@ -76,9 +78,12 @@ def calibration_pairs(cfg: DictConfig, say: Callable[[str], None] = print) -> Ca
     """Draw the calibration pairs the spec asks for; `say` gets the one-line note when there are fewer."""
     cal = cfg.gen_trt_engine.tensorrt.calibration
     requested = int(cal.cal_batch_size) * int(cal.cal_batches)
-    folders = [Path(str(d)).expanduser() for d in cal.cal_image_dir]
+    folders, key = [Path(str(d)).expanduser() for d in cal.cal_image_dir], CAL_DIR_KEY
+    tao_images_dir = str(cfg.dataset.segment.quant_calibration_dataset.images_dir)
+    if not folders and tao_images_dir:
+        folders, key = [Path(tao_images_dir).expanduser()], QUANT_DIR_KEY
     if folders:
-        available, source = _pairs_from_folders(cfg, folders), f"{CAL_DIR_KEY} ({', '.join(map(str, folders))})"
+        available, source = _pairs_from_folders(cfg, folders), f"{key} ({', '.join(map(str, folders))})"
     else:
         available, source = _pairs_from_train_split(cfg)
     if not available:

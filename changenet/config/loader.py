@@ -16,7 +16,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
-from changenet.config.schema import ACTIONS, ExperimentConfig
+from changenet.config.schema import ACTIONS, MODEL_SOURCE_BLOCKS, MODEL_SOURCE_KEYS, ExperimentConfig
 from changenet.config.validate import validate_ranges
 from changenet.errors import SpecError
 
@@ -40,7 +40,9 @@ def load_spec(
     if spec_path is not None:
         cfg = _merge(cfg, _read_yaml(Path(spec_path)), source=str(spec_path))
     if overrides:
-        cfg = _merge(cfg, _parse_overrides(overrides), source="the command line")
+        tree = _parse_overrides(overrides)
+        cfg = _merge(cfg, tree, source="the command line")
+        _command_line_source_wins(cfg, tree)
     _resolve_aliases(cfg)
     _check_task(cfg)
     _fill_results_dirs(cfg)
@@ -72,11 +74,20 @@ def _read_yaml(path: Path) -> dict:
     return _rename_aliases(data)
 
 
-def _rename_aliases(node: Any) -> Any:
+def _rename_aliases(node: Any, schema: Any = None) -> Any:
+    """Alternative spellings -> the schema's, where the schema has the canonical key and not the alias."""
+    if schema is None:
+        schema = default_config()
     if isinstance(node, dict):
-        return {_KEY_ALIASES.get(k, k): _rename_aliases(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_rename_aliases(v) for v in node]
+        keys = set(schema.keys()) if isinstance(schema, DictConfig) else set()
+        renamed = {}
+        for key, value in node.items():
+            canonical = _KEY_ALIASES.get(key)
+            if canonical is not None and canonical in keys and key not in keys:
+                key = canonical
+            child = schema.get(key) if isinstance(schema, DictConfig) and key in keys else None
+            renamed[key] = _rename_aliases(value, child) if child is not None else value
+        return renamed
     return node
 
 
@@ -92,14 +103,13 @@ def _parse_overrides(overrides: Iterable[str]) -> dict:
         except yaml.YAMLError:
             value = raw  # not YAML: take it as a plain string
         parts = key.split(".")
-        parts[-1] = _KEY_ALIASES.get(parts[-1], parts[-1])
         node = tree
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise SpecError(f"override '{item}' conflicts with another override of '{part}'")
         node[parts[-1]] = value
-    return tree
+    return _rename_aliases(tree)
 
 
 def _merge(base: DictConfig, data: dict, source: str) -> DictConfig:
@@ -113,8 +123,18 @@ def _merge(base: DictConfig, data: dict, source: str) -> DictConfig:
         raise SpecError(f"{source}: {_first_line(exc)}") from None
 
 
+# Keys of changenet 0.1 that now have TAO's spelling: old -> new.
+_MOVED_KEYS = {
+    "model.decode_head.embed_dim": "model.decode_head.decoder_params.embed_dim",
+    "dataset.segment.mean": "dataset.segment.augmentation.mean",
+    "dataset.segment.std": "dataset.segment.augmentation.std",
+}
+
+
 def _unknown_key_message(exc: ConfigKeyError, source: str) -> str:
     full_key = str(exc.full_key or exc.key)
+    if full_key in _MOVED_KEYS:
+        return f"unknown spec key '{full_key}' in {source}; TAO spells it '{_MOVED_KEYS[full_key]}'"
     parent, _, leaf = full_key.rpartition(".")
     node = OmegaConf.select(default_config(), parent) if parent else default_config()
     valid = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
@@ -144,10 +164,32 @@ def _first_line(exc: Exception) -> str:
 
 # --------------------------------------------------------------------------- normalising
 def _resolve_aliases(cfg: DictConfig) -> None:
+    """Fold TAO's alternative spellings into one value each."""
     head = cfg.model.decode_head
     if head.align_corner is not None:
         head.align_corners = bool(head.align_corner)
         head.align_corner = None
+    seg = cfg.dataset.segment
+    # TAO writes the string "None" for "labels are class indices"; YAML null means the same here.
+    if isinstance(seg.label_transform, str) and seg.label_transform.lower() == "none":
+        seg.label_transform = None
+    for block in ("evaluate", "inference"):
+        if cfg[block].batch_size == -1:  # TAO's "use the dataset's batch size"
+            cfg[block].batch_size = None
+
+
+def _command_line_source_wins(cfg: DictConfig, tree: dict) -> None:
+    """A model source (checkpoint / onnx_file / trt_engine) set on the command line replaces those of the file.
+
+    TAO's example specs name both a checkpoint and an engine; `evaluate.trt_engine=...` on the command
+    line then means "this engine", not "two sources".
+    """
+    for block in MODEL_SOURCE_BLOCKS:
+        given = [key for key in MODEL_SOURCE_KEYS if (tree.get(block) or {}).get(key) is not None]
+        if given:
+            for key in MODEL_SOURCE_KEYS:
+                if key not in given:
+                    cfg[block][key] = None
 
 
 def _check_task(cfg: DictConfig) -> None:

@@ -44,19 +44,40 @@ class BackboneConfig:
 
 
 @dataclass
+class DecoderParamsConfig:
+    embed_dim: int = _f(256, "decoder embedding width D")
+
+
+@dataclass
 class DecodeHeadConfig:
-    feature_strides: List[int] = _f(factory=lambda: [4, 8, 16, 16], help="strides of the 4 backbone levels")
-    align_corners: bool = _f(False, "align_corners of the decoder's bilinear resizes")
+    feature_strides: Optional[List[int]] = _f(None, "strides of the 4 levels (default: the backbone's; checked against it)")
+    in_channels: Optional[List[int]] = _f(None, "channels of the 4 levels (default: the backbone's; checked against it)")
+    in_index: List[int] = _f(factory=lambda: [0, 1, 2, 3], help="which backbone levels the decoder reads")
+    align_corners: bool = _f(False, "resizing of predictions (multi-scale combine, back to the input size); TAO's decoder itself always uses false")
     # The TAO example spells it without the "s"; both are accepted and mean the same.
     align_corner: Optional[bool] = _f(None, "alias of align_corners")
-    use_summary_token: bool = _f(True, "add the backbone's summary (class) token to the deepest features")
-    embed_dim: int = _f(256, "decoder embedding width D")
+    use_summary_token: bool = _f(False, "ViT backbones: add the summary token to the deepest level (no effect on FAN)")
+    decoder_params: DecoderParamsConfig = _f(factory=DecoderParamsConfig, help="decoder width")
+
+
+@dataclass
+class ClassifyModelConfig:
+    """TAO's classification head settings (task classify)."""
+
+    train_margin_euclid: float = _f(2.0, "contrastive loss margin in training (euclidean head)")
+    eval_margin: float = _f(2.0, "distance above which a pair counts as a defect (euclidean head)")
+    embedding_vectors: int = _f(5, "embedding width of the euclidean head")
+    embed_dec: int = _f(5, "embedding width of the learnable difference modules")
+    learnable_difference_modules: int = _f(4, "number of learnable difference modules (1-4)")
+    difference_module: Optional[str] = _f("euclidean", "learnable or euclidean")
 
 
 @dataclass
 class ModelConfig:
     backbone: BackboneConfig = _f(factory=BackboneConfig, help="backbone settings")
     decode_head: DecodeHeadConfig = _f(factory=DecodeHeadConfig, help="decoder settings")
+    classify: ClassifyModelConfig = _f(factory=ClassifyModelConfig, help="classification heads (task classify)")
+    precise_msda: bool = _f(False, "TAO: deterministic deformable attention; changenet's is always the PyTorch one")
 
 
 # --------------------------------------------------------------------------- dataset
@@ -86,6 +107,7 @@ class RandomColorConfig:
 
 @dataclass
 class ScaleRandomCropConfig:
+    scale_range: List[float] = _f(factory=lambda: [1.0, 1.2], help="range of the random rescale factor")
     enable: bool = _f(True, "random rescale then crop back to img_size")
 
 
@@ -97,14 +119,21 @@ class AugmentationConfig:
     with_scale_random_crop: ScaleRandomCropConfig = _f(factory=ScaleRandomCropConfig, help="scale + crop")
     with_random_crop: bool = _f(True, "random crop (padding marked 255 = ignore in the label)")
     with_random_blur: bool = _f(True, "random Gaussian blur (per image)")
+    mean: List[float] = _f(factory=lambda: [0.5, 0.5, 0.5], help="mean subtracted after scaling to [0, 1]")
+    std: List[float] = _f(factory=lambda: [0.5, 0.5, 0.5], help="std divided after scaling to [0, 1]")
+
+
+@dataclass
+class QuantCalibrationDatasetConfig:
+    images_dir: str = _f("", "calibration pairs (folder with A/ and B/) when calibration.cal_image_dir is empty")
 
 
 @dataclass
 class SegmentDatasetConfig:
     dataset: str = _f("CNDataset", "dataloader; only CNDataset")
     root_dir: str = _f(MISSING, "dataset root holding A/, B/, label/, list/")
-    data_name: str = _f("LEVIR-CD", "dataset identifier (LEVIR-CD, LandSCD, custom)")
-    label_transform: Optional[str] = _f("norm", "'norm' maps 0/255 labels to 0/1; null keeps values")
+    data_name: str = _f("LEVIR-CD", "dataset identifier (LEVIR / LEVIR-CD, LandSCD, custom): picks the default class colours")
+    label_transform: Optional[str] = _f("norm", "'norm' maps 0/255 labels to 0/1; 'None' (or null) keeps class indices")
     batch_size: int = _f(32, "samples per batch")
     workers: int = _f(2, "data loading worker processes")
     multi_scale_train: bool = _f(True, "weighted loss over all five decoder outputs")
@@ -123,14 +152,59 @@ class SegmentDatasetConfig:
     augmentation: AugmentationConfig = _f(factory=AugmentationConfig, help="training augmentation")
     color_map: Optional[Dict[str, List[int]]] = _f(None, "class index ('0'..'n') -> RGB colour")
     class_names: Optional[List[str]] = _f(None, "class names for reports (default: class_0, ...)")
-    mean: List[float] = _f(factory=lambda: [0.5, 0.5, 0.5], help="mean subtracted after scaling to [0, 1]")
-    std: List[float] = _f(factory=lambda: [0.5, 0.5, 0.5], help="std divided after scaling to [0, 1]")
+    shuffle: bool = _f(True, "shuffle the training pairs every epoch")
+    quant_calibration_dataset: QuantCalibrationDatasetConfig = _f(
+        factory=QuantCalibrationDatasetConfig, help="INT8 calibration images")
+
+
+@dataclass
+class DataPathConfig:
+    csv_path: str = _f("", "CSV listing the pairs")
+    images_dir: str = _f("", "folder the CSV's paths are relative to")
+
+
+@dataclass
+class ClassifyAugmentationConfig:
+    rgb_input_mean: List[float] = _f(factory=lambda: [0.485, 0.456, 0.406], help="mean (ImageNet)")
+    rgb_input_std: List[float] = _f(factory=lambda: [0.229, 0.224, 0.225], help="std (ImageNet)")
+    random_flip: RandomFlipConfig = _f(factory=RandomFlipConfig, help="random flips")
+    random_rotate: RandomRotateConfig = _f(factory=RandomRotateConfig, help="random rotations")
+    random_color: RandomColorConfig = _f(factory=RandomColorConfig, help="colour jitter")
+    with_scale_random_crop: ScaleRandomCropConfig = _f(factory=ScaleRandomCropConfig, help="scale + crop")
+    with_random_blur: bool = _f(True, "random blur")
+    with_random_crop: bool = _f(True, "random crop")
+    augment: bool = _f(False, "enable the augmentations above")
+
+
+@dataclass
+class ClassifyDatasetConfig:
+    """TAO's optical-inspection data (task classify)."""
+
+    train_dataset: DataPathConfig = _f(factory=DataPathConfig, help="training CSV and images")
+    validation_dataset: DataPathConfig = _f(factory=DataPathConfig, help="validation CSV and images")
+    test_dataset: DataPathConfig = _f(factory=DataPathConfig, help="test CSV and images")
+    infer_dataset: DataPathConfig = _f(factory=DataPathConfig, help="inference CSV and images")
+    image_ext: Optional[str] = _f(None, "image file extension")
+    batch_size: int = _f(8, "samples per batch")
+    workers: int = _f(8, "data loading worker processes")
+    fpratio_sampling: float = _f(0.1, "sampling ratio of the minority class")
+    num_input: int = _f(8, "lighting conditions per object")
+    input_map: Optional[Dict[str, int]] = _f(None, "lighting condition -> position")
+    grid_map: Optional[Dict[str, int]] = _f(None, "grid layout (x, y) for concat_type grid")
+    concat_type: Optional[str] = _f(None, "linear or grid")
+    image_width: int = _f(224, "input width")
+    image_height: int = _f(224, "input height")
+    augmentation_config: ClassifyAugmentationConfig = _f(factory=ClassifyAugmentationConfig, help="augmentation")
+    num_classes: int = _f(2, "number of classes")
+    num_golden: int = _f(1, "golden images per input")
+    quant_calibration_dataset: QuantCalibrationDatasetConfig = _f(
+        factory=QuantCalibrationDatasetConfig, help="INT8 calibration images")
 
 
 @dataclass
 class DatasetConfig:
     segment: SegmentDatasetConfig = _f(factory=SegmentDatasetConfig, help="segmentation dataset")
-    classify: Optional[Dict[str, Any]] = _f(None, "classification dataset (task=classify, not supported)")
+    classify: ClassifyDatasetConfig = _f(factory=ClassifyDatasetConfig, help="classification dataset (task classify)")
 
 
 # --------------------------------------------------------------------------- train
@@ -141,9 +215,40 @@ class SegmentLossConfig:
 
 
 @dataclass
+class ClassifyLossConfig:
+    loss: str = _f("contrastive", "classification loss: ce or contrastive")
+    cls_weight: List[float] = _f(factory=lambda: [1.0, 10.0], help="class weights of the ce loss")
+
+
+@dataclass
+class CudnnConfig:
+    benchmark: bool = _f(False, "cuDNN autotuning (GPU)")
+    deterministic: bool = _f(True, "deterministic cuDNN kernels (GPU)")
+
+
+@dataclass
+class CheckpointerConfig:
+    enable_topk: bool = _f(False, "also keep the best checkpoints by a monitored metric")
+    replace_periodic: bool = _f(False, "keep only the best checkpoint instead of the periodic ones")
+    monitor: Optional[str] = _f(None, "metric to rank checkpoints by (default val_miou)")
+    mode: Optional[str] = _f(None, "min or max")
+    save_top_k: int = _f(1, "how many best checkpoints to keep")
+    filename: str = _f("model_best_{epoch:03d}", "file name pattern of the best checkpoints")
+    dirpath: Optional[str] = _f(None, "folder of the best checkpoints (default train.results_dir)")
+    auto_insert_metric_name: bool = _f(False, "put the metric name in the file name")
+
+
+@dataclass
+class TensorBoardConfig:
+    enabled: bool = _f(False, "write TensorBoard logs")
+    infrequent_logging_frequency: int = _f(2, "epochs between image logs")
+
+
+@dataclass
 class OptimConfig:
+    monitor_name: str = _f("val_loss", "TAO's monitored metric name (no effect in TAO's segmentation either)")
     lr: float = _f(0.0005, "learning rate")
-    optim: str = _f("adamw", "optimizer: adamw or sgd")
+    optim: str = _f("adamw", "optimizer: adamw, adam or sgd")
     policy: str = _f("linear", "lr schedule: linear or step")
     momentum: float = _f(0.9, "SGD momentum")
     weight_decay: float = _f(0.1, "weight decay")
@@ -156,15 +261,22 @@ class TrainConfig:
     gpu_ids: List[int] = _f(factory=lambda: [0], help="GPU indices")
     num_nodes: int = _f(1, "number of nodes")
     seed: int = _f(1234, "random seed (random, numpy, torch)")
+    cudnn: CudnnConfig = _f(factory=CudnnConfig, help="cuDNN settings")
     num_epochs: int = _f(10, "total epochs")
     checkpoint_interval: int = _f(1, "save model_epoch_<NNN>.pth every N epochs")
+    checkpoint_interval_unit: str = _f("epoch", "unit of checkpoint_interval: epoch (step: not yet)")
     validation_interval: int = _f(1, "validate every N epochs")
+    checkpointer: CheckpointerConfig = _f(factory=CheckpointerConfig, help="best-checkpoint selection")
     resume_training_checkpoint_path: Optional[str] = _f(None, "checkpoint to resume from (else the latest)")
     pretrained_model_path: Optional[str] = _f(None, "whole-model weights to start from")
     results_dir: Optional[str] = _f(None, "training outputs (default <results_dir>/train)")
+    classify: ClassifyLossConfig = _f(factory=ClassifyLossConfig, help="classification loss (task classify)")
     segment: SegmentLossConfig = _f(factory=SegmentLossConfig, help="loss settings")
     optim: OptimConfig = _f(factory=OptimConfig, help="optimizer settings")
+    tensorboard: TensorBoardConfig = _f(factory=TensorBoardConfig, help="TensorBoard logging")
     precision: str = _f("32-true", "Lightning precision: 32-true, bf16-mixed or 16-mixed")
+    sync_batchnorm: bool = _f(False, "synchronise BatchNorm statistics across GPUs")
+    use_distributed_sampler: bool = _f(False, "let Lightning shard the data across processes")
     max_steps_per_epoch: Optional[int] = _f(None, "cap on training batches per epoch (quick runs)")
 
 
@@ -187,9 +299,10 @@ class EvaluateConfig:
     trt_engine: Optional[str] = _f(None, "TensorRT engine to evaluate")
     num_gpus: int = _f(1, "number of GPUs")
     gpu_ids: List[int] = _f(factory=lambda: [0], help="GPU indices")
+    num_nodes: int = _f(1, "number of nodes")
     results_dir: Optional[str] = _f(None, "outputs (default <results_dir>/evaluate)")
     vis_after_n_batches: int = _f(1, "write visualisations every N batches")
-    batch_size: Optional[int] = _f(None, "batch size (default dataset.segment.batch_size)")
+    batch_size: Optional[int] = _f(None, "batch size (default, or -1: dataset.segment.batch_size)")
 
 
 @dataclass
@@ -215,6 +328,8 @@ class ExportConfig:
     verbose: bool = _f(False, "print a summary of the exported graph")
     split_transposed_conv: bool = _f(
         True, "export transposed convs as phase convs (same output; ONNX Runtime runs them faster and in int8)")
+    format: str = _f("onnx", "file format; only onnx")
+    serialize_nvdsinfer: bool = _f(False, "TAO: write DeepStream nvinfer configs (not written by changenet)")
     results_dir: Optional[str] = _f(None, "outputs (default <results_dir>/export)")
 
 
@@ -284,12 +399,44 @@ class BenchmarkConfig:
     results_dir: Optional[str] = _f(None, "outputs (default <results_dir>/benchmark)")
 
 
+# --------------------------------------------------------------------------- TAO blocks without a role here
+@dataclass
+class WandbConfig:
+    enable: bool = _f(True, "TAO: log to Weights & Biases (changenet writes status.json instead)")
+    project: str = _f("TAO Toolkit", "W&B project")
+    entity: Optional[str] = _f("", "W&B entity")
+    group: Optional[str] = _f("", "W&B group")
+    tags: List[str] = _f(factory=lambda: ["training", "tao-toolkit"], help="W&B tags")
+    reinit: bool = _f(False, "W&B reinit")
+    sync_tensorboard: bool = _f(False, "W&B TensorBoard sync")
+    save_code: bool = _f(False, "W&B save code")
+    name: str = _f("TAO Toolkit training experiment", "W&B run name")
+    run_id: str = _f("", "W&B run id")
+
+
+@dataclass
+class QuantizeConfig:
+    """TAO 7's PyTorch-side quantization (torchao / ModelOpt); changenet quantizes with `calibrate`."""
+
+    backend: Optional[str] = _f("torchao", "modelopt.pytorch, torchao or modelopt.onnx")
+    mode: Optional[str] = _f("weight_only_ptq", "static_ptq or weight_only_ptq")
+    algorithm: Optional[str] = _f("minmax", "calibration algorithm")
+    layers: Optional[List[Any]] = _f(factory=list, help="per-module quantization settings")
+    skip_names: Optional[List[str]] = _f(factory=list, help="modules left out")
+    model_path: Optional[str] = _f("", "model to quantize")
+    results_dir: Optional[str] = _f("", "outputs")
+    backend_kwargs: Optional[Dict[str, Any]] = _f(factory=dict, help="backend options")
+    device: str = _f("cuda", "calibration device")
+
+
 # --------------------------------------------------------------------------- the whole spec
 @dataclass
 class ExperimentConfig:
-    encryption_key: Optional[str] = _f(None, "TAO model encryption key (accepted, not needed)")
+    model_name: Optional[str] = _f(None, "TAO's model name for model-agnostic launchers")
+    encryption_key: Optional[str] = _f(None, "TAO model encryption key (accepted; changenet never encrypts)")
     task: str = _f("segment", "segment (classify is not supported)")
     results_dir: str = _f("/results", "where every action writes its outputs")
+    wandb: WandbConfig = _f(factory=WandbConfig, help="Weights & Biases (TAO)")
     model: ModelConfig = _f(factory=ModelConfig, help="model")
     dataset: DatasetConfig = _f(factory=DatasetConfig, help="dataset")
     train: TrainConfig = _f(factory=TrainConfig, help="training")
@@ -298,7 +445,13 @@ class ExperimentConfig:
     export: ExportConfig = _f(factory=ExportConfig, help="ONNX export")
     calibrate: CalibrateConfig = _f(factory=CalibrateConfig, help="INT8 calibration")
     gen_trt_engine: GenTrtEngineConfig = _f(factory=GenTrtEngineConfig, help="TensorRT engine build")
+    quantize: QuantizeConfig = _f(factory=QuantizeConfig, help="TAO 7 PyTorch quantization (see calibrate)")
     benchmark: BenchmarkConfig = _f(factory=BenchmarkConfig, help="throughput benchmark")
 
+
+# Where evaluate/inference/benchmark find their model: spec field -> backend that runs it.
+MODEL_SOURCES = {"checkpoint": "torch", "onnx_file": "onnxruntime", "trt_engine": "tensorrt"}
+MODEL_SOURCE_KEYS = tuple(MODEL_SOURCES)
+MODEL_SOURCE_BLOCKS = ("evaluate", "inference")
 
 ACTIONS = ("train", "evaluate", "inference", "export", "calibrate", "gen_trt_engine", "benchmark")

@@ -33,6 +33,7 @@ POSITIVE_KEYS = (
     "train.num_gpus",
     "train.num_nodes",
     "train.num_epochs",
+    "train.checkpointer.save_top_k",
     "train.checkpoint_interval",
     "train.validation_interval",
     "train.max_steps_per_epoch",
@@ -56,7 +57,10 @@ POSITIVE_KEYS = (
     "benchmark.iterations",
 )
 CHOICES = {
-    "train.optim.optim": ("adamw", "sgd"),
+    "train.optim.optim": ("adamw", "adam", "sgd"),
+    "train.checkpoint_interval_unit": ("epoch", "step"),
+    "train.checkpointer.mode": (None, "min", "max"),
+    "export.format": ("onnx",),
     "train.optim.policy": ("linear", "step"),
     "train.segment.loss": ("ce",),
     "train.precision": ("32-true", "32", "bf16-mixed", "16-mixed"),
@@ -131,10 +135,16 @@ def validate_ranges(cfg: DictConfig) -> None:
     weights = list(cfg.train.segment.weights)
     if len(weights) != 5 or any(w < 0 for w in weights):
         _fail("train.segment.weights", "must be 5 non-negative weights (one per decoder output)", weights)
-    if len(cfg.model.decode_head.feature_strides) != 4:
-        _fail("model.decode_head.feature_strides", "must list 4 strides", list(cfg.model.decode_head.feature_strides))
-    if len(seg.mean) != 3 or len(seg.std) != 3 or any(s <= 0 for s in seg.std):
-        _fail("dataset.segment.mean/std", "must be 3 values each, std > 0", (list(seg.mean), list(seg.std)))
+    for key in ("feature_strides", "in_channels", "in_index"):
+        value = cfg.model.decode_head[key]
+        if value is not None and len(value) != 4:
+            _fail(f"model.decode_head.{key}", "must list 4 values (one per decoder level)", list(value))
+    aug = seg.augmentation
+    if len(aug.mean) != 3 or len(aug.std) != 3 or any(s <= 0 for s in aug.std):
+        _fail("dataset.segment.augmentation.mean/std", "must be 3 values each, std > 0", (list(aug.mean), list(aug.std)))
+    scale = list(aug.with_scale_random_crop.scale_range)
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+        _fail("dataset.segment.augmentation.with_scale_random_crop.scale_range", "must be two factors 0 < low <= high", scale)
     _check_color_map(seg)
     if seg.class_names is not None and len(seg.class_names) != seg.num_classes:
         _fail("dataset.segment.class_names", f"must name all {seg.num_classes} classes", list(seg.class_names))

@@ -94,7 +94,7 @@ class CNDataset(Dataset):
         self.num_classes = int(seg.num_classes)
         self.label_transform = seg.label_transform
         self.label_suffix = str(seg.label_suffix)
-        self.mean, self.std = list(seg.mean), list(seg.std)
+        self.mean, self.std = list(seg.augmentation.mean), list(seg.augmentation.std)
         self.palette = class_palette(cfg)
         self.class_names = class_names(cfg)
 
@@ -214,14 +214,22 @@ _MULTI_CLASS_COLOURS = [
     (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200),
     (245, 130, 48), (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60),
 ]
+# TAO's colours for its LandSCD land-cover change classes (data_name: LandSCD), class 0 first.
+LANDSCD_COLOURS = [
+    (255, 255, 255), (255, 165, 0), (230, 30, 100), (70, 140, 0), (218, 112, 214),
+    (0, 170, 240), (127, 235, 170), (230, 80, 0), (205, 220, 57), (218, 165, 32),
+]
 
 
 def class_palette(cfg: DictConfig) -> np.ndarray:
-    """uint8 [num_classes, 3] display colour of each class: dataset.segment.color_map, else defaults."""
+    """uint8 [num_classes, 3] display colour of each class: dataset.segment.color_map, else the dataset's
+    defaults (TAO's LandSCD colours for data_name LandSCD, white on black for two classes)."""
     seg = segment_config(cfg)
     count = int(seg.num_classes)
     if count == 2:
         colours = [(0, 0, 0), (255, 255, 255)]
+    elif str(seg.get("data_name", "")).lower() == "landscd" and count <= len(LANDSCD_COLOURS):
+        colours = list(LANDSCD_COLOURS[:count])
     else:
         colours = list(_MULTI_CLASS_COLOURS[:count])
         for index in range(len(colours), count):  # beyond the table: evenly spaced hues

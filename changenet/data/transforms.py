@@ -66,14 +66,14 @@ def preprocess_image(image: np.ndarray, cfg: DictConfig) -> np.ndarray:
     seg = segment_config(cfg)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise DataError(f"preprocess_image takes uint8 RGB [H, W, 3] images, got {image.dtype} {image.shape}")
-    return normalize(resize_image(image, int(seg.img_size)), seg.mean, seg.std)
+    return normalize(resize_image(image, int(seg.img_size)), seg.augmentation.mean, seg.augmentation.std)
 
 
 def denormalize(chw: np.ndarray, cfg: DictConfig) -> np.ndarray:
     """Inverse of `normalize` for visualisation: float32 [3, H, W] -> uint8 [H, W, 3]."""
     seg = segment_config(cfg)
-    mean = np.asarray(seg.mean, dtype=np.float32).reshape(3, 1, 1)
-    std = np.asarray(seg.std, dtype=np.float32).reshape(3, 1, 1)
+    mean = np.asarray(seg.augmentation.mean, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(seg.augmentation.std, dtype=np.float32).reshape(3, 1, 1)
     image = (np.asarray(chw, dtype=np.float32) * std + mean) * 255.0
     return np.clip(np.rint(image), 0, 255).astype(np.uint8).transpose(1, 2, 0)
 
@@ -130,8 +130,7 @@ class PairAugmentation:
     Inputs and outputs are img_size x img_size: uint8 [S, S, 3] images and a uint8 [S, S] label.
     """
 
-    # Scale range of with_scale_random_crop and the blur strength; the spec has no keys for them.
-    SCALE_RANGE: Tuple[float, float] = (1.0, 1.2)
+    # The blur strength; the spec has no keys for it.
     BLUR_SIGMA: Tuple[float, float] = (0.1, 1.0)
     BLUR_PROBABILITY = 0.5
     # with_random_crop shifts the crop window by up to img_size / 16 past the border.
@@ -149,7 +148,7 @@ class PairAugmentation:
             geometric.append(A.OneOf([_rotation(angle) for angle in rotate.angle_list],
                                      p=float(rotate.rotate_probability)))
         if aug_cfg.with_scale_random_crop.enable:
-            low, high = self.SCALE_RANGE
+            low, high = (float(v) for v in aug_cfg.with_scale_random_crop.scale_range)
             geometric += [A.RandomScale(scale_limit=(low - 1.0, high - 1.0), interpolation=cv2.INTER_LINEAR,
                                         mask_interpolation=cv2.INTER_NEAREST_EXACT, p=1.0),
                           A.RandomCrop(size, size)]

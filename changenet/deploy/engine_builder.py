@@ -128,8 +128,8 @@ def model_info_from_spec(cfg: DictConfig) -> Dict[str, Any]:
         "num_classes": int(seg.num_classes),
         "class_names": to_container(seg.class_names),
         "color_map": to_container(seg.color_map),
-        "mean": [float(v) for v in seg.mean],
-        "std": [float(v) for v in seg.std],
+        "mean": [float(v) for v in seg.augmentation.mean],
+        "std": [float(v) for v in seg.augmentation.std],
         "backbone": str(cfg.model.backbone.type),
         "align_corners": bool(cfg.model.decode_head.align_corners),
     }
@@ -139,6 +139,7 @@ def _show_tensorrt_log(verbose: bool) -> None:
     """CLI runs: TensorRT's log lines on the terminal (warnings; everything when verbose)."""
     if not any(isinstance(h, RichHandler) for h in LOG.handlers):
         LOG.addHandler(RichHandler(console=Console(stderr=True), show_time=False, show_path=False))
+        LOG.propagate = False  # TensorRT's lines are shown here, not again by the changenet handler
     LOG.setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 

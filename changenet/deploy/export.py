@@ -217,8 +217,8 @@ def export(cfg: DictConfig) -> Dict[str, object]:
     fields = {
         "num_classes": int(seg.num_classes),
         "backbone": str(cfg.model.backbone.type),
-        "mean": [float(v) for v in seg.mean],
-        "std": [float(v) for v in seg.std],
+        "mean": [float(v) for v in seg.augmentation.mean],
+        "std": [float(v) for v in seg.augmentation.std],
         "class_names": class_names(cfg),
         "color_map": {str(i): [int(c) for c in rgb] for i, rgb in enumerate(class_palette(cfg))},
         "align_corners": bool(cfg.model.decode_head.align_corners),

@@ -2,24 +2,36 @@
 
 from __future__ import annotations
 
+import logging
+
 from omegaconf import DictConfig
 
 from changenet.config import is_set
+from changenet.config.schema import MODEL_SOURCES
 from changenet.deploy.predictor import Predictor
 from changenet.errors import SpecError
 
-# spec field -> backend name; exactly one of them must be set in the action's block.
-MODEL_SOURCES = {"checkpoint": "torch", "onnx_file": "onnxruntime", "trt_engine": "tensorrt"}
+log = logging.getLogger(__name__)
 
 
 def model_source(cfg: DictConfig, block: str) -> tuple[str, str]:
-    """(field, path) of the one model source set in `cfg.<block>`."""
+    """(field, path) of the model source set in `cfg.<block>`.
+
+    One set on the command line has already replaced the file's (config.loader). When the file alone
+    sets several (TAO's example specs name a checkpoint and an engine), the first of checkpoint,
+    onnx_file, trt_engine is used and one line says so.
+    """
     chosen = [key for key in MODEL_SOURCES if is_set(cfg, f"{block}.{key}")]
-    if len(chosen) != 1:
+    if not chosen:
         listed = ", ".join(f"{block}.{k}" for k in MODEL_SOURCES)
-        found = f" (found {', '.join(f'{block}.{k}' for k in chosen)})" if chosen else ""
-        raise SpecError(f"set exactly one model source of {listed}{found}")
+        raise SpecError(f"set one model source: {listed}")
     key = chosen[0]
+    if len(chosen) > 1:
+        others = ", ".join(f"{block}.{k}" for k in chosen[1:])
+        log.warning("the spec sets %s.%s and %s; using %s.%s (pass %s.<source>=<file> on the command line to "
+                    "choose another)", block, key, others, block, key, block)
+        for other in chosen[1:]:  # decided: later look-ups see the one source (and say nothing again)
+            cfg[block][other] = None
     return key, str(cfg[block][key])
 
 

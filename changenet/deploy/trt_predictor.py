@@ -11,6 +11,7 @@ machine without them gets one clear error instead of a crash.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from changenet.deploy.predictor import INPUT_NAMES, NUM_OUTPUTS, OUTPUT_NAMES, P
 from changenet.deploy.sidecar import read_sidecar
 from changenet.deploy.tensorrt_api import TensorRT, gpu_compute_capabilities, load_tensorrt, make_logger, select_gpu
 from changenet.errors import ModelError, SpecError, UnsupportedError
+
+log = logging.getLogger(__name__)
 
 NO_GPU_MESSAGE = (
     "this engine needs an NVIDIA GPU with TensorRT; use evaluate.onnx_file to run the ONNX model on the CPU"
@@ -138,6 +141,27 @@ def check_engine_metadata(
         )
 
 
+def check_engine_layout(
+    layout: EngineLayout, engine_path: str | os.PathLike, num_classes: int, img_size: Optional[int]
+) -> None:
+    """The engine's own tensors against the spec: classes (channels of output_final) and input size.
+
+    The one check an engine without a sidecar (built by TAO Deploy or trtexec) gets, and a second one
+    for ours.
+    """
+    classes = int(layout.outputs[-1].shape[1])
+    if classes != int(num_classes):
+        raise ModelError(
+            f"engine '{engine_path}' predicts {classes} classes but the spec says dataset.segment.num_classes={num_classes}"
+        )
+    size = layout.input_size
+    if img_size is not None and tuple(size) != (img_size, img_size):
+        raise ModelError(
+            f"engine '{engine_path}' takes {size[0]}x{size[1]} inputs but dataset.segment.img_size={img_size}; "
+            f"set dataset.segment.img_size={size[0]} or build an engine from an export at {img_size}x{img_size}"
+        )
+
+
 def check_engine_runtime(
     meta: Mapping[str, Any], engine_path: str | os.PathLike, trt_version: str, gpu_id: int, gpu_capability: int
 ) -> None:
@@ -246,22 +270,28 @@ class TensorRTPredictor(Predictor):
         align_corners: bool = False,
         gpu_id: int = 0,
         streams: int = 2,
+        img_size: Optional[int] = None,
     ) -> None:
+        """img_size: the spec's input size, checked against the engine's (None: not checked)."""
         self._slots: List[_StreamSlot] = []
         path = Path(engine_path)
         meta = _engine_sidecar(path)
         # GPU and CUDA runtime first: deserialising an engine without them must never be attempted.
         cudart, capability = _cuda_runtime(gpu_id)
-        trt = load_tensorrt(meta["tensorrt"]["flavour"])
-        check_engine_runtime(meta, path, trt.version, gpu_id, capability)
+        # Without a sidecar the flavour is unknown: the TensorRT installed here must be the one that built it.
+        trt = load_tensorrt(meta["tensorrt"]["flavour"] if meta else "auto")
+        if meta:
+            check_engine_runtime(meta, path, trt.version, gpu_id, capability)
         select_gpu(gpu_id)
         self._cuda = _Cuda(cudart)
         self._logger = make_logger(trt)
         self._runtime = trt.module.Runtime(self._logger)
         self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if self._engine is None:
-            raise ModelError(f"TensorRT cannot load engine '{path}': {self._logger.first_error()}")
+            hint = "" if meta else f" (an engine runs only on the {trt.flavour} version and GPU that built it)"
+            raise ModelError(f"TensorRT cannot load engine '{path}': {self._logger.first_error()}{hint}")
         self.layout = describe_engine(trt, self._engine, path)
+        check_engine_layout(self.layout, path, num_classes, img_size)
         super().__init__(
             num_classes,
             input_size=self.layout.input_size,
@@ -280,16 +310,23 @@ class TensorRTPredictor(Predictor):
 
     @classmethod
     def from_engine(cls, engine_path: str | os.PathLike, cfg: Any, gpu_id: int = 0) -> "TensorRTPredictor":
-        """Load an engine for a spec; its sidecar must agree with the spec's classes and image size."""
+        """Load an engine for a spec; its sidecar (when there is one) and its tensors must agree with the
+        spec's classes and image size."""
         seg = cfg.dataset.segment
         path = Path(engine_path)
-        check_engine_metadata(_engine_sidecar(path), path, seg.num_classes, seg.img_size)
+        meta = _engine_sidecar(path)
+        if meta:
+            check_engine_metadata(meta, path, seg.num_classes, seg.img_size)
+        else:
+            log.warning("engine '%s' has no changenet sidecar (%s.json; engines of TAO Deploy and trtexec have none): "
+                        "inputs, outputs and profile are read from the engine itself", path, path.name)
         return cls(
             path,
             seg.num_classes,
             multi_scale_infer=seg.multi_scale_infer,
             align_corners=cfg.model.decode_head.align_corners,
             gpu_id=gpu_id,
+            img_size=int(seg.img_size),
         )
 
     def _forward(self, a: np.ndarray, b: np.ndarray) -> List[np.ndarray]:
@@ -362,6 +399,7 @@ class TensorRTPredictor(Predictor):
 
 
 def _engine_sidecar(path: Path) -> Dict[str, Any]:
+    """The engine's changenet sidecar; {} for an engine built elsewhere."""
     if not path.is_file():
         raise ModelError(f"TensorRT engine '{path}' does not exist; build it with `changenet gen_trt_engine`")
-    return read_sidecar(path, required=True)
+    return read_sidecar(path)

@@ -87,7 +87,7 @@ def sample_pairs(cfg: DictConfig, count: int, height: int, width: int, seed: int
     real = _dataset_pairs(cfg, count, height, width)
     if real is not None:
         return real
-    return random_pairs(count, height, width, cfg.dataset.segment.mean, cfg.dataset.segment.std, seed)
+    return random_pairs(count, height, width, cfg.dataset.segment.augmentation.mean, cfg.dataset.segment.augmentation.std, seed)
 
 
 def random_pairs(count: int, height: int, width: int, mean: Sequence[float] = (0.5, 0.5, 0.5),

@@ -8,7 +8,7 @@ import math
 from typing import List
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -22,7 +22,10 @@ log = logging.getLogger(__name__)
 
 
 class ChangeNet(nn.Module):
-    """forward(img_a, img_b) -> [p_c4, p_c3, p_c2, p_c1, final] logits; inputs normalised [B, 3, H, W]."""
+    """forward(img_a, img_b) -> [p_c4, p_c3, p_c2, p_c1, final] logits; inputs normalised [B, 3, H, W].
+
+    Its state_dict is TAO's ChangeNetSegment's (`backbone.*`, `decoder.*`).
+    """
 
     def __init__(self, backbone: nn.Module, decoder: ChangeDecoder) -> None:
         super().__init__()
@@ -43,12 +46,13 @@ class ChangeNet(nn.Module):
         return self
 
     def forward(self, img_a: torch.Tensor, img_b: torch.Tensor) -> List[torch.Tensor]:
+        if self.training:
+            # Two passes, as TAO trains: the backbone's BatchNorm layers see A and B as separate batches.
+            return self.decoder(self.backbone(img_a), self.backbone(img_b))
+        # One pass over both images (same result in eval mode, and larger kernels): A is the first half.
         batch = img_a.shape[0]
-        # One backbone pass over both images (they share weights): A is the first half of the batch.
-        pyramid, summary = self.backbone(torch.cat([img_a, img_b], dim=0))
-        pyramid_a = [level[:batch] for level in pyramid]
-        pyramid_b = [level[batch:] for level in pyramid]
-        return self.decoder(pyramid_a, pyramid_b, summary[:batch], summary[batch:])
+        pyramid = self.backbone(torch.cat([img_a, img_b], dim=0))
+        return self.decoder([level[:batch] for level in pyramid], [level[batch:] for level in pyramid])
 
 
 def build_model(cfg: DictConfig, load_pretrained: bool = True, **backbone_kwargs) -> ChangeNet:
@@ -60,22 +64,28 @@ def build_model(cfg: DictConfig, load_pretrained: bool = True, **backbone_kwargs
     """
     backbone_cfg, head = cfg.model.backbone, cfg.model.decode_head
     seg = cfg.dataset.segment
-    if backbone_cfg.feat_downsample:
-        if backbone_cfg.type.startswith("fan_"):
-            backbone_kwargs.setdefault("feat_downsample", True)
-        else:
-            log.warning("model.backbone.feat_downsample applies to FAN backbones only; ignored for %s",
-                        backbone_cfg.type)
-    backbone = create_backbone(backbone_cfg.type, **backbone_kwargs)
-    check_feature_strides(backbone, list(head.feature_strides), backbone_cfg.type)
-    check_input_size(backbone, int(seg.img_size), backbone_cfg.type)
+    name = str(backbone_cfg.type)
+    if name.startswith("fan_"):
+        backbone_kwargs.setdefault("feat_downsample", bool(backbone_cfg.feat_downsample))
+    else:
+        if backbone_cfg.feat_downsample:
+            log.warning("model.backbone.feat_downsample applies to FAN backbones only; ignored for %s", name)
+        backbone_kwargs.setdefault("use_summary_token", bool(head.use_summary_token))
+    backbone = create_backbone(name, **backbone_kwargs)
+    in_index = [int(i) for i in head.in_index]
+    check_in_index(in_index, len(backbone.strides))
+    strides = [backbone.strides[i] for i in in_index]
+    channels = [backbone.out_channels[i] for i in in_index]
+    note_spec_disagreement(cfg, "model.decode_head.feature_strides", strides, name)
+    note_spec_disagreement(cfg, "model.decode_head.in_channels", channels, name)
+    check_input_size(backbone, int(seg.img_size), name)
 
     decoder = ChangeDecoder(
-        in_channels=backbone.out_channels,
+        in_channels=channels,
+        feature_strides=strides,
         num_classes=int(seg.num_classes),
-        embed_dim=int(head.embed_dim),
-        align_corners=bool(head.align_corners),
-        summary_dim=backbone.summary_dim if head.use_summary_token else None,
+        embed_dim=int(head.decoder_params.embed_dim),
+        in_index=in_index,
     )
     model = ChangeNet(backbone, decoder)
     if load_pretrained:
@@ -88,13 +98,21 @@ def build_model(cfg: DictConfig, load_pretrained: bool = True, **backbone_kwargs
     return model
 
 
-def check_feature_strides(backbone: nn.Module, feature_strides: List[int], name: str) -> None:
-    """The decoder's feature_strides must be the strides the backbone really produces."""
-    if list(feature_strides) != list(backbone.strides):
+def check_in_index(in_index: List[int], levels: int) -> None:
+    """The decoder reads four distinct levels of the backbone's pyramid."""
+    if len(in_index) != 4 or len(set(in_index)) != 4 or not all(0 <= i < levels for i in in_index):
         raise SpecError(
-            f"spec key 'model.decode_head.feature_strides' is {list(feature_strides)} but backbone '{name}' "
-            f"produces strides {list(backbone.strides)}; set model.decode_head.feature_strides={list(backbone.strides)}"
+            f"spec key 'model.decode_head.in_index' must pick 4 different levels of 0..{levels - 1}, got {in_index}"
         )
+
+
+def note_spec_disagreement(cfg: DictConfig, key: str, actual: List[int], name: str) -> None:
+    """TAO takes the decoder's channels and strides from the backbone whatever the spec says, and so do we;
+    a spec value that disagrees is named once (it describes another backbone, or feat_downsample)."""
+    given = OmegaConf.select(cfg, key)
+    if given is not None and [int(v) for v in given] != actual:
+        log.warning("spec key '%s' is %s but backbone '%s' gives %s at in_index %s; using %s",
+                    key, list(given), name, actual, list(cfg.model.decode_head.in_index), actual)
 
 
 def input_size_multiple(backbone: nn.Module) -> int:

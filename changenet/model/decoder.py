@@ -1,41 +1,72 @@
-"""Change decoder: compares the two images' pyramids level by level and predicts change logits.
+"""Change decoder (TAO's DecoderTransformer_v3): compares the two images' pyramids level by level.
 
-Per level (deepest first): each image's map is projected to D channels, the pair is concatenated in
-the order [A, B] and passed through a "difference" block; the coarser level's result is added after
-upsampling, and a small head predicts that level's logits. All levels are then brought to 1/4,
-fused by a 1x1 conv, upsampled twice (transposed conv x2 + residual block) and classified at full
-resolution. Outputs: [p_c4, p_c3, p_c2, p_c1, final], all logits.
+Levels are c1 (finest, stride 4) .. c4 (deepest). Per level, deepest first: each image's map is
+projected to D channels (`linear_cN`, a per-pixel linear layer), the pair is concatenated in the order
+[A, B] and passed through a difference block (`diff_cN`); the coarser level's result is added (upsampled
+x2 when the strides differ), and a small head (`make_pred_cN`) predicts that level's logits. All levels
+are then resized to stride 4, fused by a 1x1 conv + BatchNorm (`linear_fuse`), upsampled twice
+(transposed conv x2 + residual block) and classified at full resolution (`change_probability`).
+Outputs: [p_c4, p_c3, p_c2, p_c1, final], all logits.
+
+Module names are TAO's, so TAO checkpoints load with strict=True. TAO resizes with align_corners=False
+everywhere (its spec field align_corners does not reach the decoder), and so does this one.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 OUTPUT_NAMES = ("p_c4", "p_c3", "p_c2", "p_c1", "final")
+LEVELS = (4, 3, 2, 1)  # decoder order: deepest level first
+
+
+class LinearEmbedding(nn.Module):
+    """A Linear layer applied to every pixel of a [B, C, H, W] map -> [B, D, H, W].
+
+    Stored as TAO stores it (`proj`, a Linear with weight [D, C]); computed as the equivalent 1x1
+    convolution, which keeps the exported graph free of transposes.
+    """
+
+    def __init__(self, in_channels: int, embed_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(in_channels, embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.proj.weight[:, :, None, None], self.proj.bias)
+
+
+class ConvLayer(nn.Module):
+    """A convolution kept under the name `conv2d` (the parameter path of TAO's checkpoints)."""
+
+    def __init__(self, conv: nn.Module) -> None:
+        super().__init__()
+        self.conv2d = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2d(x)
+
+
+def conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
 
 
 def difference_block(in_channels: int, out_channels: int) -> nn.Sequential:
     """conv3x3 -> ReLU -> BN -> conv3x3 -> ReLU on the channel-concatenated pair."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
-        nn.ReLU(),
-        nn.BatchNorm2d(out_channels),
-        nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1),
-        nn.ReLU(),
+        conv3x3(in_channels, out_channels), nn.ReLU(), nn.BatchNorm2d(out_channels),
+        conv3x3(out_channels, out_channels), nn.ReLU(),
     )
 
 
 def prediction_head(in_channels: int, num_classes: int) -> nn.Sequential:
     """conv3x3 -> ReLU -> BN -> conv3x3: the logits of one pyramid level."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, num_classes, kernel_size=3, padding=1),
-        nn.ReLU(),
-        nn.BatchNorm2d(num_classes),
-        nn.Conv2d(num_classes, num_classes, kernel_size=3, padding=1),
+        conv3x3(in_channels, num_classes), nn.ReLU(), nn.BatchNorm2d(num_classes),
+        conv3x3(num_classes, num_classes),
     )
 
 
@@ -44,88 +75,81 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.conv1 = ConvLayer(conv3x3(channels, channels))
+        self.conv2 = ConvLayer(conv3x3(channels, channels))
         self.relu = nn.ReLU()
-        self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + 0.1 * self.conv2(self.relu(self.conv1(x)))
 
 
-def upsample_stage(channels: int) -> nn.Sequential:
-    """Transposed conv (x2 resolution) then a residual block."""
-    return nn.Sequential(
-        nn.ConvTranspose2d(channels, channels, kernel_size=4, stride=2, padding=1),
-        ResidualBlock(channels),
-    )
+def upsample_x2(channels: int) -> ConvLayer:
+    """Transposed conv 4x4 / stride 2: exactly twice the resolution."""
+    return ConvLayer(nn.ConvTranspose2d(channels, channels, kernel_size=4, stride=2, padding=1))
 
 
 class ChangeDecoder(nn.Module):
-    """forward(pyramid_a, pyramid_b, summary_a, summary_b) -> [p_c4, p_c3, p_c2, p_c1, final] logits."""
+    """forward(pyramid_a, pyramid_b) -> [p_c4, p_c3, p_c2, p_c1, final] logits.
+
+    in_channels / feature_strides: of the four levels the decoder reads (finest first), after
+    `in_index` has picked them from the backbone's pyramid.
+    """
 
     def __init__(
         self,
         in_channels: Sequence[int],
+        feature_strides: Sequence[int],
         num_classes: int,
         embed_dim: int = 256,
-        align_corners: bool = False,
-        summary_dim: Optional[int] = None,
+        in_index: Sequence[int] = (0, 1, 2, 3),
     ) -> None:
         super().__init__()
-        if len(in_channels) != 4:
-            raise ValueError(f"the decoder takes 4 pyramid levels, got {len(in_channels)}")
-        self.align_corners = align_corners
-        # A per-pixel linear projection of each level to D channels (1x1 conv = Linear on every pixel).
-        self.embed = nn.ModuleList(nn.Conv2d(c, embed_dim, kernel_size=1) for c in in_channels)
-        self.difference = nn.ModuleList(difference_block(2 * embed_dim, embed_dim) for _ in in_channels)
-        self.predict = nn.ModuleList(prediction_head(embed_dim, num_classes) for _ in in_channels)
-        # The backbone's summary token, projected to D, is added to the deepest level of its image.
-        self.summary_proj = nn.Linear(summary_dim, embed_dim) if summary_dim else None
-        self.fuse = nn.Sequential(
-            nn.Conv2d(len(in_channels) * embed_dim, embed_dim, kernel_size=1),
-            nn.BatchNorm2d(embed_dim),
-            nn.ReLU(),
+        if len(in_channels) != 4 or len(feature_strides) != 4 or len(in_index) != 4:
+            raise ValueError("the decoder takes exactly 4 pyramid levels")
+        self.in_index = list(in_index)
+        # Upsampling factor from each level to the next finer one (1 when they share a stride).
+        strides = list(feature_strides)
+        self.upsample_factors = {level: strides[level - 1] // strides[level - 2] for level in (4, 3, 2)}
+        # Registration order = TAO's parameter order.
+        for level in LEVELS:
+            self.add_module(f"linear_c{level}", LinearEmbedding(in_channels[level - 1], embed_dim))
+        for level in LEVELS:
+            self.add_module(f"diff_c{level}", difference_block(2 * embed_dim, embed_dim))
+        for level in LEVELS:
+            self.add_module(f"make_pred_c{level}", prediction_head(embed_dim, num_classes))
+        self.linear_fuse = nn.Sequential(
+            nn.Conv2d(len(LEVELS) * embed_dim, embed_dim, kernel_size=1), nn.BatchNorm2d(embed_dim)
         )
-        self.up2 = upsample_stage(embed_dim)  # 1/4 -> 1/2
-        self.up1 = upsample_stage(embed_dim)  # 1/2 -> 1/1
-        self.classify = nn.Conv2d(embed_dim, num_classes, kernel_size=3, padding=1)
+        self.convd2x = upsample_x2(embed_dim)  # 1/4 -> 1/2
+        self.dense_2x = nn.Sequential(ResidualBlock(embed_dim))
+        self.convd1x = upsample_x2(embed_dim)  # 1/2 -> 1/1
+        self.dense_1x = nn.Sequential(ResidualBlock(embed_dim))
+        self.change_probability = ConvLayer(conv3x3(embed_dim, num_classes))
 
-    def _resize(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2:] == like.shape[-2:]:
-            return x
-        return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=self.align_corners)
+    def forward(self, pyramid_a: Sequence[torch.Tensor], pyramid_b: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        levels_a = [pyramid_a[i] for i in self.in_index]
+        levels_b = [pyramid_b[i] for i in self.in_index]
+        finest_size = levels_a[0].shape[-2:]
+        differences: List[torch.Tensor] = []  # deepest first
+        logits: List[torch.Tensor] = []
+        for level in LEVELS:
+            embed = getattr(self, f"linear_c{level}")
+            pair = torch.cat([embed(levels_a[level - 1]), embed(levels_b[level - 1])], dim=1)
+            diff = getattr(self, f"diff_c{level}")(pair)
+            if differences:
+                coarser, factor = differences[-1], self.upsample_factors[level + 1]
+                if factor != 1:
+                    coarser = F.interpolate(coarser, scale_factor=factor, mode="bilinear", align_corners=False)
+                diff = diff + coarser
+            differences.append(diff)
+            logits.append(getattr(self, f"make_pred_c{level}")(diff))
 
-    def _embed_level(self, level: int, x: torch.Tensor, summary: Optional[torch.Tensor]) -> torch.Tensor:
-        x = self.embed[level](x)
-        if summary is not None and self.summary_proj is not None and level == len(self.embed) - 1:
-            x = x + self.summary_proj(summary)[:, :, None, None]
-        return x
-
-    def forward(
-        self,
-        pyramid_a: Sequence[torch.Tensor],
-        pyramid_b: Sequence[torch.Tensor],
-        summary_a: Optional[torch.Tensor] = None,
-        summary_b: Optional[torch.Tensor] = None,
-    ) -> List[torch.Tensor]:
-        levels = len(self.embed)
-        fused: List[torch.Tensor] = []  # deepest first
-        level_logits: List[torch.Tensor] = []
-        coarser: Optional[torch.Tensor] = None
-        for level in reversed(range(levels)):
-            pair = torch.cat(
-                [self._embed_level(level, pyramid_a[level], summary_a),
-                 self._embed_level(level, pyramid_b[level], summary_b)],
-                dim=1,
-            )
-            diff = self.difference[level](pair)
-            if coarser is not None:
-                diff = diff + self._resize(coarser, diff)
-            fused.append(diff)
-            level_logits.append(self.predict[level](diff))
-            coarser = diff
-
-        finest = fused[-1]  # stride 4
-        x = self.fuse(torch.cat([self._resize(f, finest) for f in fused], dim=1))
-        final = self.classify(self.up1(self.up2(x)))
-        return level_logits + [final]
+        at_stride4 = [
+            d if d.shape[-2:] == finest_size
+            else F.interpolate(d, size=finest_size, mode="bilinear", align_corners=False)
+            for d in differences
+        ]
+        x = self.linear_fuse(torch.cat(at_stride4, dim=1))
+        x = self.dense_2x(self.convd2x(x))
+        x = self.dense_1x(self.convd1x(x))
+        return logits + [self.change_probability(x)]

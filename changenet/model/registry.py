@@ -1,8 +1,8 @@
 """Backbone registry: `@register_backbone` on a factory, `create_backbone(name, **kwargs)` to build one.
 
-Every backbone returns `(pyramid, summary)` from `forward(x)`: four feature maps, finest first, and a
-[B, summary_dim] summary (class) token; it exposes `out_channels` (4 ints), `strides` (4 ints),
-`summary_dim` and `token_stride` (stride of its token grid; the input side must be a multiple of it).
+Every backbone returns its pyramid from `forward(x)`: four feature maps, finest first; it exposes
+`out_channels` (4 ints), `strides` (4 ints) and `token_stride` (stride of its token grid; the input side
+must be a multiple of it).
 """
 
 from __future__ import annotations

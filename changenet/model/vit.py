@@ -3,7 +3,8 @@
     image -> patch embedding (token grid at stride 16) + class token + interpolated position embedding
           -> transformer blocks -> LayerNorm -> token map at stride 16
           -> pyramid: deconv x4 (s4) / deconv x2 (s8) / identity (s16) / max-pool (s32)
-The summary token is the class token after the final LayerNorm.
+With use_summary_token, the class token after the final LayerNorm is added to every position of the
+deepest level.
 
 Parameter names follow the common ViT checkpoint layout (patch_embed.proj, cls_token, pos_embed,
 blocks.N.attn.qkv, blocks.N.mlp.fc1, norm, ...) so such weights load after prefix stripping.
@@ -11,7 +12,7 @@ blocks.N.attn.qkv, blocks.N.mlp.fc1, norm, ...) so such weights load after prefi
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List
 
 import torch
 import torch.nn.functional as F
@@ -65,7 +66,7 @@ class Block(nn.Module):
 
 
 class ViTBackbone(nn.Module):
-    """ViT trunk + simple feature pyramid; forward(x) -> (4 maps at strides 4/8/16/32, summary token)."""
+    """ViT trunk + simple feature pyramid; forward(x) -> 4 maps at strides 4/8/16/32."""
 
     def __init__(
         self,
@@ -79,8 +80,10 @@ class ViTBackbone(nn.Module):
         mlp_norm: bool = False,
         pos_grid: int = 14,
         drop_path_rate: float = 0.0,
+        use_summary_token: bool = False,
     ) -> None:
         super().__init__()
+        self.use_summary_token = use_summary_token
         self.patch_size = patch_size
         self.embed_dim = embed_dim
         self.patch_embed = PatchEmbed(patch_size, embed_dim)
@@ -107,7 +110,6 @@ class ViTBackbone(nn.Module):
 
         self.out_channels: List[int] = [quarter, half, embed_dim, embed_dim]
         self.strides: List[int] = [4, 8, 16, 32]
-        self.summary_dim = embed_dim
         self.token_stride = TOKEN_STRIDE
         self._init_weights()
 
@@ -125,7 +127,7 @@ class ViTBackbone(nn.Module):
             grid_pos = map_to_tokens(grid)
         return torch.cat([cls_pos, grid_pos], dim=1)
 
-    def forward(self, x: torch.Tensor) -> Tuple[List[torch.Tensor], torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         height, width = x.shape[-2] // TOKEN_STRIDE, x.shape[-1] // TOKEN_STRIDE
         if self.patch_size != TOKEN_STRIDE:
             # Patch-14 trunks (DINOv2) see the image resized so that one patch covers 16x16 input pixels:
@@ -139,8 +141,10 @@ class ViTBackbone(nn.Module):
             tokens = block(tokens)
         tokens = self.norm(tokens)
         grid = tokens_to_map(tokens[:, 1:], height, width)
-        pyramid = [self.fpn1(grid), self.fpn2(grid), self.fpn3(grid), self.fpn4(grid)]
-        return pyramid, tokens[:, 0]
+        deepest = self.fpn4(grid)
+        if self.use_summary_token:
+            deepest = deepest + tokens[:, 0, :, None, None]
+        return [self.fpn1(grid), self.fpn2(grid), self.fpn3(grid), deepest]
 
     def trunk_parameters(self) -> int:
         """Parameters of the ViT trunk alone (without the feature pyramid)."""

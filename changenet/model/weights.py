@@ -1,20 +1,32 @@
-"""Loading pretrained weights into a backbone (model.backbone.pretrained_backbone_path) or a whole
-ChangeNet (train.pretrained_model_path).
+"""Reading weight files safely, and loading them into a backbone or a whole ChangeNet.
 
-Accepted files: a raw state dict, or a dict holding one under "state_dict" or "model" (Lightning and
-most training scripts). Key prefixes that wrappers add (module., model., backbone., encoder., ...)
-are stripped as far as needed to meet the model's own names. The outcome is logged as one line;
-a file of which nothing fits is refused.
+Every file a user names is read with `torch.load(weights_only=True)`: tensors, containers and plain
+values only, never code. Training frameworks also pickle their settings (Lightning's
+`hyper_parameters` often holds an OmegaConf config); the OmegaConf classes are allowed for that, and a
+file that holds anything else is refused with one line naming the types. `.safetensors` files are
+read with safetensors.
+
+Loading:
+- `model.backbone.pretrained_backbone_path` (`load_backbone_weights`): a plain state dict, one under
+  "state_dict" / "model" / "module", a Lightning or TAO checkpoint, or safetensors; keys in TAO's and
+  NVlabs FAN's layouts, with wrapper prefixes (module., model., backbone., ...) removed; a classifier
+  checkpoint's final `norm` / `head` are not part of the segmentation backbone and are skipped.
+- `train.pretrained_model_path` (`load_pretrained_model`): a whole model (TAO or changenet checkpoint).
+The outcome is one line (loaded N of M tensors); what stays at its initial values is a warning naming
+it; a tensor of the right name and the wrong shape is an error naming it.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import pickle
+import typing
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -23,51 +35,103 @@ from changenet.errors import ModelError
 
 log = logging.getLogger(__name__)
 
+
+def _omegaconf_types() -> List[Any]:
+    """The classes a pickled OmegaConf config is made of (DictConfig, ListConfig, their nodes and metadata)."""
+    from omegaconf import DictConfig, ListConfig, base, nodes
+
+    node_types = [getattr(nodes, name) for name in ("AnyNode", "StringNode", "IntegerNode", "FloatNode",
+                                                    "BooleanNode", "BytesNode", "PathNode") if hasattr(nodes, name)]
+    return [DictConfig, ListConfig, base.ContainerMetadata, base.Metadata, *node_types]
+
+
+# Types besides tensors and plain containers that checkpoints of TAO and Lightning hold; all are data.
+# (int/float/str/list/dict appear as type references inside OmegaConf's metadata.)
+SAFE_TYPES = (typing.Any, collections.defaultdict, collections.OrderedDict, int, float, str, bool, list, dict)
+
+
+def safe_checkpoint_types() -> List[Any]:
+    """What `torch.load(weights_only=True)` may build besides tensors when changenet reads a checkpoint."""
+    return [*_omegaconf_types(), *SAFE_TYPES]
+# Wrappers around a state dict, in the order they are tried.
+CONTAINER_KEYS = ("state_dict", "model", "module")
 # Prefixes added by DataParallel/DDP (module.), torch.compile (_orig_mod.), Lightning modules (model.)
 # and backbone wrappers (backbone., encoder.).
 STRIP_PREFIXES = ("module.", "_orig_mod.", "model.", "backbone.", "encoder.")
-CONTAINER_KEYS = ("state_dict", "model")
-_SHOWN_NAMES = 3  # names listed per category in the summary line
+# Parts of an ImageNet FAN checkpoint that the segmentation backbone does not have (TAO deletes `norm`).
+CLASSIFIER_EXTRAS = ("norm.", "head.")
+ENCRYPTED_KEY = "state_dict_encrypted"
+_SHOWN_NAMES = 3  # names listed per category in one line
 
 
-@dataclass
-class LoadReport:
-    """What a weights file contributed to a module."""
-
-    path: str
-    loaded: List[str] = field(default_factory=list)
-    missing: List[str] = field(default_factory=list)  # module keys the file did not provide
-    unexpected: List[str] = field(default_factory=list)  # file keys the module does not have
-    mismatched: List[str] = field(default_factory=list)  # same name, different shape (skipped)
-
-    def summary(self, target: str) -> str:
-        total = len(self.loaded) + len(self.missing) + len(self.mismatched)
-        parts = [f"loaded {len(self.loaded)}/{total} tensors into the {target} from '{self.path}'"]
-        for label, names in (("missing", self.missing), ("unexpected", self.unexpected),
-                             ("shape-mismatched", self.mismatched)):
-            if names:
-                more = f", +{len(names) - _SHOWN_NAMES} more" if len(names) > _SHOWN_NAMES else ""
-                parts.append(f"{len(names)} {label} ({', '.join(names[:_SHOWN_NAMES])}{more})")
-        return "; ".join(parts)
-
-
-def read_state_dict(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
-    """The tensors of a weights file, unwrapped from a "state_dict"/"model" container."""
+# --------------------------------------------------------------------------- reading files
+def load_torch_file(path: str | os.PathLike, what: str = "weights file") -> Any:
+    """The object stored in a .pth/.ckpt/.pt (weights_only, OmegaConf allowed) or .safetensors file."""
     path = Path(path)
     if not path.is_file():
-        raise ModelError(f"weights file '{path}' does not exist")
+        raise ModelError(f"{what} '{path}' does not exist")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path, what)
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(safe_checkpoint_types()):
+            # mmap: tensors are read when used, so a look at the metadata of a large checkpoint is cheap.
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as exc:
-        if "weights only load failed" not in str(exc).lower():
-            raise _unreadable(path, exc) from None
-        # Checkpoints of training frameworks also pickle their settings; tensors-only loading refuses them.
-        log.warning("'%s' holds Python objects besides tensors; loading it fully (load only files you trust)", path)
-        data = _load_any(path)
+        if "weights only load failed" in str(exc).lower():
+            raise ModelError(_refused_types_message(path, what)) from None
+        raise _unreadable(path, what, exc) from None
     except Exception as exc:  # noqa: BLE001 - any read failure is the same user-facing problem
-        raise _unreadable(path, exc) from None
+        raise _unreadable(path, what, exc) from None
+
+
+def _load_safetensors(path: Path, what: str) -> Dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise _unreadable(path, what, exc) from None
+
+
+def _refused_types_message(path: Path, what: str) -> str:
+    try:
+        types = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # noqa: BLE001 - the listing is only a hint
+        types = []
+    allowed = {f"{t.__module__}.{t.__qualname__}" for t in safe_checkpoint_types() if hasattr(t, "__qualname__")}
+    refused = [t for t in types if t not in allowed] or types
+    shown = ", ".join(refused[:_SHOWN_NAMES]) + (f", +{len(refused) - _SHOWN_NAMES} more" if len(refused) > _SHOWN_NAMES else "")
+    return (
+        f"{what} '{path}' holds pickled Python objects ({shown or 'of unknown types'}) that changenet does not "
+        "load, because unpickling them could run code; save only its tensors (torch.save(model.state_dict(), ...))"
+    )
+
+
+def _unreadable(path: Path, what: str, exc: Exception) -> ModelError:
+    if isinstance(exc, (zipfile.BadZipFile, EOFError)) or "zip" in str(exc).lower():
+        reason = "truncated or not a PyTorch file"
+    else:
+        text = str(exc).strip()
+        reason = text.splitlines()[0] if text else type(exc).__name__
+    return ModelError(f"cannot read {what} '{path}' as a PyTorch checkpoint ({reason})")
+
+
+def refuse_encrypted(data: Any, path: str | os.PathLike) -> None:
+    """TAO's encrypted checkpoints replace the state dict with bytes that only its `eff` codec reads."""
+    if isinstance(data, dict) and (data.get(ENCRYPTED_KEY) or isinstance(data.get("state_dict"), (bytes, bytearray))):
+        raise ModelError(
+            f"checkpoint '{path}' is encrypted with TAO's encryption_key (its 'eff' codec has no release for this "
+            "Python, so changenet cannot decrypt it); in a TAO container, load it with that key and save its "
+            "state_dict unencrypted, then use that file"
+        )
+
+
+def find_state_dict(data: Any, path: str | os.PathLike) -> Dict[str, torch.Tensor]:
+    """The tensors of a weights file, unwrapped from a "state_dict" / "model" / "module" container."""
+    refuse_encrypted(data, path)
     for key in CONTAINER_KEYS:
-        if isinstance(data, dict) and key in data and isinstance(data[key], (dict, nn.Module)):
+        if isinstance(data, dict) and isinstance(data.get(key), (dict, nn.Module)):
             data = data[key]
             break
     if isinstance(data, nn.Module):
@@ -78,20 +142,13 @@ def read_state_dict(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
     return tensors
 
 
-def _load_any(path: Path) -> object:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001
-        raise _unreadable(path, exc) from None
+def read_state_dict(path: str | os.PathLike) -> Dict[str, torch.Tensor]:
+    """The tensors of the weights file at `path`."""
+    return find_state_dict(load_torch_file(path), path)
 
 
-def _unreadable(path: Path, exc: Exception) -> ModelError:
-    text = str(exc).strip()
-    reason = text.splitlines()[0] if text else type(exc).__name__
-    return ModelError(f"cannot read weights file '{path}' as a PyTorch checkpoint ({reason})")
-
-
-def _own_name(key: str, names: set) -> str | None:
+# --------------------------------------------------------------------------- matching names
+def _own_name(key: str, names: set) -> Optional[str]:
     """`key` with wrapper prefixes stripped until it is one of `names`; None when it never is."""
     while key not in names:
         prefix = next((p for p in STRIP_PREFIXES if key.startswith(p)), None)
@@ -101,38 +158,105 @@ def _own_name(key: str, names: set) -> str | None:
     return key
 
 
-def load_weights(module: nn.Module, path: str | os.PathLike, target: str = "model") -> LoadReport:
-    """Copy the fitting tensors of `path` into `module`; log one summary line; refuse a file that fits nowhere."""
-    source = read_state_dict(path)
+def _shown(names: List[str]) -> str:
+    more = f", +{len(names) - _SHOWN_NAMES} more" if len(names) > _SHOWN_NAMES else ""
+    return ", ".join(names[:_SHOWN_NAMES]) + more
+
+
+@dataclass
+class LoadReport:
+    """What a weights file contributed to a module."""
+
+    path: str
+    target: str
+    loaded: List[str] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)  # module tensors the file did not provide
+    unexpected: List[str] = field(default_factory=list)  # file tensors the module does not have
+    skipped: List[str] = field(default_factory=list)  # known extras (classifier head, decoder) left out
+    reset: List[str] = field(default_factory=list)  # same name, other shape, left at initial values on purpose
+
+    def summary(self) -> str:
+        total = len(self.loaded) + len(self.missing) + len(self.reset)
+        line = f"loaded {len(self.loaded)} of {total} {self.target} tensors from '{self.path}'"
+        notes = [f"{len(names)} {label} ({_shown(names)})" for label, names in (
+            ("not used by this model", self.skipped), ("unknown to this model", self.unexpected)) if names]
+        return line + (f"; skipped {'; '.join(notes)}" if notes else "")
+
+    def warnings(self) -> List[str]:
+        lines = []
+        if self.missing:
+            lines.append(f"{len(self.missing)} {self.target} tensors are not in '{self.path}' and keep their initial "
+                         f"values: {_shown(self.missing)}")
+        if self.reset:
+            lines.append(f"{len(self.reset)} {self.target} tensors of '{self.path}' have another shape (trained for "
+                         f"another class count) and keep their initial values: {_shown(self.reset)}")
+        return lines
+
+
+def load_weights(module: nn.Module, source: Dict[str, torch.Tensor], path: str | os.PathLike, target: str,
+                 skip_prefixes: tuple = (), resettable: tuple = ()) -> LoadReport:
+    """Copy the tensors of `source` whose names (after prefix stripping) are `module`'s.
+
+    skip_prefixes: file names (after stripping) that are known not to belong to `module`.
+    resettable: module name prefixes whose shape may differ (left at initial values with a warning);
+    any other shape difference is an error naming the tensor.
+    """
     own = module.state_dict()
-    report = LoadReport(path=str(path))
+    names = set(own)
+    report = LoadReport(path=str(path), target=target)
     fitting: Dict[str, torch.Tensor] = {}
     for key, tensor in source.items():
-        name = _own_name(key, set(own))
+        if key.startswith("ema_"):  # exponential-moving-average copies of other frameworks
+            report.skipped.append(key)
+            continue
+        name = _own_name(key, names)
         if name is None:
-            report.unexpected.append(key)
+            stripped = _strip_all(key)
+            (report.skipped if stripped.startswith(skip_prefixes) else report.unexpected).append(key)
         elif tuple(tensor.shape) != tuple(own[name].shape):
-            report.mismatched.append(name)
+            if name.startswith(resettable):
+                report.reset.append(name)
+                continue
+            raise ModelError(
+                f"tensor '{name}' in '{path}' has shape {list(tensor.shape)} but the {target} built from the spec has "
+                f"{list(own[name].shape)}; the file was made for another backbone size or decoder width"
+            )
         else:
             fitting[name] = tensor
     if not fitting:
         hint = "; a backbone-only file belongs in model.backbone.pretrained_backbone_path" if target == "model" else ""
         raise ModelError(
             f"weights file '{path}' has no tensor that fits the {target}: none of its {len(source)} keys "
-            f"(e.g. '{next(iter(source))}') matches a {target} key with the same shape{hint}"
+            f"(e.g. '{next(iter(source))}') is a {target} tensor{hint}"
         )
     module.load_state_dict(fitting, strict=False)
     report.loaded = sorted(fitting)
-    report.missing = [k for k in own if k not in fitting and k not in report.mismatched]
-    log.info(report.summary(target))
+    report.missing = [k for k in own if k not in fitting and k not in report.reset]
+    log.info(report.summary())
+    for line in report.warnings():
+        log.warning(line)
     return report
+
+
+def _strip_all(key: str) -> str:
+    while True:
+        prefix = next((p for p in STRIP_PREFIXES if key.startswith(p)), None)
+        if prefix is None:
+            return key
+        key = key[len(prefix):]
 
 
 def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> LoadReport:
     """model.backbone.pretrained_backbone_path: weights for the backbone alone."""
-    return load_weights(backbone, path, target="backbone")
+    # A whole ChangeNet's decoder and an ImageNet classifier's head are not the backbone's.
+    return load_weights(backbone, read_state_dict(path), path, "backbone",
+                        skip_prefixes=CLASSIFIER_EXTRAS + ("decoder.",))
+
+
+# The decoder layers whose shape follows the class count: fine-tuning to other classes starts them afresh.
+CLASS_DEPENDENT = tuple(f"decoder.make_pred_c{level}." for level in (1, 2, 3, 4)) + ("decoder.change_probability.",)
 
 
 def load_pretrained_model(model: nn.Module, path: str | os.PathLike) -> LoadReport:
     """train.pretrained_model_path: weights for the whole ChangeNet (backbone and decoder)."""
-    return load_weights(model, path, target="model")
+    return load_weights(model, read_state_dict(path), path, "model", resettable=CLASS_DEPENDENT)

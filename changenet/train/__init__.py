@@ -9,7 +9,7 @@ from changenet.train.checkpoint import (
     LATEST_CHECKPOINT_NAME,
     epoch_checkpoint_name,
     load_model_from_checkpoint,
-    read_changenet_checkpoint,
+    read_checkpoint,
 )
 
-__all__ = ["LATEST_CHECKPOINT_NAME", "epoch_checkpoint_name", "load_model_from_checkpoint", "read_changenet_checkpoint"]
+__all__ = ["LATEST_CHECKPOINT_NAME", "epoch_checkpoint_name", "load_model_from_checkpoint", "read_checkpoint"]

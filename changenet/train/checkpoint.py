@@ -1,40 +1,56 @@
-"""Training checkpoints: file names, the "changenet" metadata entry, reading and checking them.
+"""Model checkpoints: TAO's layout, read from TAO or changenet, checked against the spec.
 
-A checkpoint is a full Lightning checkpoint (weights, optimiser, scheduler, loop counters), so
-`Trainer.fit(ckpt_path=...)` resumes from it, plus a plain-typed "changenet" entry that says what
-model it holds. Everything in it is tensors and primitive types, so it loads with weights_only=True.
+A checkpoint is laid out as TAO's trainer writes it, so either tool loads the other's files: a Lightning
+checkpoint (`state_dict` with `model.backbone.*` / `model.decoder.*`, optimizer, scheduler, loop
+counters) with `tao_model: visual_changenet_segment`. changenet adds a plain-typed "changenet" entry
+saying what model it holds; TAO ignores it.
 
     <train.results_dir>/model_epoch_000.pth ...          every train.checkpoint_interval epochs
     <train.results_dir>/changenet_model_segment_latest.pth   after every epoch, replaced atomically
 
-Writing them is the Trainer's job (changenet.train.trainer; `save_model_checkpoint` writes weights-only
-ones); this module needs no Lightning, so evaluation, inference and export load models without it.
+Reading goes through `changenet.model.weights.load_torch_file` (no code runs). A TAO checkpoint has no
+metadata: the spec describes the model, and the tensors' shapes are checked against it, so a mismatch
+is one line saying which spec keys to set. Writing is the Trainer's job (changenet.train.trainer;
+`save_model_checkpoint` writes weights-only ones); this module needs no Lightning, so evaluation,
+inference and export load models without it.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 import changenet
 from changenet.errors import ModelError
+from changenet.model.weights import find_state_dict, load_torch_file, refuse_encrypted
 
 LATEST_CHECKPOINT_NAME = "changenet_model_segment_latest.pth"
 METADATA_KEY = "changenet"
-# Bumped when the checkpoint layout changes in a way readers must know about.
-CHECKPOINT_FORMAT = 1
-# The LightningModule keeps the network as `self.model`; its state_dict keys carry this prefix.
+# Bumped when the checkpoint layout changes in a way readers must know about. Format 2: TAO's model
+# and parameter names; format 1 (changenet 0.1) held a model of its own, which no longer loads.
+CHECKPOINT_FORMAT = 2
+# The LightningModule keeps the network as `self.model` (as TAO's does); its state_dict keys carry this prefix.
 MODEL_PREFIX = "model."
-
+TAO_MODEL_KEY = "tao_model"
+TAO_SEGMENT_MODEL = "visual_changenet_segment"
+TAO_CLASSIFY_MODEL = "visual_changenet_classify"
 
 # Checkpoint saved after (0-based) epoch e, as str.format pattern without the ".pth" (Lightning's form).
 EPOCH_CHECKPOINT_PATTERN = "model_epoch_{epoch:03d}"
+
+# FAN variants by (token width, number of FAN blocks), to name the backbone of a TAO checkpoint.
+FAN_VARIANTS = {
+    (192, 8): "fan_tiny_8_p4_hybrid",
+    (384, 10): "fan_small_12_p4_hybrid",
+    (448, 16): "fan_base_16_p4_hybrid",
+    (480, 22): "fan_large_16_p4_hybrid",
+}
 
 
 def epoch_checkpoint_name(epoch: int) -> str:
@@ -42,132 +58,237 @@ def epoch_checkpoint_name(epoch: int) -> str:
     return EPOCH_CHECKPOINT_PATTERN.format(epoch=epoch) + ".pth"
 
 
-# --------------------------------------------------------------------------- metadata
+# --------------------------------------------------------------------------- writing
 def checkpoint_metadata(cfg: DictConfig) -> Dict[str, Any]:
     """The "changenet" entry: what the checkpoint holds, in plain types (weights_only-loadable)."""
     from changenet.data import class_names, class_palette
 
     seg = cfg.dataset.segment
-    head = cfg.model.decode_head
     return {
         "format": CHECKPOINT_FORMAT,
         "changenet_version": changenet.__version__,
         "task": "segment",
-        "backbone": str(cfg.model.backbone.type),
-        "num_classes": int(seg.num_classes),
+        **spec_architecture(cfg),
         "img_size": int(seg.img_size),
-        "feature_strides": [int(s) for s in head.feature_strides],
-        "embed_dim": int(head.embed_dim),
         "class_names": class_names(cfg),
         "class_colors": class_palette(cfg).tolist(),
-        "mean": [float(v) for v in seg.mean],
-        "std": [float(v) for v in seg.std],
+        "mean": [float(v) for v in seg.augmentation.mean],
+        "std": [float(v) for v in seg.augmentation.std],
         "model": OmegaConf.to_container(cfg.model, resolve=True),
     }
 
 
+def tao_fields() -> Dict[str, Any]:
+    """The top-level entries by which TAO recognises a Visual ChangeNet segmentation checkpoint."""
+    return {TAO_MODEL_KEY: TAO_SEGMENT_MODEL}
+
+
 def save_model_checkpoint(model: torch.nn.Module, cfg: DictConfig, path: str | os.PathLike, epoch: int = 0) -> Path:
-    """Write `model`'s weights as a changenet checkpoint that evaluate, inference and export load.
+    """Write `model`'s weights as a checkpoint that evaluate, inference, export and TAO load.
 
     For weights that did not come from `changenet train` (converted or hand-built models); it holds no
     optimiser state, so training does not resume from it. Written atomically.
     """
+    import lightning
+
     from changenet.fileio import atomic_path
 
     state = {MODEL_PREFIX + key: value for key, value in model.state_dict().items()}
     path = Path(path)
     with atomic_path(path) as tmp:
-        torch.save({"epoch": int(epoch), "state_dict": state, METADATA_KEY: checkpoint_metadata(cfg)}, tmp)
+        torch.save({"epoch": int(epoch), "global_step": 0, "pytorch-lightning_version": lightning.__version__,
+                    "state_dict": state, "optimizer_states": [], "lr_schedulers": [],
+                    **tao_fields(), METADATA_KEY: checkpoint_metadata(cfg)}, tmp)
     return path
 
 
 # --------------------------------------------------------------------------- reading
-def read_changenet_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
-    """A checkpoint written by `changenet train`, loaded on the CPU with weights_only=True.
+@dataclass
+class Checkpoint:
+    """A model checkpoint read from disk: its content and where it came from."""
 
-    ModelError when the file is missing, unreadable, or lacks the "changenet" entry or the weights.
+    path: Path
+    data: Dict[str, Any]
+    metadata: Optional[Dict[str, Any]]  # changenet's entry; None for TAO's checkpoints
+
+    @property
+    def origin(self) -> str:
+        return "changenet" if self.metadata is not None else "TAO"
+
+    @property
+    def model_state(self) -> Dict[str, torch.Tensor]:
+        """The network's weights (LightningModule prefix removed)."""
+        state = self.data["state_dict"]
+        return {key[len(MODEL_PREFIX):]: value for key, value in state.items() if key.startswith(MODEL_PREFIX)}
+
+    @property
+    def epoch(self) -> int:
+        return int(self.data.get("epoch", -1))
+
+    def architecture(self) -> Dict[str, Any]:
+        """What the weights are: backbone, classes, decoder width, feat_downsample (metadata, else shapes)."""
+        found = state_architecture(self.model_state)
+        if self.metadata is not None:
+            found.update({k: self.metadata[k] for k in ARCHITECTURE_KEYS if self.metadata.get(k) is not None})
+        return found
+
+
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """A TAO or changenet segmentation checkpoint, loaded on the CPU without running code.
+
+    ModelError (one line) for a missing or unreadable file, an encrypted or classification checkpoint,
+    one from changenet 0.1, or a file that holds no ChangeNet weights.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"checkpoint '{path}' does not exist")
-    try:
-        # mmap: tensors are read when used, so a look at the metadata of a large checkpoint is cheap.
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        message = str(exc).strip()
-        if "Weights only load failed" in message:
-            # weights_only refuses pickled Python objects (classes, configs): changenet never writes those.
-            raise ModelError(
-                f"checkpoint '{path}' holds pickled Python objects, not just tensors, so it was not written by "
-                "`changenet train`; use a checkpoint from `changenet train`"
-            ) from None
-        first = message.splitlines()[0] if message else type(exc).__name__
-        raise ModelError(f"checkpoint '{path}' is not a readable PyTorch file (truncated or another format): {first}") from None
-    if not isinstance(data, dict) or not isinstance(data.get(METADATA_KEY), dict) or not isinstance(data.get("state_dict"), dict):
+    data = load_torch_file(path, "checkpoint")
+    refuse_encrypted(data, path)
+    if not isinstance(data, dict) or not isinstance(data.get("state_dict"), dict):
+        if isinstance(data, dict):
+            find_state_dict(data, path)  # a plain state dict: say so below
         raise ModelError(
-            f"checkpoint '{path}' is not a changenet checkpoint (no '{METADATA_KEY}' metadata); "
-            "use a model_epoch_*.pth or changenet_model_segment_latest.pth written by `changenet train`"
+            f"'{path}' is not a model checkpoint (no 'state_dict' entry); a plain backbone state dict belongs in "
+            "model.backbone.pretrained_backbone_path"
         )
-    return data
+    if data.get(TAO_MODEL_KEY) == TAO_CLASSIFY_MODEL:
+        raise ModelError(f"checkpoint '{path}' is a Visual ChangeNet-Classification model (task classify), "
+                         "which changenet does not run yet; use a segmentation checkpoint")
+    meta = data.get(METADATA_KEY)
+    meta = meta if isinstance(meta, dict) else None
+    if meta is not None and int(meta.get("format", 1)) < CHECKPOINT_FORMAT:
+        raise ModelError(
+            f"checkpoint '{path}' was written by changenet {meta.get('changenet_version', '0.1')}, whose model was not "
+            "TAO's (other layers and names); its weights do not load into this version: train again"
+        )
+    checkpoint = Checkpoint(path, data, meta)
+    if not any(key.startswith("backbone.") for key in checkpoint.model_state):
+        raise ModelError(
+            f"checkpoint '{path}' holds no ChangeNet weights (no 'model.backbone.*' tensors); a backbone-only file "
+            "belongs in model.backbone.pretrained_backbone_path"
+        )
+    return checkpoint
 
 
-def check_matches_spec(meta: Dict[str, Any], cfg: DictConfig, path: str | os.PathLike) -> None:
-    """ModelError when the checkpoint was trained for another architecture than the spec describes."""
-    seg = cfg.dataset.segment
-    head = cfg.model.decode_head
-    expected = (
-        ("backbone", "model.backbone.type", str(cfg.model.backbone.type)),
-        ("num_classes", "dataset.segment.num_classes", int(seg.num_classes)),
-        ("embed_dim", "model.decode_head.embed_dim", int(head.embed_dim)),
-        ("feature_strides", "model.decode_head.feature_strides", [int(s) for s in head.feature_strides]),
-    )
-    for field, key, wanted in expected:
-        found = meta.get(field)
-        if found is not None and found != wanted:
-            raise ModelError(
-                f"checkpoint '{path}' was trained with {field} {found}, but the spec says {wanted} ({key}); "
-                f"set {key}={found} or choose a checkpoint trained for this spec"
-            )
+# --------------------------------------------------------------------------- architecture checks
+ARCHITECTURE_KEYS = ("backbone", "num_classes", "embed_dim", "feat_downsample")
+SPEC_KEYS = {
+    "backbone": "model.backbone.type",
+    "num_classes": "dataset.segment.num_classes",
+    "embed_dim": "model.decode_head.decoder_params.embed_dim",
+    "feat_downsample": "model.backbone.feat_downsample",
+}
 
 
-def model_state_dict(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-    """The network's weights from a checkpoint (LightningModule prefix removed)."""
-    state = checkpoint["state_dict"]
-    return {key[len(MODEL_PREFIX):]: value for key, value in state.items() if key.startswith(MODEL_PREFIX)}
+def spec_architecture(cfg: DictConfig) -> Dict[str, Any]:
+    """The architecture the spec builds, in the terms of ARCHITECTURE_KEYS."""
+    return {
+        "backbone": str(cfg.model.backbone.type),
+        "num_classes": int(cfg.dataset.segment.num_classes),
+        "embed_dim": int(cfg.model.decode_head.decoder_params.embed_dim),
+        "feat_downsample": bool(cfg.model.backbone.feat_downsample) and str(cfg.model.backbone.type).startswith("fan_"),
+    }
+
+
+def state_architecture(state: Dict[str, torch.Tensor]) -> Dict[str, Any]:
+    """What a ChangeNet state dict (no prefix) holds, read from tensor shapes; only what can be told."""
+    found: Dict[str, Any] = {}
+    final = state.get("decoder.change_probability.conv2d.weight")
+    if final is not None:
+        found["num_classes"] = int(final.shape[0])
+    embed = state.get("decoder.linear_c4.proj.weight")
+    if embed is not None:
+        found["embed_dim"] = int(embed.shape[0])
+    cls_token = state.get("backbone.cls_token")
+    if cls_token is not None and "backbone.patch_embed.backbone.stem.0.weight" in state:  # a FAN hybrid
+        depth = len({m.group(1) for key in state if (m := re.match(r"backbone\.blocks\.(\d+)\.", key))})
+        name = FAN_VARIANTS.get((int(cls_token.shape[-1]), depth))
+        if name is not None:
+            found["backbone"] = name
+        found["feat_downsample"] = "backbone.learnable_downsample.weight" in state
+    return found
+
+
+def check_matches_spec(checkpoint: Checkpoint, cfg: DictConfig) -> None:
+    """ModelError when the checkpoint holds another architecture than the spec describes."""
+    wanted = spec_architecture(cfg)
+    found = checkpoint.architecture()
+    differing = [key for key in ARCHITECTURE_KEYS if key in found and found[key] != wanted[key]]
+    if differing:
+        held = ", ".join(f"{key} {found[key]}" for key in differing)
+        spec = ", ".join(f"{SPEC_KEYS[key]}={wanted[key]}" for key in differing)
+        fix = " ".join(f"{SPEC_KEYS[key]}={_yaml(found[key])}" for key in differing)
+        raise ModelError(
+            f"{checkpoint.origin} checkpoint '{checkpoint.path}' holds a model with {held}, but the spec says {spec}; "
+            f"set {fix} or choose a checkpoint trained for this spec"
+        )
+
+
+def _yaml(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def load_strict(model: torch.nn.Module, state: Dict[str, torch.Tensor], path: str | os.PathLike) -> None:
-    """load_state_dict(strict=True) with a one-sentence error naming the file."""
-    own = set(model.state_dict())
-    missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
+    """load_state_dict(strict=True) with a one-sentence error naming the file and the first odd tensor."""
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
         detail = "; ".join(
             f"{label} {len(keys)} tensors (e.g. {keys[0]})"
             for label, keys in (("lacks", missing), ("has extra", unexpected)) if keys
         )
         raise ModelError(f"weights in '{path}' do not fit the model the spec builds: the file {detail}")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:  # same names, other shapes
-        last = str(exc).strip().splitlines()[-1].strip()
-        raise ModelError(f"weights in '{path}' do not fit the model the spec builds: {last}") from None
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(own[name].shape):
+            raise ModelError(
+                f"weights in '{path}' do not fit the model the spec builds: '{name}' has shape {list(tensor.shape)} "
+                f"in the file and {list(own[name].shape)} in the model"
+            )
+    model.load_state_dict(state, strict=True)
 
 
 def load_model_from_checkpoint(path: str | os.PathLike, cfg: DictConfig) -> torch.nn.Module:
-    """The trained ChangeNet from a `changenet train` checkpoint, in eval mode on the CPU.
+    """The trained ChangeNet of a TAO or changenet checkpoint, in eval mode on the CPU.
 
-    The spec must describe the same architecture (backbone, num_classes, decoder width and strides).
+    The spec must describe the same architecture (backbone, num_classes, decoder width, feat_downsample).
     """
     from changenet.model import build_model
 
-    checkpoint = read_changenet_checkpoint(path)
-    check_matches_spec(checkpoint[METADATA_KEY], cfg, path)
+    checkpoint = read_checkpoint(path)
+    check_matches_spec(checkpoint, cfg)
     # The trained weights replace any initialisation, so no pretrained weights are read.
     model = build_model(cfg, load_pretrained=False)
-    load_strict(model, model_state_dict(checkpoint), path)
+    load_strict(model, checkpoint.model_state, path)
     return model.eval()
 
 
-def completed_epochs(checkpoint: Dict[str, Any]) -> int:
+def completed_epochs(checkpoint: Checkpoint) -> int:
     """How many epochs a checkpoint saved at the end of an epoch has finished (its "epoch" is 0-based)."""
-    return int(checkpoint.get("epoch", -1)) + 1
+    return checkpoint.epoch + 1
+
+
+# --------------------------------------------------------------------------- resuming a TAO checkpoint
+def optimizer_fit(checkpoint: Checkpoint, model: torch.nn.Module, optim: str) -> Optional[str]:
+    """Why the checkpoint's training state cannot continue in `model` with optimizer `optim`; None when it can.
+
+    Lightning restores optimizer states by parameter position; ours are registered in TAO's order, so a
+    TAO state fits when it covers the same tensors with the same shapes and the same kind of optimizer.
+    """
+    states: List[Dict[str, Any]] = checkpoint.data.get("optimizer_states") or []
+    if not states:
+        return "it holds no optimizer state"
+    if "loops" not in checkpoint.data:
+        return "it holds no training loop state"
+    params = list(model.parameters())
+    groups = states[0].get("param_groups", [])
+    count = sum(len(group.get("params", [])) for group in groups)
+    if count != len(params):
+        return f"its optimizer covers {count} tensors but this model has {len(params)}"
+    per_param: Dict[int, Dict[str, Any]] = states[0].get("state", {})
+    kinds = {"exp_avg": ("adamw", "adam"), "momentum_buffer": ("sgd",)}
+    for index, state in per_param.items():
+        for buffer, optimizers in kinds.items():
+            if buffer in state and optim not in optimizers:
+                return f"its optimizer is {'/'.join(optimizers)} but train.optim.optim is {optim}"
+            if buffer in state and tuple(state[buffer].shape) != tuple(params[int(index)].shape):
+                return f"its optimizer state of parameter {index} has another shape than this model's"
+    return None
+

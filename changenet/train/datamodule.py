@@ -15,7 +15,7 @@ from changenet.data import build_dataset
 
 
 class ChangeDataModule(L.LightningDataModule):
-    """Loaders for the train split (shuffled, augmented) and the validation split (in order)."""
+    """Loaders for the train split (shuffled unless dataset.segment.shuffle is false, augmented) and the validation split (in order)."""
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__()
@@ -30,9 +30,9 @@ class ChangeDataModule(L.LightningDataModule):
             self.val_set = build_dataset(self.cfg, "val")
 
     def train_dataloader(self) -> DataLoader:
-        batch_size = int(self.cfg.dataset.segment.batch_size)
+        seg = self.cfg.dataset.segment
         # Equal batches keep BatchNorm statistics steady, unless that would leave no batch at all.
-        return self._loader(self.train_set, shuffle=True, drop_last=len(self.train_set) >= batch_size)
+        return self._loader(self.train_set, shuffle=bool(seg.shuffle), drop_last=len(self.train_set) >= int(seg.batch_size))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False, drop_last=False)

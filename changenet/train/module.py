@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from changenet.data import class_names
 from changenet.evaluation.metrics import ConfusionMatrix
 from changenet.model import ChangeNetLoss, build_model
-from changenet.train.checkpoint import METADATA_KEY, checkpoint_metadata
+from changenet.train.checkpoint import METADATA_KEY, checkpoint_metadata, tao_fields
 
 # The val metrics logged each validation epoch (keys of ConfusionMatrix.compute()).
 VAL_METRICS = ("miou", "mf1", "acc")
@@ -57,31 +57,36 @@ class ChangeNetModule(L.LightningModule):
 
     # ----------------------------------------------------------------------- optimiser
     def configure_optimizers(self):
+        """TAO's optimizer and schedule: one parameter group over every model parameter (frozen ones get no
+        gradient and are skipped), so optimizer states line up with TAO's checkpoints position by position."""
         optim_cfg = self.cfg.train.optim
-        params = [p for p in self.model.parameters() if p.requires_grad]  # freeze_backbone leaves some out
+        params = list(self.model.parameters())
         if optim_cfg.optim == "sgd":
             optimizer = torch.optim.SGD(
                 params, lr=optim_cfg.lr, momentum=optim_cfg.momentum, weight_decay=optim_cfg.weight_decay
             )
         else:
-            optimizer = torch.optim.AdamW(
-                params, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), weight_decay=optim_cfg.weight_decay
-            )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(optim_cfg.policy, self.cfg.train.num_epochs))
+            adam = torch.optim.Adam if optim_cfg.optim == "adam" else torch.optim.AdamW
+            optimizer = adam(params, lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), weight_decay=optim_cfg.weight_decay)
+        scheduler = lr_scheduler(optimizer, optim_cfg.policy, int(self.cfg.train.num_epochs))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     # ----------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        checkpoint.update(tao_fields())
         checkpoint[METADATA_KEY] = checkpoint_metadata(self.cfg)
 
 
-def lr_factor(policy: str, num_epochs: int) -> Callable[[int], float]:
-    """The lr multiplier of epoch e: "linear" 1 - e / (num_epochs + 1); "step" x0.1 every num_epochs // 3 epochs.
-
-    Both are plain functions for LambdaLR, which keeps them out of the checkpoint: a run resumed with a
-    larger train.num_epochs follows the new schedule instead of the stored one.
-    """
+def lr_scheduler(optimizer: torch.optim.Optimizer, policy: str, num_epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """TAO's schedules, stepped per epoch: "linear" x (1 - e / (num_epochs + 1)) as a LambdaLR; "step" x0.1
+    every num_epochs // 3 epochs (at least 1) as a StepLR. The same scheduler classes as TAO's, so a TAO
+    checkpoint's scheduler state loads into them on resume."""
     if policy == "step":
-        step_size = max(1, num_epochs // 3)
-        return lambda epoch: 0.1 ** (epoch // step_size)
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, num_epochs // 3), gamma=0.1)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, linear_lr_factor(num_epochs))
+
+
+def linear_lr_factor(num_epochs: int) -> Callable[[int], float]:
+    """The "linear" multiplier of epoch e. A plain function: LambdaLR keeps it out of the checkpoint, so a run
+    resumed with a larger train.num_epochs follows the new schedule."""
     return lambda epoch: 1.0 - epoch / float(num_epochs + 1)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
@@ -19,12 +20,15 @@ from changenet.config.loader import is_set, require, require_path
 from changenet.errors import SpecError
 from changenet.fileio import atomic_path
 from changenet.model import count_parameters
+from changenet.errors import ModelError
+from changenet.model.weights import safe_checkpoint_types
 from changenet.train.checkpoint import (
     LATEST_CHECKPOINT_NAME,
-    METADATA_KEY,
+    Checkpoint,
     check_matches_spec,
     completed_epochs,
-    read_changenet_checkpoint,
+    optimizer_fit,
+    read_checkpoint,
 )
 from changenet.train.datamodule import ChangeDataModule
 from changenet.train.module import ChangeNetModule
@@ -64,6 +68,8 @@ def train(cfg: DictConfig) -> Path:
     datamodule = ChangeDataModule(cfg)
     datamodule.setup("fit")  # data errors surface now, before the model is built
     module = ChangeNetModule(cfg, load_pretrained=resume is None)
+    if resume is not None:
+        check_resumable(resume[1], module.model, cfg)
     trainable = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
     _say(
         f"model {cfg.model.backbone.type}: {count_parameters(module.model) / 1e6:.1f}M parameters "
@@ -73,7 +79,9 @@ def train(cfg: DictConfig) -> Path:
     trainer = build_trainer(cfg, results_dir, plan)
     latest = results_dir / LATEST_CHECKPOINT_NAME
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume[0]) if resume else None, weights_only=True)
+        # Lightning reads the checkpoint with weights_only=True; TAO's may also hold a pickled OmegaConf config.
+        with torch.serialization.safe_globals(safe_checkpoint_types()):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume[0]) if resume else None, weights_only=True)
     except SystemExit as stop:
         # Lightning finishes the current batch after Ctrl-C or SIGTERM, then exits quietly: say what happens next.
         again = f"resumes from '{latest}'" if latest.is_file() else "starts again (no epoch was finished)"
@@ -103,10 +111,10 @@ def prepare_results_dir(cfg: DictConfig) -> Path:
     return path
 
 
-def find_resume_checkpoint(cfg: DictConfig, results_dir: Path) -> Optional[Tuple[Path, Dict[str, Any]]]:
+def find_resume_checkpoint(cfg: DictConfig, results_dir: Path) -> Optional[Tuple[Path, Checkpoint]]:
     """train.resume_training_checkpoint_path, else the latest checkpoint in results_dir, else None.
 
-    The checkpoint must be a changenet checkpoint trained for the spec's architecture.
+    The checkpoint (changenet's or TAO's) must hold the spec's architecture.
     """
     if is_set(cfg, RESUME_KEY):
         path = require_path(cfg, RESUME_KEY, "train")
@@ -114,9 +122,20 @@ def find_resume_checkpoint(cfg: DictConfig, results_dir: Path) -> Optional[Tuple
         path = results_dir / LATEST_CHECKPOINT_NAME
         if not path.is_file():
             return None
-    checkpoint = read_changenet_checkpoint(path)
-    check_matches_spec(checkpoint[METADATA_KEY], cfg, path)
+    checkpoint = read_checkpoint(path)
+    check_matches_spec(checkpoint, cfg)
     return path, checkpoint
+
+
+def check_resumable(checkpoint: Checkpoint, model: torch.nn.Module, cfg: DictConfig) -> None:
+    """A checkpoint's optimizer and loop state must fit this training; else one line pointing to pretrained_model_path."""
+    reason = optimizer_fit(checkpoint, model, str(cfg.train.optim.optim))
+    if reason is not None:
+        raise ModelError(
+            f"{checkpoint.origin} checkpoint '{checkpoint.path}' cannot be resumed here: {reason}. To start from its "
+            f"weights instead, set train.pretrained_model_path={checkpoint.path} and a new train.results_dir "
+            "(or train.resume_training_checkpoint_path=null)"
+        )
 
 
 def read_status(path: Path) -> List[Dict[str, Any]]:

@@ -67,6 +67,8 @@ def build_trainer(cfg: DictConfig, results_dir: Path, plan: Optional[DevicePlan]
     plan = plan or plan_devices(cfg)
     train = cfg.train
     on_cpu = plan.accelerator == "cpu"
+    if not on_cpu:
+        torch.backends.cudnn.deterministic = bool(train.cudnn.deterministic)
     callbacks = [
         EpochSeeding(int(train.seed)),
         EpochReport(results_dir / STATUS_FILE),
@@ -77,15 +79,15 @@ def build_trainer(cfg: DictConfig, results_dir: Path, plan: Optional[DevicePlan]
         devices=plan.devices,
         num_nodes=plan.num_nodes,
         strategy="ddp" if plan.distributed else "auto",
-        sync_batchnorm=plan.distributed,
+        sync_batchnorm=plan.distributed and bool(train.sync_batchnorm),
         precision=precision_for(cfg, plan),
         max_epochs=int(train.num_epochs),
         limit_train_batches=int(train.max_steps_per_epoch) if train.max_steps_per_epoch else 1.0,
         check_val_every_n_epoch=int(train.validation_interval),
         # Bit-exact runs on the CPU; CUDA has no deterministic kernels for some ops the decoder uses
-        # (bilinear upsampling backward), so GPUs run the fast kernels instead.
+        # (bilinear upsampling backward), so on GPUs train.cudnn decides, as in TAO (cuDNN flags only).
         deterministic=on_cpu,
-        benchmark=False if on_cpu else None,
+        benchmark=False if on_cpu else bool(train.cudnn.benchmark),
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(results_dir),

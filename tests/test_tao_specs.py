@@ -1,0 +1,95 @@
+"""TAO's own example specs (tests/tao_specs: the fields TAO's experiment_specs/*.yaml set) run with only
+their paths overridden, and TAO 7 fields without an effect here are named once."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from changenet.config.loader import load_spec
+from changenet.config.tao_compat import settings_without_effect
+from changenet.data import class_palette
+from changenet.data.dataset import LANDSCD_COLOURS
+from changenet.model import build_model, count_parameters
+
+SPECS = Path(__file__).parent / "tao_specs"
+
+
+def paths(spec: str, synth_root: Path, tmp_path: Path) -> list:
+    """The path overrides a user gives a TAO example spec."""
+    overrides = [f"results_dir={tmp_path / 'results'}", f"dataset.segment.root_dir={synth_root}"]
+    if spec == "segment_levir.yaml":
+        overrides.append("train.pretrained_model_path=null")  # NGC's LEVIR-CD model is not on this machine
+    if spec == "segment_landscd.yaml":
+        ckpt = tmp_path / "model.pth"
+        overrides += [f"evaluate.checkpoint={ckpt}", f"inference.checkpoint={ckpt}", f"export.checkpoint={ckpt}",
+                      f"export.onnx_file={tmp_path / 'model.onnx'}"]
+    return overrides
+
+
+@pytest.mark.parametrize("spec, backbone, classes", [
+    ("segment_levir.yaml", "fan_small_12_p4_hybrid", 2),
+    ("segment_levir_vit.yaml", "vit_large_nvdinov2", 2),
+    ("segment_landscd.yaml", "fan_small_12_p4_hybrid", 10),
+])
+def test_tao_example_specs_load_and_build(spec, backbone, classes, synth_root, tmp_path):
+    cfg = load_spec(SPECS / spec, paths(spec, synth_root, tmp_path), action="train")
+    with torch.device("meta"):
+        model = build_model(cfg)
+    assert cfg.model.backbone.type == backbone and model.decoder.change_probability.conv2d.weight.shape[0] == classes
+    assert count_parameters(model) > 30e6
+    # Interpolations resolve; TAO's ${gen_trt_engine.trt_engine} is no engine (none was built).
+    assert cfg.evaluate.trt_engine is None
+    if spec == "segment_landscd.yaml":
+        assert cfg.dataset.segment.label_transform is None  # TAO's "None": labels are class indices
+        assert [tuple(c) for c in class_palette(cfg)] == LANDSCD_COLOURS  # TAO's LandSCD colours
+    else:
+        assert cfg.evaluate.batch_size == 2 and cfg.export.onnx_file.endswith("export/changenet.onnx")
+
+
+def test_tao_fields_without_effect_are_named_once(synth_root, tmp_path):
+    cfg = load_spec(SPECS / "segment_levir.yaml", paths("segment_levir.yaml", synth_root, tmp_path) + [
+        "wandb.enable=false", "train.checkpointer.enable_topk=true", "train.checkpointer.save_top_k=3",
+        "quantize.mode=static_ptq", "model.decode_head.use_summary_token=true"])
+    named = settings_without_effect(cfg, "train")
+    assert [item.split(" (")[0] for item in named] == [
+        "encryption_key", "wandb.*", "model.decode_head.use_summary_token", "train.checkpointer.*", "quantize.*"]
+    assert settings_without_effect(load_spec(None, []), "train") == []  # defaults name nothing
+
+
+def test_cli_names_fields_without_effect_in_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "changenet.cli", "export", "-e", str(SPECS / "segment_levir.yaml"),
+         f"results_dir={tmp_path}", f"export.checkpoint={tmp_path / 'missing.pth'}"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("warning: accepted but without effect here: encryption_key") and len(lines) == 2
+    assert lines[1].startswith("error: file") and "export.checkpoint" in lines[1]
+
+
+def test_tao_example_spec_trains_evaluates_and_exports(synth_root, tmp_path):
+    # fan_small at 256 x 256, TAO's settings, only the paths changed: train, evaluate, export (~90 s on 2 cores).
+    spec = SPECS / "segment_levir.yaml"
+    overrides = paths("segment_levir.yaml", synth_root, tmp_path)
+    results = tmp_path / "results"
+
+    def run(action, *extra):
+        done = subprocess.run([sys.executable, "-m", "changenet.cli", action, "-e", str(spec), *overrides, *extra],
+                              capture_output=True, text=True, timeout=1800)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done
+
+    run("train")
+    latest = results / "train" / "changenet_model_segment_latest.pth"
+    assert latest.is_file()
+    run("evaluate", f"evaluate.checkpoint={latest}")
+    assert json.loads((results / "evaluate" / "metrics.json").read_text())["num_pairs"] == 4
+    run("export", f"export.checkpoint={latest}")
+    assert (results / "export" / "changenet.onnx").is_file()
