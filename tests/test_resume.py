@@ -109,3 +109,25 @@ def test_cli_reports_a_user_error_in_one_line(tiny_spec_factory, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"error: dir '{tmp_path / 'nowhere'}' named by spec key 'dataset.segment.root_dir' does not exist"]
+
+
+def test_tao_checkpoint_with_a_fitting_training_state_resumes(tiny_spec_factory, tmp_path, capsys):
+    # TAO's trainer writes plain Lightning checkpoints: ours without the changenet entry and with TAO's
+    # callback states is what a TAO run leaves. Its optimizer state fits (same parameter order).
+    common = (*SMALL_MODEL, "train.max_steps_per_epoch=1")
+    first = tiny_spec_factory(*common, "train.num_epochs=1", f"results_dir={tmp_path / 'first'}")
+    train(first)
+    data = torch.load(Path(first.train.results_dir) / LATEST_CHECKPOINT_NAME, map_location="cpu", weights_only=True)
+    data.pop("changenet")
+    data["callbacks"] = {"ModelCheckpoint{'monitor': None, 'mode': 'min'}": {"dirpath": "/results/train"}}
+    tao_file = tmp_path / "model_epoch_000_step_00001.pth"
+    torch.save(data, tao_file)
+
+    second = tiny_spec_factory(*common, "train.num_epochs=2", f"results_dir={tmp_path / 'second'}",
+                               f"train.resume_training_checkpoint_path={tao_file}")
+    capsys.readouterr()
+    train(second)
+    assert f"resuming from '{tao_file}': epoch 000 done, continuing with epoch 001 of 2" in capsys.readouterr().out
+    assert status_epochs(Path(second.train.results_dir)) == [1]
+    end = read_checkpoint(Path(second.train.results_dir) / LATEST_CHECKPOINT_NAME)
+    assert end.epoch == 1 and end.data["global_step"] == 2  # one step in each of the two epochs

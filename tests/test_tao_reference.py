@@ -89,6 +89,13 @@ def test_exported_tao_checkpoint_reproduces_tao_outputs_on_onnxruntime(tao_refer
     io = np.load(files["io.npz"])
     with OnnxRuntimePredictor(onnx_path, num_classes=2) as predictor:
         assert_matches_tao(predictor.forward_all(io["input0"], io["input1"]), io)
+    # Without its sidecar (an ONNX made elsewhere) the file still runs, and its class count is still checked.
+    Path(f"{onnx_path}.json").unlink()
+    cfg = reference_spec(tao_reference)
+    with OnnxRuntimePredictor.from_onnx(onnx_path, cfg) as predictor:
+        assert_matches_tao(predictor.forward_all(io["input0"], io["input1"]), io)
+    with pytest.raises(ModelError, match="predicts 2 classes but the spec says dataset.segment.num_classes=3"):
+        OnnxRuntimePredictor.from_onnx(onnx_path, reference_spec(tao_reference, "dataset.segment.num_classes=3"))
 
 
 def test_cli_evaluate_takes_the_tao_checkpoint(tao_reference, synth_root, tmp_path):

@@ -112,13 +112,19 @@ class ScaleRandomCropConfig:
 
 
 @dataclass
-class AugmentationConfig:
+class PairAugmentationConfig:
+    """The augmentations both tasks share (segmentation and classification blocks add their own fields)."""
+
     random_flip: RandomFlipConfig = _f(factory=RandomFlipConfig, help="random flips")
     random_rotate: RandomRotateConfig = _f(factory=RandomRotateConfig, help="random rotations")
     random_color: RandomColorConfig = _f(factory=RandomColorConfig, help="colour jitter")
     with_scale_random_crop: ScaleRandomCropConfig = _f(factory=ScaleRandomCropConfig, help="scale + crop")
     with_random_crop: bool = _f(True, "random crop (padding marked 255 = ignore in the label)")
     with_random_blur: bool = _f(True, "random Gaussian blur (per image)")
+
+
+@dataclass
+class AugmentationConfig(PairAugmentationConfig):
     mean: List[float] = _f(factory=lambda: [0.5, 0.5, 0.5], help="mean subtracted after scaling to [0, 1]")
     std: List[float] = _f(factory=lambda: [0.5, 0.5, 0.5], help="std divided after scaling to [0, 1]")
 
@@ -164,15 +170,9 @@ class DataPathConfig:
 
 
 @dataclass
-class ClassifyAugmentationConfig:
+class ClassifyAugmentationConfig(PairAugmentationConfig):
     rgb_input_mean: List[float] = _f(factory=lambda: [0.485, 0.456, 0.406], help="mean (ImageNet)")
     rgb_input_std: List[float] = _f(factory=lambda: [0.229, 0.224, 0.225], help="std (ImageNet)")
-    random_flip: RandomFlipConfig = _f(factory=RandomFlipConfig, help="random flips")
-    random_rotate: RandomRotateConfig = _f(factory=RandomRotateConfig, help="random rotations")
-    random_color: RandomColorConfig = _f(factory=RandomColorConfig, help="colour jitter")
-    with_scale_random_crop: ScaleRandomCropConfig = _f(factory=ScaleRandomCropConfig, help="scale + crop")
-    with_random_blur: bool = _f(True, "random blur")
-    with_random_crop: bool = _f(True, "random crop")
     augment: bool = _f(False, "enable the augmentations above")
 
 

@@ -50,10 +50,13 @@ class OnnxRuntimePredictor(Predictor):
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise ModelError(f"ONNX Runtime cannot load '{path}': {str(exc).splitlines()[0]}") from None
         inputs = {i.name: i for i in self.session.get_inputs()}
-        outputs = [o.name for o in self.session.get_outputs()]
+        outputs = {o.name: o for o in self.session.get_outputs()}
         missing = [n for n in INPUT_NAMES if n not in inputs] + [n for n in OUTPUT_NAMES if n not in outputs]
         if missing:
             raise ModelError(f"'{path}' is not a changenet model: it lacks {', '.join(missing)}")
+        classes = outputs[OUTPUT_NAMES[-1]].shape[1]
+        if isinstance(classes, int) and classes != num_classes:  # the model's own shape: no sidecar needed
+            raise ModelError(f"'{path}' predicts {classes} classes but the spec says dataset.segment.num_classes={num_classes}")
         shape = inputs["input0"].shape  # [B, 3, H, W]; symbolic dims are strings
         fixed_batch = shape[0] if isinstance(shape[0], int) else None
         size = (shape[2], shape[3]) if all(isinstance(d, int) for d in shape[2:]) else None

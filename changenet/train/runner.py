@@ -181,5 +181,6 @@ def _quiet_lightning() -> None:
         r".*dirpath has changed.*",  # resuming from another folder: no best-model bookkeeping to carry over
         r".*exists and is not empty.*",  # resuming into results_dir is the normal case
         r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",  # inside Lightning, with newer torch
+        r".*callbacks used to create the checkpoint need to be provided.*",  # TAO's callback states: nothing to restore
     ):
         warnings.filterwarnings("ignore", message=message)
