@@ -7,6 +7,7 @@ The reference files are in ../shared/tao-reference (fixture `tao_reference`); CI
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import subprocess
@@ -232,3 +233,57 @@ def test_backbone_file_with_one_wrong_shape_names_the_tensor(tao_reference, tmp_
     cfg = reference_spec(tao_reference, f"model.backbone.pretrained_backbone_path={path}")
     with pytest.raises(ModelError, match=r"tensor 'blocks.3.mlp.q.weight' in '.*wrong.pth' has shape \[192, 96\]"):
         build_model(cfg)
+
+
+# --------------------------------------------------------------------------- ViT-Adapters (NV-DINOv2, C-RADIO)
+VIT_REFERENCES = ("vit_adapter_swiglu_d64x4_k2", "cradio_vit_mini_patch16_224_r8_k2")
+
+
+def vit_reference_model(folder: Path, name: str):
+    """The generic ViT-Adapter built from a reference's TAO constructor arguments (.arch.json)."""
+    from changenet.model.changenet import ChangeNet
+    from changenet.model.decoder import ChangeDecoder
+    from changenet.model.vit import CRadioAdapter, NVDinoV2Adapter
+
+    arch = json.loads((folder / f"{name}.arch.json").read_text())
+    b = arch["backbone"]
+    adapter = {key: b[key] for key in ("init_values", "conv_inplane", "n_points", "deform_num_heads", "cffn_ratio",
+                                        "deform_ratio", "interaction_indexes")}
+    if "trunk_cfg" in b:  # C-RADIO
+        trunk, cfg = b["trunk_cfg"], b["model_cfg"]
+        backbone = CRadioAdapter(embed_dim=trunk["embed_dim"], depth=trunk["depth"], num_heads=trunk["num_heads"],
+                                 num_teacher=cfg["num_teacher"], register_multiple=cfg["register_multiple"],
+                                 cpe_max_size=cfg["cpe_max_size"], **adapter)
+    else:
+        backbone = NVDinoV2Adapter(embed_dim=b["embed_dim"], depth=b["depth"], num_heads=b["num_heads"], mlp=b["mlp"],
+                                   mlp_ratio=b["mlp_ratio"], img_size=b["img_size"], pretrain_size=b["pretrain_size"],
+                                   drop_path_rate=b["drop_path_rate"], add_summary=b["add_summary"], **adapter)
+    dec = arch["decoder"]
+    decoder = ChangeDecoder(dec["in_channels"], dec["feature_strides"], arch["num_classes"], dec["embed_dim"])
+    return ChangeNet(backbone, decoder).eval()
+
+
+def load_reference_weights(model, folder: Path, name: str) -> dict:
+    state = torch.load(folder / f"{name}.tao.pth", map_location="cpu", weights_only=True)["state_dict"]
+    own = {key[len("model."):]: value for key, value in state.items()}
+    assert list(model.state_dict()) == list(own)  # TAO's names, shapes and parameter order
+    model.load_state_dict(own, strict=True)
+    return own
+
+
+@pytest.mark.parametrize("name", VIT_REFERENCES)
+def test_vit_adapter_references_reproduce_tao_outputs(tao_reference, name, tmp_path):
+    from changenet.deploy.export import export_onnx
+    from changenet.deploy.onnxruntime_predictor import OnnxRuntimePredictor
+
+    model = vit_reference_model(tao_reference, name)
+    load_reference_weights(model, tao_reference, name)
+    io = np.load(tao_reference / f"{name}.io.npz")
+    with torch.no_grad():
+        assert_matches_tao(model(torch.from_numpy(io["input0"]), torch.from_numpy(io["input1"])), io)
+    # Exported (deformable attention as GridSample, opset 17) and run on ONNX Runtime: the same outputs.
+    size = io["input0"].shape[-1]
+    onnx_path = tmp_path / "vit.onnx"
+    export_onnx(model, onnx_path, size, size, batch_size=-1, opset=17)
+    with OnnxRuntimePredictor(onnx_path, num_classes=2) as predictor:
+        assert_matches_tao(predictor.forward_all(io["input0"], io["input1"]), io)

@@ -328,6 +328,8 @@ class ExportConfig:
     verbose: bool = _f(False, "print a summary of the exported graph")
     split_transposed_conv: bool = _f(
         True, "export transposed convs as phase convs (same output; ONNX Runtime runs them faster and in int8)")
+    deformable_attention: str = _f(
+        "grid_sample", "ViT-Adapter backbones: grid_sample (runs everywhere) or tensorrt_plugin (TensorRT's MSDA plugin, GPU only)")
     format: str = _f("onnx", "file format; only onnx")
     serialize_nvdsinfer: bool = _f(False, "TAO: write DeepStream nvinfer configs (not written by changenet)")
     results_dir: Optional[str] = _f(None, "outputs (default <results_dir>/export)")

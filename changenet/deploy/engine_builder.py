@@ -31,6 +31,7 @@ from changenet.deploy.predictor import INPUT_NAMES, OUTPUT_NAMES
 from changenet.deploy.sidecar import read_sidecar, sidecar_path, write_sidecar
 from changenet.deploy.tensorrt_api import (
     LOG,
+    TRT_MSDA_PLUGIN,
     TensorRT,
     choose_compute_capabilities,
     gpu_compute_capabilities,
@@ -290,6 +291,12 @@ def _parse(parser: Any, onnx_path: Path) -> None:
         if error.node_name() or error.node_operator():
             where += f" ({error.node_name() or 'unnamed'}, {error.node_operator()})"
     detail = error.desc().strip().splitlines()[0] if error.desc() else str(error.code())
+    if error.node_operator() == TRT_MSDA_PLUGIN:
+        raise ModelError(
+            f"'{onnx_path}' writes deformable attention as TensorRT's {TRT_MSDA_PLUGIN}, which this TensorRT does not "
+            "have (TensorRT-RTX has no plugin library): build it with full TensorRT, or export with "
+            "export.deformable_attention=grid_sample"
+        )
     raise ModelError(f"TensorRT cannot parse '{onnx_path}'{where}: {detail}")
 
 

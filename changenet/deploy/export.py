@@ -46,6 +46,8 @@ from changenet.deploy.verify import (
     sample_pairs,
 )
 from changenet.deploy.inference_layers import to_inference_form
+from changenet.deploy.tensorrt_api import TRT_MSDA_PLUGIN, TRT_PLUGIN_DOMAIN
+from changenet.model.deformable import tensorrt_plugin_form
 from changenet.errors import ModelError, SpecError
 from changenet.fileio import atomic_path, sha256_file
 
@@ -55,6 +57,8 @@ FIRST_OPSET_WITH_LAYERNORM = 17
 DYNAMO_NATIVE_OPSET = 18  # the oldest opset the torch.export-based exporter writes directly
 SDPA_OPSET = 14  # the TorchScript exporter translates scaled_dot_product_attention from this opset on
 EXPORTERS = ("auto", "dynamo", "torchscript")
+# How multi-scale deformable attention (ViT-Adapter backbones) is written.
+DEFORMABLE_ATTENTION_FORMS = ("grid_sample", "tensorrt_plugin")
 # Protobuf cannot hold more than 2 GiB; bigger models (ViT-H) keep their weights in <model>.onnx.data.
 EXTERNAL_DATA_BYTES = 1_800_000_000
 BATCH_AXIS = "batch"
@@ -93,6 +97,7 @@ def export_onnx(
     verbose: bool = False,
     console: Optional[Console] = None,
     split_transposed_conv: bool = True,
+    deformable_attention: str = "grid_sample",
 ) -> ExportResult:
     """Export a ChangeNet to `onnx_path` for [batch_size, 3, height, width] inputs (-1: dynamic batch).
 
@@ -101,10 +106,14 @@ def export_onnx(
     own (input size, batch size, opset, verification). The ONNX file appears only once it has passed.
     `split_transposed_conv` exports transposed convolutions as phase convolutions (inference_layers.py);
     the verification compares the file with the unchanged model, so it proves the two equal.
+    `deformable_attention="tensorrt_plugin"` writes deformable attention as TensorRT's
+    MultiscaleDeformableAttnPlugin_TRT nodes (full TensorRT only; ONNX Runtime cannot run them, so
+    that file is not verified).
     """
     console = console or Console(stderr=True)
     onnx_path = Path(onnx_path)
     _check_export_args(model, height, width, batch_size, opset, exporter)
+    plugin = _check_deformable_form(deformable_attention, opset, exporter)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model = model.eval().to(device)
     dynamic = batch_size == -1
@@ -136,9 +145,16 @@ def export_onnx(
         # folder under the real file name; the finished model is renamed into place at the end.
         work_file = Path(work) / onnx_path.name
         graph_model, split = to_inference_form(model) if split_transposed_conv else (model, 0)
-        used, notes = _export_graph(graph_model, sample, work_file, opset, dynamic, exporter, external, console)
+        with tensorrt_plugin_form() if plugin else contextlib.nullcontext():
+            used, notes = _export_graph(graph_model, sample, work_file, opset, dynamic, "dynamo" if plugin else exporter,
+                                        external, console, plugin)
         if split:
             notes.append(f"{split} transposed convolutions exported as phase convolutions")
+        if plugin:
+            count = sum(n.op_type == TRT_MSDA_PLUGIN for n in onnx.load(str(work_file), load_external_data=False).graph.node)
+            notes.append(f"{count} deformable attentions written as {TRT_MSDA_PLUGIN} (full TensorRT only; "
+                         "not verified: ONNX Runtime and TensorRT-RTX have no such op)")
+            verify = False
         del graph_model
         with _step(console, "Finishing and checking the graph (onnx.checker, shape inference)"):
             _finish_graph(work_file, reference, dynamic, external)
@@ -228,6 +244,7 @@ def export(cfg: DictConfig) -> Dict[str, object]:
     result = export_onnx(
         model, onnx_path, height, width, spec.batch_size, spec.opset_version, device=device, pairs=pairs,
         sidecar=fields, verbose=spec.verbose, console=console, split_transposed_conv=spec.split_transposed_conv,
+        deformable_attention=str(spec.deformable_attention),
     )
     print_export_table(result, console)
     return sidecar_record(result, fields)
@@ -266,7 +283,7 @@ def _exporter_order(exporter: str, opset: int) -> List[str]:
 
 
 def _export_graph(model: nn.Module, sample: Tuple[torch.Tensor, ...], path: Path, opset: int, dynamic: bool,
-                  exporter: str, external: bool, console: Console) -> Tuple[str, List[str]]:
+                  exporter: str, external: bool, console: Console, plugin: bool = False) -> Tuple[str, List[str]]:
     """Write the ONNX graph to `path` with the first exporter that succeeds; (exporter used, notes)."""
     order = _exporter_order(exporter, opset)
     notes: List[str] = []
@@ -274,7 +291,7 @@ def _export_graph(model: nn.Module, sample: Tuple[torch.Tensor, ...], path: Path
         label = "torch.export" if attempt == "dynamo" else "TorchScript"
         try:
             with _step(console, f"Exporting to ONNX (opset {opset}, {label} exporter)"):
-                _run_exporter(model, sample, path, opset, dynamic, attempt, external)
+                _run_exporter(model, sample, path, opset, dynamic, attempt, external, plugin)
                 _require_opset(path, opset)
             return attempt, notes
         except Exception as exc:  # noqa: BLE001 - whatever broke one exporter, the other may still work
@@ -288,8 +305,10 @@ def _export_graph(model: nn.Module, sample: Tuple[torch.Tensor, ...], path: Path
 
 
 def _run_exporter(model: nn.Module, sample: Tuple[torch.Tensor, ...], path: Path, opset: int, dynamic: bool,
-                  exporter: str, external: bool) -> None:
+                  exporter: str, external: bool, plugin: bool = False) -> None:
     names = dict(input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES), verbose=False)
+    if plugin:
+        names["custom_translation_table"] = _tensorrt_plugin_translation()
     with _quiet_exporter(), torch.no_grad():
         if exporter == "dynamo":
             batch = torch.export.Dim(BATCH_AXIS, min=1)
@@ -307,6 +326,48 @@ def _run_exporter(model: nn.Module, sample: Tuple[torch.Tensor, ...], path: Path
             with _explicit_attention(opset):
                 torch.onnx.export(model, sample, str(path), dynamo=False, dynamic_axes=axes, opset_version=opset,
                                   do_constant_folding=True, **names)
+
+
+def _check_deformable_form(form: str, opset: int, exporter: str) -> bool:
+    """True for the TensorRT plugin form, which needs the torch.export-based exporter (opset >= 17)."""
+    if form not in DEFORMABLE_ATTENTION_FORMS:
+        raise SpecError(f"spec key 'export.deformable_attention' must be one of {', '.join(DEFORMABLE_ATTENTION_FORMS)}, "
+                        f"got {form!r}")
+    plugin = form == "tensorrt_plugin"
+    if plugin and (opset < FIRST_OPSET_WITH_LAYERNORM or exporter == "torchscript"):
+        raise SpecError("export.deformable_attention=tensorrt_plugin needs the torch.export exporter: "
+                        f"set export.opset_version >= {FIRST_OPSET_WITH_LAYERNORM}")
+    return plugin
+
+
+def _tensorrt_plugin_translation() -> Dict[object, object]:
+    """The exporter's translation of `changenet::ms_deform_attn` into a TensorRT plugin node.
+
+    TensorRT's ONNX parser builds a plugin for any node it does not know, by op type, with the
+    plugin_version / plugin_namespace attributes; the node's schema is registered with onnx so the
+    exporter and onnx.checker accept it.
+    """
+    from onnx.defs import OpSchema
+    from onnxscript.values import Opset
+
+    if not onnx.defs.has(TRT_MSDA_PLUGIN, TRT_PLUGIN_DOMAIN):
+        arg = OpSchema.FormalParameter
+        onnx.defs.register_schema(OpSchema(
+            TRT_MSDA_PLUGIN, TRT_PLUGIN_DOMAIN, 1,
+            inputs=[arg("value", "T"), arg("spatial_shapes", "tensor(int32)"), arg("level_start_index", "tensor(int32)"),
+                    arg("sampling_locations", "T"), arg("attention_weights", "T")],
+            outputs=[arg("output", "T")],
+            type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "float tensors")],
+            attributes=[OpSchema.Attribute("plugin_version", OpSchema.AttrType.STRING, "plugin version"),
+                        OpSchema.Attribute("plugin_namespace", OpSchema.AttrType.STRING, "plugin namespace")],
+        ))
+    trt = Opset(TRT_PLUGIN_DOMAIN, 1)
+
+    def plugin_node(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+        return getattr(trt, TRT_MSDA_PLUGIN)(value, spatial_shapes, level_start_index, sampling_locations,
+                                             attention_weights, plugin_version="1", plugin_namespace="")
+
+    return {torch.ops.changenet.ms_deform_attn.default: plugin_node}
 
 
 def _convert_opset(path: Path, opset: int) -> None:

@@ -21,6 +21,10 @@ PIP_EXTRAS = {"tensorrt": "changenet[trt]", "tensorrt_rtx": "changenet[rtx]"}
 DEFAULT_RTX_COMPUTE_CAPABILITIES = (86, 89, 120)
 
 LOG = logging.getLogger("changenet.tensorrt")
+# TensorRT's multi-scale deformable attention plugin (full TensorRT's plugin library; not in TensorRT-RTX),
+# as an ONNX node: this op type in a custom domain, found by TensorRT's parser through its plugin registry.
+TRT_PLUGIN_DOMAIN = "trt.plugins"
+TRT_MSDA_PLUGIN = "MultiscaleDeformableAttnPlugin_TRT"
 
 
 @dataclass(frozen=True)

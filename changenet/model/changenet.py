@@ -71,6 +71,7 @@ def build_model(cfg: DictConfig, load_pretrained: bool = True, **backbone_kwargs
         if backbone_cfg.feat_downsample:
             log.warning("model.backbone.feat_downsample applies to FAN backbones only; ignored for %s", name)
         backbone_kwargs.setdefault("use_summary_token", bool(head.use_summary_token))
+        backbone_kwargs.setdefault("img_size", int(seg.img_size))
     backbone = create_backbone(name, **backbone_kwargs)
     in_index = [int(i) for i in head.in_index]
     check_in_index(in_index, len(backbone.strides))

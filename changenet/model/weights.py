@@ -174,10 +174,13 @@ class LoadReport:
     unexpected: List[str] = field(default_factory=list)  # file tensors the module does not have
     skipped: List[str] = field(default_factory=list)  # known extras (classifier head, decoder) left out
     reset: List[str] = field(default_factory=list)  # same name, other shape, left at initial values on purpose
+    fresh: List[str] = field(default_factory=list)  # parts a file of this kind never has (a trunk file: the adapter)
 
     def summary(self) -> str:
-        total = len(self.loaded) + len(self.missing) + len(self.reset)
+        total = len(self.loaded) + len(self.missing) + len(self.reset) + len(self.fresh)
         line = f"loaded {len(self.loaded)} of {total} {self.target} tensors from '{self.path}'"
+        if self.fresh:
+            line += f" ({len(self.fresh)} adapter tensors start from their initialisation, as with TAO)"
         notes = [f"{len(names)} {label} ({_shown(names)})" for label, names in (
             ("not used by this model", self.skipped), ("unknown to this model", self.unexpected)) if names]
         return line + (f"; skipped {'; '.join(notes)}" if notes else "")
@@ -194,12 +197,14 @@ class LoadReport:
 
 
 def load_weights(module: nn.Module, source: Dict[str, torch.Tensor], path: str | os.PathLike, target: str,
-                 skip_prefixes: tuple = (), resettable: tuple = ()) -> LoadReport:
+                 skip_prefixes: tuple = (), resettable: tuple = (), fresh_prefixes: tuple = ()) -> LoadReport:
     """Copy the tensors of `source` whose names (after prefix stripping) are `module`'s.
 
     skip_prefixes: file names (after stripping) that are known not to belong to `module`.
     resettable: module name prefixes whose shape may differ (left at initial values with a warning);
     any other shape difference is an error naming the tensor.
+    fresh_prefixes: module parts a file of this kind lacks by nature (a ViT trunk file has no adapter):
+    when the file has none of them they start afresh without a warning.
     """
     own = module.state_dict()
     names = set(own)
@@ -232,6 +237,9 @@ def load_weights(module: nn.Module, source: Dict[str, torch.Tensor], path: str |
     module.load_state_dict(fitting, strict=False)
     report.loaded = sorted(fitting)
     report.missing = [k for k in own if k not in fitting and k not in report.reset]
+    if fresh_prefixes and not any(k.startswith(fresh_prefixes) for k in fitting):
+        report.fresh = [k for k in report.missing if k.startswith(fresh_prefixes)]
+        report.missing = [k for k in report.missing if not k.startswith(fresh_prefixes)]
     log.info(report.summary())
     for line in report.warnings():
         log.warning(line)
@@ -247,10 +255,20 @@ def _strip_all(key: str) -> str:
 
 
 def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> LoadReport:
-    """model.backbone.pretrained_backbone_path: weights for the backbone alone."""
+    """model.backbone.pretrained_backbone_path: weights for the backbone alone.
+
+    A backbone may translate release layouts into its own names and sizes (`pretrained_state`, e.g. a
+    DINOv2 trunk at patch 14 or a C-RADIO release) and name what such releases carry besides
+    (`pretrained_extras`).
+    """
+    source = read_state_dict(path)
+    adapt = getattr(backbone, "pretrained_state", None)
+    if adapt is not None:
+        source = adapt(source)
     # A whole ChangeNet's decoder and an ImageNet classifier's head are not the backbone's.
-    return load_weights(backbone, read_state_dict(path), path, "backbone",
-                        skip_prefixes=CLASSIFIER_EXTRAS + ("decoder.",))
+    extras = CLASSIFIER_EXTRAS + ("decoder.",) + tuple(getattr(backbone, "pretrained_extras", ()))
+    return load_weights(backbone, source, path, "backbone", skip_prefixes=extras,
+                        fresh_prefixes=tuple(getattr(backbone, "adapter_prefixes", ())))
 
 
 # The decoder layers whose shape follows the class count: fine-tuning to other classes starts them afresh.

@@ -44,13 +44,23 @@ TAO_CLASSIFY_MODEL = "visual_changenet_classify"
 # Checkpoint saved after (0-based) epoch e, as str.format pattern without the ".pth" (Lightning's form).
 EPOCH_CHECKPOINT_PATTERN = "model_epoch_{epoch:03d}"
 
-# FAN variants by (token width, number of FAN blocks), to name the backbone of a TAO checkpoint.
-FAN_VARIANTS = {
-    (192, 8): "fan_tiny_8_p4_hybrid",
-    (384, 10): "fan_small_12_p4_hybrid",
-    (448, 16): "fan_base_16_p4_hybrid",
-    (480, 22): "fan_large_16_p4_hybrid",
+# Backbones by what their tensors show, to name the backbone of a TAO checkpoint (several names when
+# they differ only in settings that leave no trace in the weights, like the C-RADIO p1-p3 summary indices).
+FAN_VARIANTS = {  # (token width, number of FAN blocks)
+    (192, 8): ("fan_tiny_8_p4_hybrid",),
+    (384, 10): ("fan_small_12_p4_hybrid",),
+    (448, 16): ("fan_base_16_p4_hybrid",),
+    (480, 22): ("fan_large_16_p4_hybrid",),
 }
+NVDINOV2_VARIANTS = {(1024, 24): ("vit_large_nvdinov2",)}  # (width, blocks)
+RADIO_VARIANTS = {  # (width, blocks, MLP LayerNorm)
+    (1280, 32, True): ("c_radio_p1_vit_huge_patch16_224_mlpnorm", "c_radio_p2_vit_huge_patch16_224_mlpnorm",
+                       "c_radio_p3_vit_huge_patch16_224_mlpnorm"),
+    (1280, 32, False): ("c_radio_v2_vit_huge_patch16_224",),
+    (1024, 24, False): ("c_radio_v2_vit_large_patch16_224",),
+    (768, 12, False): ("c_radio_v2_vit_base_patch16_224",),
+}
+RADIO_TRUNK = "backbone.radio.radio.radio.model."
 
 
 def epoch_checkpoint_name(epoch: int) -> str:
@@ -78,9 +88,13 @@ def checkpoint_metadata(cfg: DictConfig) -> Dict[str, Any]:
     }
 
 
-def tao_fields() -> Dict[str, Any]:
-    """The top-level entries by which TAO recognises a Visual ChangeNet segmentation checkpoint."""
-    return {TAO_MODEL_KEY: TAO_SEGMENT_MODEL}
+def tao_fields(cfg: DictConfig) -> Dict[str, Any]:
+    """The top-level entries by which TAO recognises a Visual ChangeNet segmentation checkpoint (TAO adds
+    `tao_model_type: radio` for C-RADIO backbones)."""
+    fields = {TAO_MODEL_KEY: TAO_SEGMENT_MODEL}
+    if "radio" in str(cfg.model.backbone.type):
+        fields["tao_model_type"] = "radio"
+    return fields
 
 
 def save_model_checkpoint(model: torch.nn.Module, cfg: DictConfig, path: str | os.PathLike, epoch: int = 0) -> Path:
@@ -98,7 +112,7 @@ def save_model_checkpoint(model: torch.nn.Module, cfg: DictConfig, path: str | o
     with atomic_path(path) as tmp:
         torch.save({"epoch": int(epoch), "global_step": 0, "pytorch-lightning_version": lightning.__version__,
                     "state_dict": state, "optimizer_states": [], "lr_schedulers": [],
-                    **tao_fields(), METADATA_KEY: checkpoint_metadata(cfg)}, tmp)
+                    **tao_fields(cfg), METADATA_KEY: checkpoint_metadata(cfg)}, tmp)
     return path
 
 
@@ -169,23 +183,28 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 
 # --------------------------------------------------------------------------- architecture checks
-ARCHITECTURE_KEYS = ("backbone", "num_classes", "embed_dim", "feat_downsample")
+ARCHITECTURE_KEYS = ("backbone", "num_classes", "embed_dim", "feat_downsample", "summary")
 SPEC_KEYS = {
     "backbone": "model.backbone.type",
     "num_classes": "dataset.segment.num_classes",
     "embed_dim": "model.decode_head.decoder_params.embed_dim",
     "feat_downsample": "model.backbone.feat_downsample",
+    "summary": "model.decode_head.use_summary_token",
 }
 
 
 def spec_architecture(cfg: DictConfig) -> Dict[str, Any]:
     """The architecture the spec builds, in the terms of ARCHITECTURE_KEYS."""
-    return {
-        "backbone": str(cfg.model.backbone.type),
+    name = str(cfg.model.backbone.type)
+    found = {
+        "backbone": name,
         "num_classes": int(cfg.dataset.segment.num_classes),
         "embed_dim": int(cfg.model.decode_head.decoder_params.embed_dim),
-        "feat_downsample": bool(cfg.model.backbone.feat_downsample) and str(cfg.model.backbone.type).startswith("fan_"),
+        "feat_downsample": bool(cfg.model.backbone.feat_downsample) and name.startswith("fan_"),
     }
+    if name.startswith("c_radio"):  # the only backbones whose weights depend on use_summary_token
+        found["summary"] = bool(cfg.model.decode_head.use_summary_token)
+    return found
 
 
 def state_architecture(state: Dict[str, torch.Tensor]) -> Dict[str, Any]:
@@ -197,13 +216,25 @@ def state_architecture(state: Dict[str, torch.Tensor]) -> Dict[str, Any]:
     embed = state.get("decoder.linear_c4.proj.weight")
     if embed is not None:
         found["embed_dim"] = int(embed.shape[0])
+    def depth(prefix: str) -> int:
+        return len({m.group(1) for key in state if (m := re.match(re.escape(prefix) + r"blocks\.(\d+)\.", key))})
+
     cls_token = state.get("backbone.cls_token")
+    candidates = None
     if cls_token is not None and "backbone.patch_embed.backbone.stem.0.weight" in state:  # a FAN hybrid
-        depth = len({m.group(1) for key in state if (m := re.match(r"backbone\.blocks\.(\d+)\.", key))})
-        name = FAN_VARIANTS.get((int(cls_token.shape[-1]), depth))
-        if name is not None:
-            found["backbone"] = name
+        candidates = FAN_VARIANTS.get((int(cls_token.shape[-1]), depth("backbone.")))
         found["feat_downsample"] = "backbone.learnable_downsample.weight" in state
+    elif cls_token is not None and "backbone.level_embed" in state:  # NV-DINOv2 ViT-Adapter
+        candidates = NVDINOV2_VARIANTS.get((int(cls_token.shape[-1]), depth("backbone.")))
+        found["feat_downsample"] = False
+    elif RADIO_TRUNK + "patch_generator.embedder.weight" in state:  # C-RADIO ViT-Adapter
+        width = int(state[RADIO_TRUNK + "patch_generator.embedder.weight"].shape[0])
+        mlp_norm = RADIO_TRUNK + "blocks.0.mlp.norm.weight" in state
+        candidates = RADIO_VARIANTS.get((width, depth(RADIO_TRUNK), mlp_norm))
+        found["feat_downsample"] = False
+        found["summary"] = "backbone.fc_summary.weight" in state
+    if candidates is not None:
+        found["backbone"] = candidates
     return found
 
 
@@ -211,9 +242,14 @@ def check_matches_spec(checkpoint: Checkpoint, cfg: DictConfig) -> None:
     """ModelError when the checkpoint holds another architecture than the spec describes."""
     wanted = spec_architecture(cfg)
     found = checkpoint.architecture()
-    differing = [key for key in ARCHITECTURE_KEYS if key in found and found[key] != wanted[key]]
+
+    def fits(key: str) -> bool:
+        held = found[key]
+        return wanted[key] in held if isinstance(held, (tuple, list)) and key == "backbone" else held == wanted[key]
+
+    differing = [key for key in ARCHITECTURE_KEYS if key in found and key in wanted and not fits(key)]
     if differing:
-        held = ", ".join(f"{key} {found[key]}" for key in differing)
+        held = ", ".join(f"{key} {_yaml(found[key])}" for key in differing)
         spec = ", ".join(f"{SPEC_KEYS[key]}={wanted[key]}" for key in differing)
         fix = " ".join(f"{SPEC_KEYS[key]}={_yaml(found[key])}" for key in differing)
         raise ModelError(
@@ -223,6 +259,8 @@ def check_matches_spec(checkpoint: Checkpoint, cfg: DictConfig) -> None:
 
 
 def _yaml(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return value[0] if len(value) == 1 else f"one of {', '.join(value)}"
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 

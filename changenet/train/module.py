@@ -73,7 +73,7 @@ class ChangeNetModule(L.LightningModule):
 
     # ----------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        checkpoint.update(tao_fields())
+        checkpoint.update(tao_fields(self.cfg))
         checkpoint[METADATA_KEY] = checkpoint_metadata(self.cfg)
 
 
