@@ -138,3 +138,22 @@ def test_deformable_attention_exports_as_tensorrt_plugin_on_request(tmp_path):
 
     with pytest.raises(ModelError, match="MultiscaleDeformableAttnPlugin_TRT, which this TensorRT does not have"):
         build_engine(path, tmp_path / "plugin.engine", BuildOptions(show_progress=False))
+
+
+def test_deformable_sampling_projections_can_stay_out_of_int8(tmp_path):
+    import onnx
+
+    from changenet.calib.qdq import deformable_sampling_nodes, resolve_exclusions
+    from changenet.deploy.export import export_onnx
+
+    cfg = load_spec(None, ["model.backbone.type=vit_large_nvdinov2", "dataset.segment.img_size=64",
+                           "model.decode_head.decoder_params.embed_dim=16"])
+    path = tmp_path / "vit.onnx"
+    export_onnx(build_model(cfg, load_pretrained=False, **SMALL).eval(), path, 64, 64, -1, 17, verify=False)
+    graph = onnx.load(str(path))
+    nodes = deformable_sampling_nodes(graph)
+    # 10 deformable attentions, each with its offsets and its weights projection, all MatMuls.
+    assert len(nodes) == 20 and {n.op_type for n in graph.graph.node if n.name in nodes} == {"MatMul"}
+    assert resolve_exclusions(cfg, graph).nodes == []
+    kept = load_spec(None, ["model.backbone.type=vit_large_nvdinov2", "calibrate.keep_deformable_sampling=true"])
+    assert resolve_exclusions(kept, graph).nodes == nodes

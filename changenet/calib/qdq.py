@@ -92,6 +92,12 @@ def resolve_exclusions(cfg: DictConfig, model: onnx.ModelProto) -> Exclusions:
         if precision == "fp32" and op_type not in result.fp32_op_types:
             result.fp32_op_types.append(op_type)
 
+    if cfg.calibrate.get("keep_deformable_sampling"):
+        sampling = deformable_sampling_nodes(model)
+        if not sampling:
+            result.notes.append("calibrate.keep_deformable_sampling: the model has no deformable attention")
+        result.nodes += [n for n in sampling if n not in result.nodes]
+
     for pattern, key in wanted_nodes:
         try:
             regex = re.compile(pattern)
@@ -102,6 +108,51 @@ def resolve_exclusions(cfg: DictConfig, model: onnx.ModelProto) -> Exclusions:
             result.notes.append(f"{key}: no node of the model is named '{pattern}'")
         result.nodes += [n for n in matched if n not in result.nodes]
     return result
+
+
+def deformable_sampling_nodes(model: onnx.ModelProto) -> List[str]:
+    """The projections that decide where and how much deformable attention samples: for every
+    GridSample, the MatMul/Gemm computing its sampling offsets (upstream of the grid input) and the one
+    computing its attention weights (upstream of the Softmax whose output weighs the samples)."""
+    producers = {out: n for n in model.graph.node for out in n.output}
+    consumers: Dict[str, List[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def projections_above(tensor: str, stop_at: Sequence[str] = ()) -> List[str]:
+        """The first MatMul/Gemm on each path upstream of `tensor` (through any other op)."""
+        found, seen, todo = [], set(), [tensor]
+        while todo:
+            node = producers.get(todo.pop())
+            if node is None or node.name in seen:
+                continue
+            seen.add(node.name)
+            if node.op_type in ("MatMul", "Gemm"):
+                found.append(node.name)
+            elif node.op_type not in stop_at:
+                todo.extend(node.input)
+        return found
+
+    def below(tensor: str, op_type: str, depth: int = 8) -> List[onnx.NodeProto]:
+        hits, frontier = [], [tensor]
+        for _ in range(depth):
+            nodes = [n for t in frontier for n in consumers.get(t, [])]
+            hits += [n for n in nodes if n.op_type == op_type]
+            frontier = [o for n in nodes if n.op_type != op_type for o in n.output]
+        return hits
+
+    names: List[str] = []
+    for sample in (n for n in model.graph.node if n.op_type == "GridSample"):
+        names += projections_above(sample.input[1], stop_at=("GridSample",))
+        for weighting in below(sample.output[0], "Mul"):
+            for other in weighting.input:
+                softmax = producers.get(other)
+                while softmax is not None and softmax.op_type in ("Reshape", "Transpose", "Unsqueeze", "Cast"):
+                    softmax = producers.get(softmax.input[0])
+                if softmax is not None and softmax.op_type == "Softmax":
+                    names += projections_above(softmax.input[0])
+    return list(dict.fromkeys(names))
 
 
 # --------------------------------------------------------------------------- reading scales back

@@ -381,6 +381,8 @@ class CalibrateConfig:
     results_dir: Optional[str] = _f(None, "outputs (default <results_dir>/calibrate)")
     seed: int = _f(0, "seed of the draw of calibration pairs (repeatable calibrations)")
     high_precision_dtype: str = _f("fp16", "tensorrt target: precision of the layers left out of INT8 (fp16 or fp32)")
+    keep_deformable_sampling: bool = _f(
+        False, "ViT-Adapters: keep the projections giving deformable attention's sampling offsets and weights out of INT8")
 
 
 # --------------------------------------------------------------------------- benchmark
