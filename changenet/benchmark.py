@@ -25,6 +25,7 @@ from changenet.config import is_set
 from changenet.deploy.predictor import Predictor
 from changenet.errors import ChangenetError, SpecError
 from changenet.fileio import write_json
+from changenet.task import input_size, num_classes, num_golden
 
 
 # Dense peak throughput (TFLOP/s) of common NVIDIA GPUs, from their data sheets: (fp32, bf16/fp16 tensor).
@@ -100,7 +101,6 @@ def estimate_peak_tflops(backend: str, device: str) -> Tuple[Optional[float], st
 def open_backend(backend: str, cfg: DictConfig) -> Predictor:
     """The Predictor for a benchmark backend name; raises ChangenetError with the reason it cannot run."""
     bench = cfg.benchmark
-    seg = cfg.dataset.segment
     if backend in TORCH_BACKENDS:
         from changenet.deploy.torch_predictor import TorchPredictor
 
@@ -110,7 +110,7 @@ def open_backend(backend: str, cfg: DictConfig) -> Predictor:
             return TorchPredictor.from_checkpoint(bench.checkpoint, cfg, **options)
         from changenet.model import build_model  # speed does not depend on the weights
 
-        return TorchPredictor(build_model(cfg, load_pretrained=False), seg.num_classes, **options)
+        return TorchPredictor(build_model(cfg, load_pretrained=False), num_classes(cfg), **options)
     if backend in ("onnxruntime", "onnxruntime-int8"):
         from changenet.deploy.onnxruntime_predictor import OnnxRuntimePredictor
 
@@ -168,18 +168,19 @@ def measure(predictor: Predictor, backend: str, batch: int, inputs: Tuple[np.nda
     return result
 
 
-def benchmark_inputs(batch: int, size: Tuple[int, int], seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
-    """The same normalised random pair batch for every backend."""
+def benchmark_inputs(batch: int, size: Tuple[int, int], seed: int = 0, goldens: int = 1) -> Tuple[np.ndarray, np.ndarray]:
+    """The same normalised random input batch for every backend (goldens > 1: [B, N, 3, H, W] golden images)."""
     rng = np.random.default_rng(seed)
     shape = (batch, 3, *size)
-    return rng.standard_normal(shape, dtype=np.float32), rng.standard_normal(shape, dtype=np.float32)
+    second = (batch, goldens, 3, *size) if goldens > 1 else shape
+    return rng.standard_normal(shape, dtype=np.float32), rng.standard_normal(second, dtype=np.float32)
 
 
-def _model_gflops(cfg: DictConfig, size: int) -> Optional[float]:
+def _model_gflops(cfg: DictConfig) -> Optional[float]:
     try:
         from changenet.model import model_flops
 
-        return model_flops(cfg, size)
+        return model_flops(cfg)
     except ChangenetError:
         return None
 
@@ -222,8 +223,8 @@ def end_to_end(cfg: DictConfig, backend: str, batch: int, backend_rate: Optional
 # --------------------------------------------------------------------------- the action
 def run_benchmark(cfg: DictConfig, open_fn: Callable[[str, DictConfig], Predictor] = open_backend) -> Dict[str, object]:
     bench = cfg.benchmark
-    size = int(cfg.dataset.segment.img_size)
-    gflops = _model_gflops(cfg, size)
+    size = input_size(cfg)
+    gflops = _model_gflops(cfg)
     rows: List[Measurement] = []
     peaks: Dict[str, Tuple[Optional[float], str]] = {}
     for backend in bench.backends:
@@ -236,17 +237,17 @@ def run_benchmark(cfg: DictConfig, open_fn: Callable[[str, DictConfig], Predicto
             device = _device_of(predictor)
             peak, source = (bench.peak_tflops, "given") if bench.peak_tflops else estimate_peak_tflops(backend, device)
             peaks[backend] = (peak, source)
-            model_size = predictor.input_size or (size, size)
+            model_size = predictor.input_size or size
             for bs in bench.batch_sizes:
                 console.print(f"timing {backend} at batch {bs} ({bench.warmup} warm-up + {bench.iterations} timed)")
                 try:
-                    rows.append(measure(predictor, backend, bs, benchmark_inputs(bs, model_size), bench.warmup,
-                                        bench.iterations, gflops, peak))
+                    inputs = benchmark_inputs(bs, model_size, goldens=num_golden(cfg))
+                    rows.append(measure(predictor, backend, bs, inputs, bench.warmup, bench.iterations, gflops, peak))
                 except ChangenetError as exc:
                     rows.append(Measurement(backend, bs, status="failed", reason=str(exc)))
     add_speedups(rows, list(bench.backends))
     report: Dict[str, object] = {
-        "image_size": size, "speedup_baseline": str(bench.backends[0]), "model_gflops_per_pair": round(gflops, 3) if gflops else None,
+        "task": str(cfg.task), "image_size": list(size), "speedup_baseline": str(bench.backends[0]), "model_gflops_per_pair": round(gflops, 3) if gflops else None,
         "backbone": cfg.model.backbone.type, "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                                                           "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
         "peak_tflops": {k: {"value": v[0], "source": v[1]} for k, v in peaks.items()},
@@ -269,7 +270,8 @@ def run_benchmark(cfg: DictConfig, open_fn: Callable[[str, DictConfig], Predicto
 
 
 def print_report(report: Dict[str, object]) -> None:
-    table = Table(title=f"benchmark: {report['backbone']} at {report['image_size']}x{report['image_size']} "
+    height, width = report["image_size"]  # type: ignore[misc]
+    table = Table(title=f"benchmark: {report['backbone']} at {height}x{width} "
                         f"({report['model_gflops_per_pair']} GFLOPs per pair)")
     speedup_title = f"x {report['speedup_baseline']}"
     for column in ("backend", "batch", "pairs/s", speedup_title, "p50 ms", "p90 ms", "p99 ms", "peak RSS MiB", "util.",

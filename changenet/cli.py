@@ -13,7 +13,8 @@ from changenet.config.help import action_help
 from changenet.errors import ChangenetError
 
 app = typer.Typer(
-    help="Bi-temporal change segmentation: train, evaluate, export, calibrate and deploy on TensorRT.",
+    help="Bi-temporal change detection (segment: change masks; classify: defect / no defect): train, evaluate, "
+         "export, calibrate and deploy on TensorRT.",
     no_args_is_help=True,
     rich_markup_mode=None,
     add_completion=False,
@@ -33,9 +34,10 @@ ACTION_ENTRY_POINTS = {
 }
 
 ACTION_SUMMARIES = {
-    "train": "Train a change segmentation model (Lightning); resumes automatically.",
-    "evaluate": "Metrics (OA, mIoU, mF1, per class) of a checkpoint, ONNX model or TensorRT engine.",
-    "inference": "Change masks and visualisations for the predict split.",
+    "train": "Train a change segmentation or classification model (Lightning); resumes automatically.",
+    "evaluate": "Metrics of a checkpoint, ONNX model or TensorRT engine (segment: OA, mIoU, mF1, per class; "
+                "classify: accuracy, false alarm and miss rates, ROC/PR sweep).",
+    "inference": "Change masks (segment) or defect scores (classify, inference.csv) with pictures.",
     "export": "Export a checkpoint to ONNX, verified against PyTorch.",
     "calibrate": "INT8 calibration over image pairs: Q/DQ ONNX and TensorRT cache.",
     "gen_trt_engine": "Build a FP32/FP16/INT8 TensorRT engine from an ONNX model.",
@@ -99,24 +101,39 @@ for _action in ACTION_ENTRY_POINTS:
 
 @dataset_app.command("synth")
 def dataset_synth(
-    out: Path = typer.Option(..., "--out", help="Output dataset root (A/, B/, label/, list/)."),
-    num_train: int = typer.Option(64, "--num-train", min=0),
-    num_val: int = typer.Option(16, "--num-val", min=0),
-    num_test: int = typer.Option(16, "--num-test", min=0),
-    num_predict: int = typer.Option(8, "--num-predict", min=0),
-    img_size: int = typer.Option(256, "--img-size", min=32),
-    num_classes: int = typer.Option(2, "--num-classes", min=2, max=4),
+    out: Path = typer.Option(..., "--out", help="Output dataset root."),
+    task: str = typer.Option("segment", "--task", help="segment (LEVIR-CD layout) or classify (TAO's inspection CSVs)."),
+    num_train: Optional[int] = typer.Option(None, "--num-train", min=0, help="[default: 64 pairs / 160 objects]"),
+    num_val: Optional[int] = typer.Option(None, "--num-val", min=0, help="[default: 16 / 48]"),
+    num_test: Optional[int] = typer.Option(None, "--num-test", min=0, help="[default: 16 / 48]"),
+    num_predict: Optional[int] = typer.Option(None, "--num-predict", min=0, help="[default: 8 / 16] (classify: infer.csv)"),
+    img_size: Optional[int] = typer.Option(None, "--img-size", min=32, help="[default: 256 / 64 per lighting condition]"),
+    num_classes: int = typer.Option(2, "--num-classes", min=2, max=4, help="segment: change classes."),
+    lights: int = typer.Option(4, "--lights", min=1, max=4, help="classify: lighting conditions per object."),
+    num_golden: int = typer.Option(1, "--num-golden", min=1, help="classify: golden images per object."),
+    image_ext: str = typer.Option(".png", "--image-ext", help="classify: .png or .jpg image files."),
     seed: int = typer.Option(0, "--seed"),
-    scene: Optional[int] = typer.Option(None, "--scene", help="Also write one large scene pair of this size."),
+    scene: Optional[int] = typer.Option(None, "--scene", help="segment: also write one large scene pair of this size."),
 ) -> None:
-    """Generate a deterministic synthetic change dataset in the LEVIR-CD layout."""
-    from changenet.data.synth import generate_dataset
+    """Generate a deterministic synthetic dataset: change pairs (segment) or inspected parts (classify)."""
+    if task not in ("segment", "classify"):
+        _fail(f"--task must be segment or classify, got '{task}'")
 
+    def pick(value: Optional[int], segment: int, classify: int) -> int:
+        return value if value is not None else (segment if task == "segment" else classify)
+
+    counts = dict(num_train=pick(num_train, 64, 160), num_val=pick(num_val, 16, 48), num_test=pick(num_test, 16, 48))
     try:
-        generate_dataset(
-            out, num_train=num_train, num_val=num_val, num_test=num_test, num_predict=num_predict,
-            img_size=img_size, num_classes=num_classes, seed=seed, scene_size=scene,
-        )
+        if task == "classify":
+            from changenet.data.synth_inspection import generate_inspection_dataset
+
+            generate_inspection_dataset(out, **counts, num_infer=pick(num_predict, 8, 16), img_size=pick(img_size, 256, 64),
+                                        num_lights=lights, num_golden=num_golden, seed=seed, image_ext=image_ext)
+            return
+        from changenet.data.synth import generate_dataset
+
+        generate_dataset(out, **counts, num_predict=pick(num_predict, 8, 16), img_size=pick(img_size, 256, 64),
+                         num_classes=num_classes, seed=seed, scene_size=scene)
     except ChangenetError as exc:
         _fail(str(exc))
 

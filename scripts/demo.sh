@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on built-in synthetic data, end to end on this machine's CPU:
-# synth -> train -> evaluate -> inference -> export -> evaluate (ONNX) -> calibrate -> gen_trt_engine -> benchmark.
+# synth -> train -> evaluate -> inference -> export -> evaluate (ONNX) -> calibrate -> gen_trt_engine -> benchmark,
+# for change segmentation and then for defect classification (test vs golden images of inspected parts).
 set -euo pipefail
 OUT=${1:-demo}
 CN="${CHANGENET:-.venv/bin/changenet}"
@@ -40,4 +41,36 @@ $CN benchmark -e $SPEC "${COMMON[@]}" benchmark.checkpoint="$CKPT" benchmark.onn
     benchmark.int8_onnx_file="$OUT/results/calibrate/model.onnxruntime.int8.onnx" \
     benchmark.backends=[torch,onnxruntime,onnxruntime-int8,tensorrt] benchmark.batch_sizes=[1,8] \
     benchmark.trt_engine="$OUT/results/gen_trt_engine/model_fp16.engine"
-printf '\nDone: results under %s/results\n' "$OUT"
+
+# ---------------------------------------------------------------- classification (task: classify)
+CSPEC=specs/tiny_classify_cpu.yaml
+CDATA="$OUT/classify_data"
+CCOMMON=(results_dir="$OUT/classify_results" ${DEMO_OVERRIDES:-})
+for split in train:train_dataset val:validation_dataset test:test_dataset infer:infer_dataset; do
+  CCOMMON+=(dataset.classify.${split#*:}.csv_path="$CDATA/${split%%:*}.csv" dataset.classify.${split#*:}.images_dir="$CDATA/images")
+done
+CCKPT="$OUT/classify_results/train/changenet_model_classify_latest.pth"
+CONNX="$OUT/classify_results/export/classifier.onnx"
+step "classify 1/7 synthetic inspection set (boards under 4 lightings; missing, shifted, bridged parts)"
+[ -f "$CDATA/train.csv" ] || $CN dataset synth --task classify --out "$CDATA" --seed 0
+step "classify 2/7 train"
+$CN train -e $CSPEC "${CCOMMON[@]}"
+step "classify 3/7 evaluate (accuracy, false alarm and miss rates, ROC/PR sweep)"
+$CN evaluate -e $CSPEC "${CCOMMON[@]}" evaluate.checkpoint="$CCKPT"
+step "classify 4/7 inference (inference.csv with siamese_score, pictures of flagged objects)"
+$CN inference -e $CSPEC "${CCOMMON[@]}" inference.checkpoint="$CCKPT"
+step "classify 5/7 export to ONNX and evaluate it"
+$CN export -e $CSPEC "${CCOMMON[@]}" export.checkpoint="$CCKPT" export.onnx_file="$CONNX"
+$CN evaluate -e $CSPEC "${CCOMMON[@]}" evaluate.onnx_file="$CONNX" evaluate.results_dir="$OUT/classify_results/evaluate_onnx"
+step "classify 6/7 INT8 calibration over (test, golden) pairs and engines"
+$CN calibrate -e $CSPEC "${CCOMMON[@]}" calibrate.onnx_file="$CONNX" calibrate.target=onnxruntime "${CALIB[@]}"
+for precision in FP16 INT8; do
+  $CN gen_trt_engine -e $CSPEC "${CCOMMON[@]}" gen_trt_engine.onnx_file="$CONNX" \
+      gen_trt_engine.tensorrt.data_type=$precision "${CALIB[@]}" \
+      gen_trt_engine.trt_engine="$OUT/classify_results/gen_trt_engine/classifier_${precision,,}.engine"
+done
+step "classify 7/7 benchmark"
+$CN benchmark -e $CSPEC "${CCOMMON[@]}" benchmark.checkpoint="$CCKPT" benchmark.onnx_file="$CONNX" \
+    benchmark.int8_onnx_file="$OUT/classify_results/calibrate/model.onnxruntime.int8.onnx" \
+    benchmark.backends=[torch,onnxruntime,onnxruntime-int8] benchmark.batch_sizes=[1,8]
+printf '\nDone: results under %s/results and %s/classify_results\n' "$OUT" "$OUT"

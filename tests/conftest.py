@@ -10,6 +10,12 @@ tiny_spec
     A loaded spec (changenet.config.load_spec) for a CPU-sized run on synth_root:
     model.backbone.type=fan_tiny_8_p4_hybrid, dataset.segment.img_size=64, batch_size=4, workers=0,
     train.num_epochs=1, results_dir=<tmp_path>/results.
+inspection_root (session scope)
+    A tiny synthetic inspection set in TAO's CSV format (task classify): 24 train / 8 val / 8 test /
+    4 infer objects, two lighting conditions of 32 x 32 px each, seed 0. Read-only, shared.
+classify_spec_factory
+    Function `(*overrides) -> DictConfig`: a CPU-sized classification spec on inspection_root
+    (fan_tiny, learnable head, decoder width 32, batch 4, workers 0, one epoch).
 tao_reference (session scope)
     Path of the TAO-made reference models (../shared/tao-reference, or $CHANGENET_TAO_REFERENCE). Tests
     that use it fail when it is missing and CHANGENET_REQUIRE_TAO_REFERENCE=1 (as .ci/run sets), else skip.
@@ -68,6 +74,35 @@ def tiny_spec_factory(synth_root: Path, tmp_path: Path) -> Callable[..., DictCon
 @pytest.fixture
 def tiny_spec(tiny_spec_factory: Callable[..., DictConfig]) -> DictConfig:
     return tiny_spec_factory()
+
+
+INSPECTION_SIZE = 32
+INSPECTION_LIGHTS = ("LowAngleLight", "SolderLight")
+
+
+@pytest.fixture(scope="session")
+def inspection_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from changenet.data.synth_inspection import generate_inspection_dataset
+
+    root = tmp_path_factory.mktemp("synth") / "inspection"
+    generate_inspection_dataset(root, num_train=24, num_val=8, num_test=8, num_infer=4, img_size=INSPECTION_SIZE,
+                                num_lights=len(INSPECTION_LIGHTS), seed=0, show_progress=False)
+    return root
+
+
+@pytest.fixture
+def classify_spec_factory(inspection_root: Path, tmp_path: Path) -> Callable[..., DictConfig]:
+    from changenet.data.synth_inspection import spec_overrides
+
+    def make(*overrides: str) -> DictConfig:
+        base = ["task=classify", *spec_overrides(inspection_root, INSPECTION_SIZE, INSPECTION_LIGHTS, 1),
+                "model.backbone.type=fan_tiny_8_p4_hybrid", "model.decode_head.decoder_params.embed_dim=32",
+                "model.classify.difference_module=learnable", "train.classify.loss=ce", "model.classify.eval_margin=0.5",
+                "dataset.classify.batch_size=4", "dataset.classify.workers=0", "train.num_epochs=1",
+                f"results_dir={tmp_path / 'results'}"]
+        return load_spec(None, base + list(overrides))
+
+    return make
 
 
 # --------------------------------------------------------------------------- TAO reference models

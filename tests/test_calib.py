@@ -17,7 +17,7 @@ from changenet.calib.calibrate import build_int8_onnx, calibrate
 from changenet.calib.data import calibration_pairs
 from changenet.calib.qdq import activation_scales, resolve_exclusions
 from changenet.data import preprocess_image, read_image
-from changenet.deploy.onnxruntime_predictor import INPUT_NAMES, OUTPUT_NAMES
+from changenet.deploy.contract import SEGMENT_IO
 from changenet.errors import DataError, SpecError
 from changenet.fileio import sha256_file
 from tiny_change_onnx import export_tiny_onnx
@@ -51,8 +51,8 @@ def export_pairnet(path: Path, seed: int = 3) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (sample, sample), str(path), dynamo=False, opset_version=17,
-                          input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-                          dynamic_axes={n: {0: "batch"} for n in (*INPUT_NAMES, *OUTPUT_NAMES)})
+                          input_names=list(SEGMENT_IO.inputs), output_names=list(SEGMENT_IO.outputs),
+                          dynamic_axes={n: {0: "batch"} for n in (*SEGMENT_IO.inputs, *SEGMENT_IO.outputs)})
     return path
 
 
@@ -112,7 +112,7 @@ def test_both_inputs_get_ranges_from_their_own_images(spec, tmp_path):
     qdq = onnx.load(str(int8))
     scales = activation_scales(qdq)
     assert scales["input0"] == cache.scales["input0"] and scales["input1"] == cache.scales["input1"]
-    for name in INPUT_NAMES:
+    for name in SEGMENT_IO.inputs:
         assert [n.op_type for n in consumers(qdq, name)] == ["QuantizeLinear"]
 
 

@@ -30,10 +30,10 @@ def test_bad_override_is_one_line_without_traceback():
     assert "Traceback" not in result.output
 
 
-def test_classify_task_is_refused():
-    result = runner.invoke(app, ["evaluate", "-e", "specs/test_fan_levir.yaml", "task=classify"])
+def test_unknown_task_is_refused():
+    result = runner.invoke(app, ["evaluate", "-e", "specs/test_fan_levir.yaml", "task=detect"])
     assert result.exit_code == 2
-    assert "not supported" in result.output
+    assert "segment or classify" in result.output
 
 
 def test_missing_model_source_is_reported():

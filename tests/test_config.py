@@ -79,12 +79,20 @@ def test_aliases_align_corner_and_enabled():
     ("gen_trt_engine.tensorrt.min_batch_size=8", ["min/opt/max_batch_size", "8/1/1"]),
     ("train.segment.weights=[1,1]", ["train.segment.weights", "5"]),
     ("export.opset_version=11", ["export.opset_version", "12"]),
-    ("task=classify", ["classify", "not supported"]),
+    ("task=classfy", ["'task'", "segment or classify", "did you mean 'classify'"]),
+    ("task=classify dataset.classify.num_input=3 dataset.classify.input_map={a:0,b:1}", ["num_input", "num_input=2"]),
+    ("task=classify dataset.classify.concat_type=grid dataset.classify.input_map={a:0,b:1,c:2} "
+     "dataset.classify.num_input=3 dataset.classify.grid_map={x:2,y:2}", ["grid_map", "x * y = 3"]),
+    ("task=classify dataset.classify.input_map={a:0,b:2} dataset.classify.num_input=2", ["input_map", "0..1"]),
+    ("task=classify train.classify.cls_weight=[1.0]", ["train.classify.cls_weight", "2 non-negative"]),
+    ("task=classify model.classify.learnable_difference_modules=5", ["learnable_difference_modules", "1..4"]),
+    ("task=classify dataset.classify.image_ext=png", ["image_ext", "dot"]),
+    ("model.classify.difference_module=cosine", ["model.classify.difference_module", "learnable, euclidean"]),
     ("nonsense", ["nonsense", "key.sub=value"]),
 ])
 def test_bad_overrides_name_the_key(override, words):
     with pytest.raises(SpecError) as info:
-        load_spec(SPECS / "train_fan_levir.yaml", [override])
+        load_spec(SPECS / "train_fan_levir.yaml", override.split(" "))
     message = str(info.value)
     assert "\n" not in message
     for word in words:

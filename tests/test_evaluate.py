@@ -11,7 +11,7 @@ from PIL import Image
 
 from changenet.config import load_spec
 from changenet.deploy.export import export
-from changenet.errors import ChangenetError, DataError, SpecError
+from changenet.errors import DataError, SpecError
 from changenet.evaluation.runner import evaluate, inference
 from changenet.model import build_model
 from changenet.train.checkpoint import save_model_checkpoint

@@ -19,7 +19,8 @@ from changenet.cli import app
 from changenet.config import load_spec
 from changenet.deploy.export import export, export_onnx
 from changenet.deploy.torch_predictor import TorchPredictor
-from changenet.deploy.verify import INPUT_NAMES, OUTPUT_NAMES, check_graph, sample_pairs
+from changenet.deploy.contract import SEGMENT_IO
+from changenet.deploy.verify import check_graph, sample_pairs
 from changenet.errors import ModelError, SpecError
 from changenet.fileio import sha256_file
 from changenet.model import build_model
@@ -79,7 +80,7 @@ def test_dynamic_export_contract(dynamic_export):
     # The decoder's two x2 transposed convs are written as 4 phase Convs each (the default).
     assert ops["ConvTranspose"] == 0 and record["split_transposed_convs"] == 2
     inputs, outputs = graph_dims(model.graph.input), graph_dims(model.graph.output)
-    assert list(inputs) == list(INPUT_NAMES) and list(outputs) == list(OUTPUT_NAMES)
+    assert list(inputs) == list(SEGMENT_IO.inputs) and list(outputs) == list(SEGMENT_IO.outputs)
     assert inputs["input0"] == ["batch", 3, SIZE, SIZE]
     assert outputs["output_final"] == ["batch", 2, SIZE, SIZE]
     assert outputs["output0"] == ["batch", 2, SIZE // 16, SIZE // 16]
@@ -95,7 +96,7 @@ def test_dynamic_batch_runs_at_batch_3(dynamic_export, tiny):
     rng = np.random.default_rng(1)
     a, b = (rng.uniform(-1, 1, size=(3, 3, SIZE, SIZE)).astype(np.float32) for _ in range(2))
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = session.run(list(OUTPUT_NAMES), {"input0": a, "input1": b})
+    got = session.run(list(SEGMENT_IO.outputs), {"input0": a, "input1": b})
     with torch.inference_mode():
         want = [o.numpy() for o in model(torch.from_numpy(a), torch.from_numpy(b))]
     for g, w in zip(got, want):

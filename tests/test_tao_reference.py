@@ -19,14 +19,13 @@ import pytest
 import torch
 
 from changenet.config.loader import load_spec
-from changenet.deploy.predictor import OUTPUT_NAMES
+from changenet.deploy.contract import SEGMENT_IO
 from changenet.errors import ModelError
 from changenet.model import build_model, count_parameters
 from changenet.model.weights import load_backbone_weights
 from changenet.train.checkpoint import (
     LATEST_CHECKPOINT_NAME,
     load_model_from_checkpoint,
-    read_checkpoint,
     save_model_checkpoint,
 )
 
@@ -55,7 +54,7 @@ def reference_spec(folder: Path, *overrides: str):
 
 
 def assert_matches_tao(outputs, io) -> None:
-    for name, output in zip(OUTPUT_NAMES, outputs):
+    for name, output in zip(SEGMENT_IO.outputs, outputs):
         output = output.numpy() if isinstance(output, torch.Tensor) else output
         assert output.shape == io[name].shape, name
         assert float(np.abs(output - io[name]).max()) < TOLERANCE, name
@@ -287,3 +286,50 @@ def test_vit_adapter_references_reproduce_tao_outputs(tao_reference, name, tmp_p
     export_onnx(model, onnx_path, size, size, batch_size=-1, opset=17)
     with OnnxRuntimePredictor(onnx_path, num_classes=2) as predictor:
         assert_matches_tao(predictor.forward_all(io["input0"], io["input1"]), io)
+
+
+# --------------------------------------------------------------------------- classification
+CLASSIFY_REFERENCE = "classify_fan_tiny_8_p4_hybrid_learnable_256x64"
+
+
+def classify_reference_spec(folder: Path):
+    """The spec fields that give the classification reference's TAO constructor arguments (.arch.json)."""
+    arch = json.loads((folder / f"{CLASSIFY_REFERENCE}.arch.json").read_text())
+    height, width = arch["output_shape"]
+    return load_spec(None, [
+        "task=classify", f"model.backbone.type={arch['model']}", "dataset.classify.image_ext=.png",
+        f"model.decode_head.decoder_params.embed_dim={arch['embed_dim']}",
+        f"model.decode_head.use_summary_token={arch['use_summary_token']}",
+        f"model.classify.difference_module={arch['difference_module']}", "train.classify.loss=ce",
+        f"model.classify.learnable_difference_modules={arch['learnable_difference_modules']}",
+        f"model.classify.embed_dec={arch['embed_dec']}", f"model.classify.embedding_vectors={arch['embedding_vectors']}",
+        f"dataset.classify.num_golden={arch['num_golden']}", "dataset.classify.num_input=1",
+        "dataset.classify.input_map=null", f"dataset.classify.image_height={height}",
+        f"dataset.classify.image_width={width}",
+    ])
+
+
+def test_tao_classifier_checkpoint_reproduces_tao_outputs_in_pytorch_and_onnx(tao_reference, tmp_path):
+    from changenet.deploy.contract import CLASSIFY_IO
+    from changenet.deploy.export import export_onnx
+    from changenet.deploy.onnxruntime_predictor import OnnxRuntimePredictor
+
+    checkpoint = tao_reference / f"{CLASSIFY_REFERENCE}.tao.pth"
+    cfg = classify_reference_spec(tao_reference)
+    model = load_model_from_checkpoint(checkpoint, cfg)  # strict=True inside; refuses a segmentation checkpoint
+    tao_state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    assert list(model.state_dict()) == [key[len("model."):] for key in tao_state]
+    io = np.load(tao_reference / f"{CLASSIFY_REFERENCE}.io.npz")
+    test, golden = (torch.from_numpy(io[name]) for name in CLASSIFY_IO.inputs)
+    with torch.no_grad():
+        logits = model(test, golden).numpy()
+    assert logits.shape == io["output"].shape
+    assert float(np.abs(logits - io["output"]).max()) < TOLERANCE
+    # Exported with TAO's names (input_1, input_2 -> output) and run on ONNX Runtime: the same logits.
+    onnx_path = tmp_path / "classifier.onnx"
+    height, width = test.shape[-2:]
+    export_onnx(model, onnx_path, height, width, batch_size=-1, opset=17)
+    with OnnxRuntimePredictor(onnx_path, num_classes=2) as predictor:
+        assert predictor.io == CLASSIFY_IO
+        (onnx_logits,) = predictor.forward_all(io["input_1"], io["input_2"])
+    assert float(np.abs(onnx_logits - io["output"]).max()) < TOLERANCE

@@ -1,5 +1,6 @@
-"""TAO's own example specs (tests/tao_specs: the fields TAO's experiment_specs/*.yaml set) run with only
-their paths overridden, and TAO 7 fields without an effect here are named once."""
+"""TAO's own example specs (tests/tao_specs: the fields TAO's experiment_specs/*.yaml set, segmentation
+and classification) run with only their paths overridden, and TAO 7 fields without an effect here are
+named once."""
 
 from __future__ import annotations
 
@@ -74,6 +75,14 @@ def test_cli_names_fields_without_effect_in_one_line(tmp_path):
     assert lines[1].startswith("error: file") and "export.checkpoint" in lines[1]
 
 
+def run_action(action: str, spec: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """`changenet <action> -e spec overrides...`, which must succeed."""
+    done = subprocess.run([sys.executable, "-m", "changenet.cli", action, "-e", str(spec), *overrides],
+                          capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def test_tao_example_spec_trains_evaluates_and_exports(synth_root, tmp_path):
     # fan_small at 256 x 256, TAO's settings, only the paths changed: train, evaluate, export (~90 s on 2 cores).
     spec = SPECS / "segment_levir.yaml"
@@ -81,10 +90,7 @@ def test_tao_example_spec_trains_evaluates_and_exports(synth_root, tmp_path):
     results = tmp_path / "results"
 
     def run(action, *extra):
-        done = subprocess.run([sys.executable, "-m", "changenet.cli", action, "-e", str(spec), *overrides, *extra],
-                              capture_output=True, text=True, timeout=1800)
-        assert done.returncode == 0, done.stderr[-3000:]
-        return done
+        return run_action(action, spec, *overrides, *extra)
 
     run("train")
     latest = results / "train" / "changenet_model_segment_latest.pth"
@@ -93,3 +99,63 @@ def test_tao_example_spec_trains_evaluates_and_exports(synth_root, tmp_path):
     assert json.loads((results / "evaluate" / "metrics.json").read_text())["num_pairs"] == 4
     run("export", f"export.checkpoint={latest}")
     assert (results / "export" / "changenet.onnx").is_file()
+
+
+# --------------------------------------------------------------------------- classification specs
+def classify_paths(root: Path, tmp_path: Path) -> list:
+    """The path overrides a user gives TAO's classification example specs (CSVs, images, checkpoints)."""
+    overrides = [f"results_dir={tmp_path / 'results'}", "train.pretrained_model_path=null",
+                 "model.backbone.pretrained_backbone_path=null"]  # NGC's NVPCB and C-RADIO files are not here
+    for key, name in (("train_dataset", "train.csv"), ("validation_dataset", "val.csv"), ("test_dataset", "test.csv"),
+                      ("infer_dataset", "infer.csv")):
+        overrides += [f"dataset.classify.{key}.csv_path={root / name}", f"dataset.classify.{key}.images_dir={root / 'images'}"]
+    return overrides
+
+
+@pytest.fixture(scope="module")
+def tao_inspection_root(tmp_path_factory) -> Path:
+    """Synthetic objects as TAO's example spec reads them: 4 lighting conditions of 128 x 128 px in .jpg."""
+    from changenet.data.synth_inspection import generate_inspection_dataset
+
+    root = tmp_path_factory.mktemp("tao_inspection") / "data"
+    generate_inspection_dataset(root, num_train=32, num_val=8, num_test=8, num_infer=4, img_size=128, num_lights=4,
+                                seed=2, image_ext=".jpg", show_progress=False)
+    return root
+
+
+def test_tao_classify_spec_trains_evaluates_and_exports(tao_inspection_root, tmp_path):
+    # fan_small, euclidean head, contrastive loss, 4 lights of 128 px stacked to 512 x 128, batch 16: TAO's
+    # settings with only the paths changed (~2 min on 2 cores).
+    spec = SPECS / "classify.yaml"
+    overrides = classify_paths(tao_inspection_root, tmp_path)
+    results = tmp_path / "results"
+
+    def run(action, *extra):
+        return run_action(action, spec, *overrides, *extra)
+
+    run("train")
+    latest = results / "train" / "changenet_model_classify_latest.pth"
+    assert latest.is_file()
+    run("evaluate", f"evaluate.checkpoint={latest}")
+    metrics = json.loads((results / "evaluate" / "metrics.json").read_text())
+    assert metrics["num_objects"] == 8 and metrics["margin"] == 0.005  # TAO's eval_margin for the distance
+    done = run("export", f"export.checkpoint={latest}")
+    sidecar = json.loads((results / "export" / "changenet-classify.onnx.json").read_text())
+    assert sidecar["input_height"] == 512 and sidecar["input_width"] == 128 and sidecar["batch_size"] == 16
+    assert sidecar["verification"]["passed"] and "without effect" in done.stderr
+
+
+def test_tao_multi_golden_spec_loads_and_builds(tmp_path, caplog):
+    cfg = load_spec(SPECS / "classify_multi_golden.yaml", classify_paths(tmp_path, tmp_path), action="train")
+    with torch.device("meta"):
+        model = build_model(cfg)
+    decoder = model.decoder
+    assert cfg.model.backbone.type == "c_radio_p3_vit_huge_patch16_224_mlpnorm" and decoder.num_golden == 4
+    assert tuple(decoder.position_embedding_c1.shape) == (1, 256, 8, 8) and hasattr(decoder, "attn_c4")
+    assert count_parameters(model) > 600e6
+    # TAO pairs its own spec's contrastive loss with a learnable head and stops; here: one line, then ce.
+    from changenet.model.loss import ClassifyLoss
+
+    caplog.set_level(logging.WARNING)
+    assert ClassifyLoss(cfg).kind == "ce"
+    assert sum("train.classify.loss is 'contrastive'" in r.getMessage() for r in caplog.records) == 1

@@ -8,7 +8,8 @@ import pytest
 
 from changenet.config import load_spec
 from changenet.deploy.engine_builder import BuildOptions, build_engine
-from changenet.deploy.onnxruntime_predictor import OUTPUT_NAMES, OnnxRuntimePredictor
+from changenet.deploy.contract import SEGMENT_IO
+from changenet.deploy.onnxruntime_predictor import OnnxRuntimePredictor
 from changenet.deploy.predictor import Predictor
 from changenet.deploy.sidecar import read_sidecar, sidecar_path
 from changenet.deploy.tensorrt_api import gpu_compute_capabilities, load_tensorrt
@@ -52,7 +53,7 @@ def _profiles(low, high, size=SIZE):
 def test_layout_orders_outputs_and_sizes_buffers():
     layout = EngineLayout.from_tensors(_tensors(), _profiles(1, 4), "m.engine")
     assert [t.name for t in layout.inputs] == ["input0", "input1"]
-    assert [t.name for t in layout.outputs] == list(OUTPUT_NAMES)
+    assert [t.name for t in layout.outputs] == list(SEGMENT_IO.outputs)
     assert layout.input_size == (SIZE, SIZE) and (layout.min_batch, layout.max_batch) == (1, 4)
     assert layout.fixed_batch is None
     final = layout.outputs[-1]
@@ -75,7 +76,7 @@ def test_layout_rejects_what_it_cannot_run():
     uneven["input1"] = [(1, 3, SIZE, SIZE)] * 2 + [(8, 3, SIZE, SIZE)]
     with pytest.raises(ModelError, match="different batch ranges"):
         EngineLayout.from_tensors(_tensors(), uneven, "m.engine")
-    assert ordered_outputs(list(reversed(OUTPUT_NAMES)), "m.engine") == list(OUTPUT_NAMES)
+    assert ordered_outputs(list(reversed(SEGMENT_IO.outputs)), "m.engine") == list(SEGMENT_IO.outputs)
 
 
 class HostOnlyTensorRTPredictor(TensorRTPredictor):

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from changenet.deploy.onnxruntime_predictor import INPUT_NAMES, OUTPUT_NAMES
+from changenet.deploy.contract import SEGMENT_IO
 from changenet.deploy.sidecar import write_sidecar
 
 SIZE = 32
@@ -52,7 +52,7 @@ def export_tiny_onnx(
     torch.manual_seed(seed)
     model = TinyChangeModel(num_classes).eval()
     sample = torch.randn(batch or 2, 3, SIZE, SIZE)
-    names = (*INPUT_NAMES, *OUTPUT_NAMES)
+    names = (*SEGMENT_IO.inputs, *SEGMENT_IO.outputs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
         torch.onnx.export(
@@ -61,8 +61,8 @@ def export_tiny_onnx(
             str(path),
             dynamo=False,
             opset_version=17,
-            input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
+            input_names=list(SEGMENT_IO.inputs),
+            output_names=list(SEGMENT_IO.outputs),
             dynamic_axes=None if batch else {name: {0: "batch"} for name in names},
         )
     if with_sidecar:

@@ -107,10 +107,8 @@ def build_int8_onnx(cfg: DictConfig, onnx_path: str | Path, target: str) -> Path
     start = time.perf_counter()
     with console.status(f"Placing Q/DQ for {target}"), atomic_path(output) as tmp:
         if target == "tensorrt":
-            size = int(cfg.dataset.segment.img_size)
-            place_for_tensorrt(onnx_path, tmp, cache_path, method, exclusions, inputs.names,
-                               (inputs.batch_size or 1, 3, size, size), str(cfg.calibrate.high_precision_dtype),
-                               log_file=results_dir / "modelopt.log")
+            place_for_tensorrt(onnx_path, tmp, cache_path, method, exclusions, _input_shapes(cfg, inputs),
+                               str(cfg.calibrate.high_precision_dtype), log_file=results_dir / "modelopt.log")
         else:
             place_for_onnxruntime(onnx_path, tmp, scales, exclusions)
         quantized = verify_scales(tmp, scales, shown_as=output)
@@ -129,6 +127,16 @@ def build_int8_onnx(cfg: DictConfig, onnx_path: str | Path, target: str) -> Path
     say(f"INT8 model for {target}: {output} ({quantized} activations quantized, scales from {cache_path}; "
         f"{time.perf_counter() - start:.1f} s)")
     return output
+
+
+def _input_shapes(cfg: DictConfig, inputs: ModelInputs) -> Dict[str, List[int]]:
+    """Shapes of one batch of the model's inputs (the second one holds N golden images when N > 1)."""
+    from changenet.task import input_size, num_golden
+
+    batch, (height, width), goldens = inputs.batch_size or 1, input_size(cfg), num_golden(cfg)
+    first, second = inputs.names
+    return {first: [batch, 3, height, width],
+            second: [batch, goldens, 3, height, width] if goldens > 1 else [batch, 3, height, width]}
 
 
 def cached_or_calibrated_scales(cfg: DictConfig, onnx_path: Path, graph: onnx.ModelProto, digest: str,

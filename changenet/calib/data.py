@@ -1,12 +1,13 @@
-"""Calibration data: (A, B) image pairs, preprocessed exactly as evaluation preprocesses them.
+"""Calibration data: (A, B) input pairs, preprocessed exactly as evaluation preprocesses them.
 
 Where the pairs come from (first that applies):
-  1. gen_trt_engine.tensorrt.calibration.cal_image_dir: a list of folders. A folder holding a split
-     list (<list_folder_name>/<train_split>.txt, i.e. a dataset root) gives the pairs named there;
-     any other folder gives every file name present in both its A and B sub-folders
-     (dataset.segment.image_folder_name / change_image_folder_name).
-  2. dataset.segment.quant_calibration_dataset.images_dir (TAO 7's field), read the same way;
-  3. otherwise the training split of the dataset (dataset.segment.root_dir, train_split).
+  1. gen_trt_engine.tensorrt.calibration.cal_image_dir: a list of folders. Segmentation: a folder
+     holding a split list (<list_folder_name>/<train_split>.txt, i.e. a dataset root) gives the pairs
+     named there; any other folder gives every file name present in both its A and B sub-folders
+     (dataset.segment.image_folder_name / change_image_folder_name). Classification: a folder holding a
+     CSV in TAO's format, its image paths relative to the folder, gives its (test, golden) objects.
+  2. dataset.<task>.quant_calibration_dataset.images_dir (TAO 7's field), read the same way;
+  3. otherwise the training data (dataset.segment.root_dir + train_split, or dataset.classify.train_dataset).
 cal_batch_size x cal_batches pairs are drawn without replacement with a fixed seed (calibrate.seed),
 so a calibration is repeatable.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from omegaconf import DictConfig
@@ -39,10 +40,10 @@ PairPaths = Tuple[Path, Path]
 class CalibrationPairs:
     """The drawn pairs; `batches()` loads and preprocesses them one batch at a time."""
 
-    pairs: List[PairPaths]
+    pairs: List[Any]  # each drawn pair: its (A, B) paths, or a classified object's index in its dataset
     batch_size: int
     source: str  # where the pairs were found, for messages and the cache sidecar
-    preprocess: Callable[[np.ndarray], np.ndarray]
+    loader: Callable[[Any], Tuple[np.ndarray, np.ndarray]]  # a drawn pair -> the two model inputs
 
     @property
     def num_pairs(self) -> int:
@@ -53,18 +54,11 @@ class CalibrationPairs:
         return -(-self.num_pairs // step)
 
     def load_pair(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
-        path_a, path_b = self.pairs[index]
-        image_a, image_b = read_image(path_a), read_image(path_b)
-        if image_a.shape != image_b.shape:
-            raise DataError(
-                f"calibration pair '{path_a}' and '{path_b}' differ in size "
-                f"({image_a.shape[1]}x{image_a.shape[0]} vs {image_b.shape[1]}x{image_b.shape[0]})"
-            )
-        return self.preprocess(image_a), self.preprocess(image_b)
+        return self.loader(self.pairs[index])
 
     def batches(self, batch_size: Optional[int] = None, full: bool = False) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
-        """(A, B) float32 [n, 3, S, S] batches. The last one may be smaller, unless `full` (for models
-        with a fixed batch size): then its last pair is repeated to fill it."""
+        """(A, B) float32 [n, 3, H, W] batches (B [n, N, 3, H, W] with several golden images). The last one
+        may be smaller, unless `full` (for models with a fixed batch size): then its last pair is repeated."""
         step = batch_size or self.batch_size
         for start in range(0, self.num_pairs, step):
             indices = list(range(start, min(start + step, self.num_pairs)))
@@ -79,13 +73,17 @@ def calibration_pairs(cfg: DictConfig, say: Callable[[str], None] = print) -> Ca
     cal = cfg.gen_trt_engine.tensorrt.calibration
     requested = int(cal.cal_batch_size) * int(cal.cal_batches)
     folders, key = [Path(str(d)).expanduser() for d in cal.cal_image_dir], CAL_DIR_KEY
-    tao_images_dir = str(cfg.dataset.segment.quant_calibration_dataset.images_dir)
+    quant_key = f"dataset.{cfg.task}.quant_calibration_dataset.images_dir"
+    tao_images_dir = str(cfg.dataset[str(cfg.task)].quant_calibration_dataset.images_dir)
     if not folders and tao_images_dir:
-        folders, key = [Path(tao_images_dir).expanduser()], QUANT_DIR_KEY
-    if folders:
+        folders, key = [Path(tao_images_dir).expanduser()], quant_key
+    if cfg.task == "classify":
+        available, source, loader = _objects(cfg, folders, key)
+    elif folders:
         available, source = _pairs_from_folders(cfg, folders), f"{key} ({', '.join(map(str, folders))})"
+        loader = _pair_loader(cfg)
     else:
-        available, source = _pairs_from_train_split(cfg)
+        (available, source), loader = _pairs_from_train_split(cfg), _pair_loader(cfg)
     if not available:
         raise DataError(f"no calibration image pairs found in {source}; add A/B image pairs there or set {CAL_DIR_KEY}")
 
@@ -98,7 +96,51 @@ def calibration_pairs(cfg: DictConfig, say: Callable[[str], None] = print) -> Ca
         if len(available) < requested:
             say(f"calibration: {len(available)} pairs available in {source}, fewer than the "
                 f"{requested} asked for (cal_batch_size x cal_batches); using all {len(available)}")
-    return CalibrationPairs(pairs, int(cal.cal_batch_size), source, lambda image: preprocess_image(image, cfg))
+    return CalibrationPairs(pairs, int(cal.cal_batch_size), source, loader)
+
+
+def _pair_loader(cfg: DictConfig) -> Callable[[PairPaths], Tuple[np.ndarray, np.ndarray]]:
+    def load(paths: PairPaths) -> Tuple[np.ndarray, np.ndarray]:
+        path_a, path_b = paths
+        image_a, image_b = read_image(path_a), read_image(path_b)
+        if image_a.shape != image_b.shape:
+            raise DataError(
+                f"calibration pair '{path_a}' and '{path_b}' differ in size "
+                f"({image_a.shape[1]}x{image_a.shape[0]} vs {image_b.shape[1]}x{image_b.shape[0]})"
+            )
+        return preprocess_image(image_a, cfg), preprocess_image(image_b, cfg)
+
+    return load
+
+
+def _objects(cfg: DictConfig, folders: Sequence[Path], key: str):
+    """Classification: (object indices, source, loader) over one dataset of (test, golden) objects: the
+    CSVs of the folders (images relative to each folder), else the training CSV. Items come out as
+    evaluation sees them (no augmentation)."""
+    from torch.utils.data import ConcatDataset
+
+    from changenet.data.inspection import InspectionDataset
+
+    if not folders:
+        dataset = InspectionDataset(cfg, "val", source=("train_dataset",))
+        return list(range(len(dataset))), f"the training CSV '{dataset.csv_path}'", _item_loader(dataset)
+    parts = []
+    for folder in folders:
+        tables = sorted(folder.glob("*.csv")) if folder.is_dir() else []
+        if not tables:
+            raise DataError(f"calibration folder '{folder}' (spec key {key}) holds no CSV; a classification "
+                            "calibration folder holds a CSV in TAO's format and the images it names (paths relative to it)")
+        parts += [InspectionDataset(cfg, "val", source=("calibration", table, folder)) for table in tables]
+    dataset = ConcatDataset(parts)
+    return list(range(len(dataset))), f"{key} ({', '.join(map(str, folders))})", _item_loader(dataset)
+
+
+def _item_loader(dataset) -> Callable[[int], Tuple[np.ndarray, np.ndarray]]:
+    def load(index: int) -> Tuple[np.ndarray, np.ndarray]:
+        item = dataset[index]
+        return item["A"].numpy(), item["B"].numpy()
+
+    return load
 
 
 def _pairs_from_train_split(cfg: DictConfig) -> Tuple[List[PairPaths], str]:
@@ -139,23 +181,28 @@ class ModelInputs(NamedTuple):
 
 
 def model_inputs(model: "onnx.ModelProto", onnx_path: Path) -> ModelInputs:
-    """The two inputs of a changenet ONNX graph: names, fixed batch size and fixed size (if any)."""
+    """The two inputs of a changenet ONNX graph (in its contract's order): names, fixed batch size and
+    fixed size (if any)."""
+    from changenet.deploy.contract import io_from_names
+
     initializers = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initializers]
-    if len(inputs) != 2:
-        raise ModelError(f"'{onnx_path}' has {len(inputs)} inputs; a changenet model takes two (input0, input1)")
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
+    inputs = {i.name: i for i in model.graph.input if i.name not in initializers}
+    io = io_from_names(inputs, str(onnx_path))
+    first = inputs[io.inputs[0]]
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in first.type.tensor_type.shape.dim]
     size = (dims[2], dims[3]) if len(dims) == 4 and dims[2] and dims[3] else None
-    return ModelInputs([i.name for i in inputs], dims[0] if dims else None, size)
+    return ModelInputs(list(io.inputs), dims[0] if dims else None, size)
 
 
 def check_input_size(inputs: ModelInputs, onnx_path: Path, cfg: DictConfig) -> None:
     """A model built for another size than the preprocessed images gets a clear error, not an ORT one."""
-    img = int(cfg.dataset.segment.img_size)
-    if inputs.size is not None and inputs.size != (img, img):
+    from changenet.task import input_size, size_override
+
+    height, width = input_size(cfg)
+    if inputs.size is not None and inputs.size != (height, width):
         raise ModelError(
-            f"'{onnx_path}' takes {inputs.size[0]}x{inputs.size[1]} inputs but dataset.segment.img_size={img}; "
-            f"set dataset.segment.img_size={inputs.size[0]} or export the model at {img}x{img}"
+            f"'{onnx_path}' takes {inputs.size[0]}x{inputs.size[1]} inputs but the spec's data is {height}x{width}; "
+            f"set {size_override(cfg, *inputs.size)} or export the model at {height}x{width}"
         )
 
 

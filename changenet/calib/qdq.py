@@ -25,7 +25,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -270,8 +270,7 @@ def _quiet_logging():
 
 # --------------------------------------------------------------------------- tensorrt target
 def place_for_tensorrt(source: Path, output: Path, cache_path: Path, method: str, exclusions: Exclusions,
-                       input_names: Sequence[str], input_shape: Tuple[int, int, int, int],
-                       high_precision_dtype: str, log_file: Path) -> None:
+                       input_shapes: Dict[str, Sequence[int]], high_precision_dtype: str, log_file: Path) -> None:
     """ModelOpt's TensorRT placement with the cached scales, run in a child Python on a private copy.
 
     The child process: ModelOpt patches onnxruntime's quantization module for the whole process, and
@@ -286,7 +285,7 @@ def place_for_tensorrt(source: Path, output: Path, cache_path: Path, method: str
             "op_types_to_exclude": list(exclusions.op_types),
             "nodes_to_exclude": [re.escape(n) + "$" for n in exclusions.nodes],  # ModelOpt takes prefix regexes
             "op_types_to_exclude_fp16": list(exclusions.fp32_op_types),
-            "input_names": list(input_names), "input_shape": list(input_shape),
+            "input_shapes": {name: list(shape) for name, shape in input_shapes.items()},
         }
         with open(log_file, "w") as log:
             done = subprocess.run([sys.executable, "-m", "changenet.calib.qdq"], input=json.dumps(job), text=True,
@@ -316,7 +315,7 @@ def _modelopt_child(job: Dict) -> None:
     # Any data of the right shape will do: it only runs the graph once for placement, and ModelOpt
     # then replaces every activation scale with the cached one (verify_scales checks that).
     rng = np.random.default_rng(0)
-    data = {name: rng.standard_normal(job["input_shape"]).astype(np.float32) for name in job["input_names"]}
+    data = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in job["input_shapes"].items()}
     quantize(
         job["source"], quantize_mode="int8", calibration_data=data,
         calibration_method="entropy" if job["method"] == "entropy" else "max",

@@ -28,19 +28,31 @@ REPORT_FILE = "calibration_report.json"
 SHOWN_METRICS = ("acc", "miou", "mf1")
 
 
-def accuracy_report(cfg: DictConfig, fp32_onnx: Path, int8_onnx: Path, target: str) -> Optional[Dict[str, Any]]:
-    """Compare the two models on the validation split; returns the report (None when there is no split)."""
+def validation_loader(cfg: DictConfig) -> Optional[DataLoader]:
+    """The validation split in order, or None (said in one line) when the spec has none usable."""
     from changenet.data import build_dataset
-    from changenet.deploy.onnxruntime_predictor import OnnxRuntimePredictor
 
-    seg = cfg.dataset.segment
+    block = cfg.dataset[cfg.task]
     try:
         dataset = build_dataset(cfg, "val")
     except (DataError, SpecError) as exc:
         say(f"accuracy report skipped: {exc} (calibrate.report=false turns the report off)")
         return None
-    loader = DataLoader(dataset, batch_size=int(cfg.evaluate.batch_size or seg.batch_size), shuffle=False,
-                        num_workers=int(seg.workers))
+    return DataLoader(dataset, batch_size=int(cfg.evaluate.batch_size or block.batch_size), shuffle=False,
+                      num_workers=int(block.workers))
+
+
+def accuracy_report(cfg: DictConfig, fp32_onnx: Path, int8_onnx: Path, target: str) -> Optional[Dict[str, Any]]:
+    """Compare the two models on the validation split; returns the report (None when there is no split)."""
+    from changenet.deploy.onnxruntime_predictor import OnnxRuntimePredictor
+
+    if cfg.task == "classify":
+        return classifier_report(cfg, fp32_onnx, int8_onnx, target)
+    seg = cfg.dataset.segment
+    loader = validation_loader(cfg)
+    if loader is None:
+        return None
+    dataset = loader.dataset
     fp32 = OnnxRuntimePredictor.from_onnx(fp32_onnx, cfg)
     int8 = OnnxRuntimePredictor.from_onnx(int8_onnx, cfg)
     metrics = {"fp32": ConfusionMatrix(seg.num_classes, seg.class_names),
@@ -98,3 +110,63 @@ def print_report(report: Dict[str, Any]) -> None:
     console.print(table)
     say(f"on {report['runtime']}: argmax agreement {report['argmax_agreement']:.4%}; mIoU change {report['miou_change_points']:+.2f} "
                   f"points, mF1 change {report['mf1_change_points']:+.2f} points")
+
+
+CLASSIFY_METRICS = ("total_accuracy", "false_alarm_rate", "miss_rate")
+
+
+def classifier_report(cfg: DictConfig, fp32_onnx: Path, int8_onnx: Path, target: str) -> Optional[Dict[str, Any]]:
+    """Classification: both models' scores on the validation CSV; agreement of their decisions at the eval
+    margin, the figures of each, and the largest score change."""
+    from changenet.deploy.onnxruntime_predictor import OnnxRuntimePredictor
+    from changenet.evaluation.classify_metrics import decision_figures, decision_margin, defect_scores, threshold_sweep
+
+    loader = validation_loader(cfg)
+    if loader is None:
+        return None
+    dataset = loader.dataset
+    margin = decision_margin(cfg)
+    scores: Dict[str, list] = {"fp32": [], "int8": []}
+    seconds = {"fp32": 0.0, "int8": 0.0}
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=console)
+    fp32, int8 = OnnxRuntimePredictor.from_onnx(fp32_onnx, cfg), OnnxRuntimePredictor.from_onnx(int8_onnx, cfg)
+    with fp32, int8, progress:
+        task = progress.add_task("FP32 vs INT8 on the validation CSV", total=len(loader))
+        for batch in loader:
+            for name, predictor in (("fp32", fp32), ("int8", int8)):
+                start = time.perf_counter()
+                scores[name].append(defect_scores(predictor.forward_all(batch["A"].numpy(), batch["B"].numpy())[-1]))
+                seconds[name] += time.perf_counter() - start
+            progress.advance(task)
+    labels = np.asarray(dataset.labels, dtype=np.int64)
+    joined = {name: np.concatenate(values) for name, values in scores.items()}
+    figures = {name: decision_figures(values, labels, margin) for name, values in joined.items()}
+    sweeps = {name: threshold_sweep(values, labels, float(cfg.evaluate.target_miss_rate)) for name, values in joined.items()}
+    same = (joined["fp32"] > margin) == (joined["int8"] > margin)
+    report: Dict[str, Any] = {
+        "target": target, "fp32_onnx": str(fp32_onnx), "int8_onnx": str(int8_onnx), "split": str(dataset.csv_path),
+        "num_pairs": len(labels), "runtime": f"onnxruntime ({', '.join(int8.providers)})", "margin": margin,
+        "decision_agreement": float(same.mean()) if len(same) else float("nan"),
+        "max_score_change": float(np.abs(joined["fp32"] - joined["int8"]).max()) if len(labels) else float("nan"),
+        "seconds": {name: round(value, 3) for name, value in seconds.items()},
+        "int8_speedup_in_this_loop": round(seconds["fp32"] / seconds["int8"], 3) if seconds["int8"] else None,
+        "fp32": figures["fp32"], "int8": figures["int8"],
+        "roc_auc": {name: sweep.get("roc_auc") for name, sweep in sweeps.items()},
+    }
+    for key in CLASSIFY_METRICS:
+        fp, q = figures["fp32"][key], figures["int8"][key]
+        report[f"{key}_change_points"] = None if fp is None or q is None else 100.0 * (q - fp)
+    path = write_json(Path(str(cfg.calibrate.results_dir)) / REPORT_FILE, report)
+    table = Table(title=f"INT8 ({target}) vs FP32, '{dataset.csv_path.name}', {len(labels)} objects, margin {margin:.4g}")
+    table.add_column("model")
+    for key in CLASSIFY_METRICS + ("roc_auc",):
+        table.add_column(key.replace("_", " "), justify="right")
+    for name in ("fp32", "int8"):
+        cells = [figures[name][k] for k in CLASSIFY_METRICS] + [report["roc_auc"][name]]
+        table.add_row(name.upper(), *("n/a" if c is None else f"{c:.4f}" for c in cells))
+    console.print(table)
+    say(f"on {report['runtime']}: decisions agree on {report['decision_agreement']:.2%} of the objects; largest score "
+        f"change {report['max_score_change']:.4g}")
+    say(f"report written to {path}")
+    return report

@@ -98,10 +98,7 @@ def _parse_overrides(overrides: Iterable[str]) -> dict:
             raise SpecError(f"override '{item}' must look like key.sub=value (for example train.num_epochs=5)")
         key, raw = item.split("=", 1)
         key = key.strip().lstrip("+")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            value = raw  # not YAML: take it as a plain string
+        value = _override_value(raw)
         parts = key.split(".")
         node = tree
         for part in parts[:-1]:
@@ -110,6 +107,20 @@ def _parse_overrides(overrides: Iterable[str]) -> dict:
                 raise SpecError(f"override '{item}' conflicts with another override of '{part}'")
         node[parts[-1]] = value
     return _rename_aliases(tree)
+
+
+def _override_value(raw: str) -> Any:
+    """The YAML value of an override. A mapping may be written without spaces, {a:0,b:1}, as TAO's
+    (Hydra's) command line allows; YAML alone would read that as the key 'a:0'."""
+    text = raw.strip()
+    if not text:
+        return None
+    if text.startswith("{") and text.endswith("}"):
+        text = re.sub(r":(?=[^\s/\\])", ": ", text)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return raw  # not YAML: take it as a plain string
 
 
 def _merge(base: DictConfig, data: dict, source: str) -> DictConfig:
@@ -193,10 +204,12 @@ def _command_line_source_wins(cfg: DictConfig, tree: dict) -> None:
 
 
 def _check_task(cfg: DictConfig) -> None:
-    if cfg.task == "classify":
-        raise SpecError("task=classify is not supported: changenet does change segmentation only; use task=segment")
-    if cfg.task != "segment":
-        raise SpecError(f"spec key 'task' must be 'segment', got '{cfg.task}'")
+    from changenet.task import TASKS
+
+    if cfg.task not in TASKS:
+        close = difflib.get_close_matches(str(cfg.task), TASKS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise SpecError(f"spec key 'task' must be segment or classify, got '{cfg.task}'{hint}")
 
 
 def _fill_results_dirs(cfg: DictConfig) -> None:

@@ -62,14 +62,16 @@ class DecodeHeadConfig:
 
 @dataclass
 class ClassifyModelConfig:
-    """TAO's classification head settings (task classify)."""
+    """TAO's classification heads (task classify)."""
 
-    train_margin_euclid: float = _f(2.0, "contrastive loss margin in training (euclidean head)")
-    eval_margin: float = _f(2.0, "distance above which a pair counts as a defect (euclidean head)")
-    embedding_vectors: int = _f(5, "embedding width of the euclidean head")
-    embed_dec: int = _f(5, "embedding width of the learnable difference modules")
-    learnable_difference_modules: int = _f(4, "number of learnable difference modules (1-4)")
-    difference_module: Optional[str] = _f("euclidean", "learnable or euclidean")
+    train_margin_euclid: float = _f(2.0, "euclidean head: margin of the contrastive loss")
+    eval_margin: float = _f(
+        2.0, "defect threshold on the score: a distance (euclidean) or a defect probability (learnable; "
+        "a margin >= 1 there would flag nothing, so 0.5 is used and said)")
+    embedding_vectors: int = _f(5, "euclidean head: width of the embedding whose distance is the score")
+    embed_dec: int = _f(5, "learnable head: width of the classifier's hidden layers")
+    learnable_difference_modules: int = _f(4, "learnable head: decoder levels fused before the classifier (1-4, coarsest first)")
+    difference_module: Optional[str] = _f("euclidean", "learnable (decoder + classifier, ce loss) or euclidean (embedding distance, contrastive loss)")
 
 
 @dataclass
@@ -131,7 +133,8 @@ class AugmentationConfig(PairAugmentationConfig):
 
 @dataclass
 class QuantCalibrationDatasetConfig:
-    images_dir: str = _f("", "calibration pairs (folder with A/ and B/) when calibration.cal_image_dir is empty")
+    images_dir: str = _f("", "calibration pairs when calibration.cal_image_dir is empty (segment: a folder with A/ and B/; "
+                         "classify: a folder with a CSV and its images)")
 
 
 @dataclass
@@ -173,32 +176,32 @@ class DataPathConfig:
 class ClassifyAugmentationConfig(PairAugmentationConfig):
     rgb_input_mean: List[float] = _f(factory=lambda: [0.485, 0.456, 0.406], help="mean (ImageNet)")
     rgb_input_std: List[float] = _f(factory=lambda: [0.229, 0.224, 0.225], help="std (ImageNet)")
-    augment: bool = _f(False, "enable the augmentations above")
+    augment: bool = _f(False, "enable the augmentations above (training only; one draw shared by all images of an object)")
 
 
 @dataclass
 class ClassifyDatasetConfig:
-    """TAO's optical-inspection data (task classify)."""
+    """TAO's optical-inspection data (task classify): CSVs of objects, each a test and a golden image."""
 
     train_dataset: DataPathConfig = _f(factory=DataPathConfig, help="training CSV and images")
     validation_dataset: DataPathConfig = _f(factory=DataPathConfig, help="validation CSV and images")
-    test_dataset: DataPathConfig = _f(factory=DataPathConfig, help="test CSV and images")
-    infer_dataset: DataPathConfig = _f(factory=DataPathConfig, help="inference CSV and images")
-    image_ext: Optional[str] = _f(None, "image file extension")
-    batch_size: int = _f(8, "samples per batch")
+    test_dataset: DataPathConfig = _f(factory=DataPathConfig, help="evaluation CSV and images")
+    infer_dataset: DataPathConfig = _f(factory=DataPathConfig, help="inference CSV and images (label column optional)")
+    image_ext: Optional[str] = _f(None, "image file extension, e.g. .jpg (required)")
+    batch_size: int = _f(8, "objects per batch (training needs >= 2: the heads hold BatchNorm1d)")
     workers: int = _f(8, "data loading worker processes")
-    fpratio_sampling: float = _f(0.1, "sampling ratio of the minority class")
-    num_input: int = _f(8, "lighting conditions per object")
-    input_map: Optional[Dict[str, int]] = _f(None, "lighting condition -> position")
-    grid_map: Optional[Dict[str, int]] = _f(None, "grid layout (x, y) for concat_type grid")
-    concat_type: Optional[str] = _f(None, "linear or grid")
-    image_width: int = _f(224, "input width")
-    image_height: int = _f(224, "input height")
+    fpratio_sampling: float = _f(0.1, "training draws defects with weight (#pass / #defect) x this (0.1: ~9% of draws)")
+    num_input: int = _f(8, "lighting conditions per object (must match input_map when it is set)")
+    input_map: Optional[Dict[str, int]] = _f(None, "lighting condition (file-name suffix) -> position in the joined input")
+    grid_map: Optional[Dict[str, int]] = _f(None, "concat_type grid: x tiles per row, y rows")
+    concat_type: Optional[str] = _f(None, "joining the lighting conditions: linear (stacked along the height) or grid")
+    image_width: int = _f(224, "width of one lighting condition's image after resizing")
+    image_height: int = _f(224, "height of one lighting condition's image after resizing")
     augmentation_config: ClassifyAugmentationConfig = _f(factory=ClassifyAugmentationConfig, help="augmentation")
-    num_classes: int = _f(2, "number of classes")
-    num_golden: int = _f(1, "golden images per input")
+    num_classes: int = _f(2, "classes of the learnable head's output (PASS and defect)")
+    num_golden: int = _f(1, "golden images per test image (> 1: learnable ViT heads only, as in TAO)")
     quant_calibration_dataset: QuantCalibrationDatasetConfig = _f(
-        factory=QuantCalibrationDatasetConfig, help="INT8 calibration images")
+        factory=QuantCalibrationDatasetConfig, help="INT8 calibration: a folder holding a CSV and its images")
 
 
 @dataclass
@@ -216,8 +219,8 @@ class SegmentLossConfig:
 
 @dataclass
 class ClassifyLossConfig:
-    loss: str = _f("contrastive", "classification loss: ce or contrastive")
-    cls_weight: List[float] = _f(factory=lambda: [1.0, 10.0], help="class weights of the ce loss")
+    loss: str = _f("contrastive", "ce (learnable head) or contrastive (euclidean head)")
+    cls_weight: List[float] = _f(factory=lambda: [1.0, 10.0], help="ce loss weights of PASS and defect")
 
 
 @dataclass
@@ -302,7 +305,8 @@ class EvaluateConfig:
     num_nodes: int = _f(1, "number of nodes")
     results_dir: Optional[str] = _f(None, "outputs (default <results_dir>/evaluate)")
     vis_after_n_batches: int = _f(1, "write visualisations every N batches")
-    batch_size: Optional[int] = _f(None, "batch size (default, or -1: dataset.segment.batch_size)")
+    batch_size: Optional[int] = _f(None, "batch size (default, or -1: the dataset block's batch_size)")
+    target_miss_rate: float = _f(0.01, "classify: the threshold sweep reports the highest threshold missing at most this share of defects")
 
 
 @dataclass
@@ -319,9 +323,9 @@ class ExportConfig:
     opset_version: int = _f(17, "ONNX opset (17 keeps LayerNormalization as one op; >= 12)")
     input_channel: int = _f(3, "input channels; only 3")
     # TAO's table gives 128 x 512; an export that silently differs from the training size helps no one,
-    # so an unset size follows dataset.segment.img_size.
-    input_width: Optional[int] = _f(None, "input width (default dataset.segment.img_size)")
-    input_height: Optional[int] = _f(None, "input height (default dataset.segment.img_size)")
+    # so an unset size follows the data (task.input_size).
+    input_width: Optional[int] = _f(None, "input width (default: the data's, dataset.segment.img_size or the joined tiles)")
+    input_height: Optional[int] = _f(None, "input height (default: the data's, dataset.segment.img_size or the joined tiles)")
     batch_size: int = _f(-1, "batch size; -1 = dynamic batch axis")
     gpu_id: int = _f(0, "GPU to export on")
     on_cpu: bool = _f(False, "export on the CPU")
@@ -338,7 +342,8 @@ class ExportConfig:
 # --------------------------------------------------------------------------- TensorRT (TAO deploy block)
 @dataclass
 class CalibrationConfig:
-    cal_image_dir: List[str] = _f(factory=list, help="folders with A/B sub-folders (default: train split)")
+    cal_image_dir: List[str] = _f(factory=list, help="folders of pairs (segment: A/B sub-folders; classify: a CSV and "
+                                  "its images); default: the training data")
     cal_cache_file: Optional[str] = _f(None, "TensorRT calibration cache to write / reuse (default <calibrate.results_dir>/cal.cache)")
     cal_batch_size: int = _f(1, "pairs per calibration batch")
     cal_batches: int = _f(1, "number of calibration batches")
@@ -438,7 +443,7 @@ class QuantizeConfig:
 class ExperimentConfig:
     model_name: Optional[str] = _f(None, "TAO's model name for model-agnostic launchers")
     encryption_key: Optional[str] = _f(None, "TAO model encryption key (accepted; changenet never encrypts)")
-    task: str = _f("segment", "segment (classify is not supported)")
+    task: str = _f("segment", "segment (change masks of image pairs) or classify (defect / no defect of test vs golden)")
     results_dir: str = _f("/results", "where every action writes its outputs")
     wandb: WandbConfig = _f(factory=WandbConfig, help="Weights & Biases (TAO)")
     model: ModelConfig = _f(factory=ModelConfig, help="model")

@@ -25,9 +25,6 @@ WITHOUT_EFFECT: Dict[str, str] = {
     "wandb": "runs are recorded in status.json",
     "quantize": "INT8 comes from `changenet calibrate`",
     "model.precise_msda": "the deformable attention is always the deterministic PyTorch one",
-    "model.classify": "task classify",
-    "dataset.classify": "task classify",
-    "train.classify": "task classify",
     "train.optim.monitor_name": "as in TAO, nothing reads it",
     "train.checkpoint_interval_unit": "checkpoints are saved per epoch",
     "train.checkpointer": "best-checkpoint selection is not implemented",
@@ -40,10 +37,29 @@ WITHOUT_EFFECT: Dict[str, str] = {
     "inference.num_gpus": "inference runs on one device (inference.gpu_ids[0])",
 }
 
-# Fields without effect only with some backbones: key -> (applies?, why).
+def _segment(cfg: DictConfig) -> bool:
+    return cfg.task == "segment"
+
+
+def _classify(cfg: DictConfig) -> bool:
+    return cfg.task == "classify"
+
+
+# Fields (or blocks) without effect only in some specs: key -> (applies?, why).
 CONDITIONAL: Dict[str, Tuple[Callable[[DictConfig], bool], str]] = {
-    "model.decode_head.use_summary_token": (lambda cfg: str(cfg.model.backbone.type).startswith("fan_"),
-                                            "FAN backbones have no summary token, as in TAO"),
+    "model.decode_head.use_summary_token": (
+        lambda cfg: str(cfg.model.backbone.type).startswith("fan_")
+        or (_classify(cfg) and cfg.model.backbone.type == "vit_large_nvdinov2"),
+        "FAN backbones have no summary token, and TAO's classifier always uses NV-DINOv2's"),
+    "model.classify": (_segment, "task segment"),
+    "dataset.classify": (_segment, "task segment"),
+    "train.classify": (_segment, "task segment"),
+    "evaluate.target_miss_rate": (_segment, "task segment"),
+    "dataset.segment": (_classify, "task classify"),
+    "train.segment": (_classify, "task classify"),
+    "inference.tiling": (_classify, "task classify: objects are not tiled"),
+    "dataset.classify.augmentation_config.with_scale_random_crop": (
+        _classify, "TAO's classification augmentation has no scale crop either"),
 }
 # Blocks named for every action (they belong to none of ours).
 ALWAYS_CHECKED = ("model_name", "encryption_key", "wandb", "quantize")
@@ -60,6 +76,12 @@ def _flatten(node: Any, prefix: str = "") -> Dict[str, Any]:
     return {prefix: node}
 
 
+def _entry(table: Dict[str, Any], key: str, applies: Callable[[str], bool] = lambda _: True) -> Any:
+    """The most specific entry of `table` that is `key` or a block above it, and applies."""
+    matches = [k for k in table if (key == k or key.startswith(k + ".")) and applies(k)]
+    return max(matches, key=len) if matches else None
+
+
 def settings_without_effect(cfg: DictConfig, action: str) -> List[str]:
     """"key (why)" for each field of the action's blocks set to a non-default value that changes nothing."""
     blocks = set(ACTION_BLOCKS.get(action, ())) | set(ALWAYS_CHECKED)
@@ -68,11 +90,13 @@ def settings_without_effect(cfg: DictConfig, action: str) -> List[str]:
     for key, value in _flatten(OmegaConf.to_container(cfg, resolve=True)).items():
         if key.split(".")[0] not in blocks or value == defaults.get(key):
             continue
-        entry = next((k for k in WITHOUT_EFFECT if key == k or key.startswith(k + ".")), None)
+        entry = _entry(WITHOUT_EFFECT, key)
         if entry is not None:
             named.setdefault(entry if entry == key else entry + ".*", WITHOUT_EFFECT[entry])
-        elif key in CONDITIONAL and CONDITIONAL[key][0](cfg):
-            named.setdefault(key, CONDITIONAL[key][1])
+            continue
+        entry = _entry(CONDITIONAL, key, lambda k: CONDITIONAL[k][0](cfg))
+        if entry is not None:
+            named.setdefault(entry if entry == key else entry + ".*", CONDITIONAL[entry][1])
     return [f"{key} ({why})" for key, why in named.items()]
 
 

@@ -11,25 +11,34 @@ from omegaconf.errors import MissingMandatoryValue
 from changenet.config.schema import BACKBONE_TYPES
 from changenet.errors import SpecError
 
-PROBABILITY_KEYS = (
-    "dataset.segment.augmentation.random_flip.vflip_probability",
-    "dataset.segment.augmentation.random_flip.hflip_probability",
-    "dataset.segment.augmentation.random_rotate.rotate_probability",
-    "dataset.segment.augmentation.random_color.color_probability",
-)
+_AUGMENTATIONS = ("dataset.segment.augmentation", "dataset.classify.augmentation_config")
+PROBABILITY_KEYS = tuple(
+    f"{block}.{key}" for block in _AUGMENTATIONS for key in (
+        "random_flip.vflip_probability", "random_flip.hflip_probability", "random_rotate.rotate_probability",
+        "random_color.color_probability")
+) + ("evaluate.target_miss_rate",)
 NON_NEGATIVE_KEYS = (
     "train.optim.lr",
     "train.optim.weight_decay",
     "train.seed",
     "dataset.segment.workers",
-    "dataset.segment.augmentation.random_color.brightness",
-    "dataset.segment.augmentation.random_color.contrast",
-    "dataset.segment.augmentation.random_color.saturation",
+    "dataset.classify.workers",
+    "dataset.classify.fpratio_sampling",
+    "model.classify.train_margin_euclid",
+    "model.classify.eval_margin",
+    *(f"{block}.random_color.{key}" for block in _AUGMENTATIONS for key in ("brightness", "contrast", "saturation")),
     "benchmark.warmup",
 )
 POSITIVE_KEYS = (
     "dataset.segment.batch_size",
     "dataset.segment.img_size",
+    "dataset.classify.batch_size",
+    "dataset.classify.image_width",
+    "dataset.classify.image_height",
+    "dataset.classify.num_golden",
+    "dataset.classify.num_input",
+    "model.classify.embedding_vectors",
+    "model.classify.embed_dec",
     "train.num_gpus",
     "train.num_nodes",
     "train.num_epochs",
@@ -63,6 +72,9 @@ CHOICES = {
     "export.format": ("onnx",),
     "train.optim.policy": ("linear", "step"),
     "train.segment.loss": ("ce",),
+    "train.classify.loss": ("ce", "contrastive"),
+    "model.classify.difference_module": ("learnable", "euclidean"),
+    "dataset.classify.concat_type": (None, "linear", "grid"),
     "train.precision": ("32-true", "32", "bf16-mixed", "16-mixed"),
     "dataset.segment.dataset": ("CNDataset",),
     "dataset.segment.label_transform": ("norm", None),
@@ -103,14 +115,16 @@ def validate_ranges(cfg: DictConfig) -> None:
     # TensorRT users write data_type in any case (fp16, Fp16): store it upper-case.
     cfg.gen_trt_engine.tensorrt.data_type = str(cfg.gen_trt_engine.tensorrt.data_type).upper()
 
-    if seg.num_classes < 2:
-        _fail("dataset.segment.num_classes", "must be at least 2", seg.num_classes)
+    for block in ("segment", "classify"):
+        if cfg.dataset[block].num_classes < 2:
+            _fail(f"dataset.{block}.num_classes", "must be at least 2", cfg.dataset[block].num_classes)
     _check_each(cfg, PROBABILITY_KEYS, lambda v: 0.0 <= v <= 1.0, "must be a probability in [0, 1]")
     _check_each(cfg, NON_NEGATIVE_KEYS, lambda v: v >= 0, "must be >= 0")
     _check_each(cfg, POSITIVE_KEYS, lambda v: v >= 1, "must be >= 1")
-    hue = seg.augmentation.random_color.hue
-    if not 0.0 <= hue <= 0.5:
-        _fail("dataset.segment.augmentation.random_color.hue", "must be in [0, 0.5]", hue)
+    for block in _AUGMENTATIONS:
+        hue = OmegaConf.select(cfg, f"{block}.random_color.hue")
+        if not 0.0 <= hue <= 0.5:
+            _fail(f"{block}.random_color.hue", "must be in [0, 0.5]", hue)
 
     for key, allowed in CHOICES.items():
         value = _value(cfg, key)
@@ -146,6 +160,8 @@ def validate_ranges(cfg: DictConfig) -> None:
     if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
         _fail("dataset.segment.augmentation.with_scale_random_crop.scale_range", "must be two factors 0 < low <= high", scale)
     _check_color_map(seg)
+    if cfg.task == "classify":
+        _check_classify(cfg)
     if seg.class_names is not None and len(seg.class_names) != seg.num_classes:
         _fail("dataset.segment.class_names", f"must name all {seg.num_classes} classes", list(seg.class_names))
 
@@ -177,3 +193,24 @@ def _check_color_map(seg: DictConfig) -> None:
             _fail(f"dataset.segment.color_map.{key}", f"must be a class index 0..{seg.num_classes - 1}", key)
         if len(colour) != 3 or any(not 0 <= c <= 255 for c in colour):
             _fail(f"dataset.segment.color_map.{key}", "must be an RGB triple of 0..255", list(colour))
+
+
+def _check_classify(cfg: DictConfig) -> None:
+    from changenet.task import check_layout
+
+    classify = cfg.dataset.classify
+    modules = cfg.model.classify.learnable_difference_modules
+    if not 1 <= modules <= 4:
+        _fail("model.classify.learnable_difference_modules", "must be 1..4 (decoder levels fused)", modules)
+    aug = classify.augmentation_config
+    if len(aug.rgb_input_mean) != 3 or len(aug.rgb_input_std) != 3 or any(s <= 0 for s in aug.rgb_input_std):
+        _fail("dataset.classify.augmentation_config.rgb_input_mean/std", "must be 3 values each, std > 0",
+              (list(aug.rgb_input_mean), list(aug.rgb_input_std)))
+    weights = list(cfg.train.classify.cls_weight)
+    if len(weights) != classify.num_classes or any(w < 0 for w in weights):
+        _fail("train.classify.cls_weight", f"must be {classify.num_classes} non-negative weights (one per class, "
+              "PASS first)", weights)
+    ext = classify.image_ext
+    if ext is not None and not str(ext).startswith("."):
+        _fail("dataset.classify.image_ext", "must start with a dot (e.g. .jpg)", ext)
+    check_layout(cfg)

@@ -199,10 +199,15 @@ class CNDataset(Dataset):
         return item
 
 
-def build_dataset(cfg: DictConfig, stage: str) -> CNDataset:
-    """The dataset of a stage: "train" (augmented), "val"/"test" (labelled), "predict" (no labels)."""
+def build_dataset(cfg: DictConfig, stage: str) -> Dataset:
+    """The dataset of a stage: "train" (augmented), "val"/"test" (labelled), "predict" (no labels); a
+    CNDataset for task segment, an InspectionDataset (changenet.data.inspection) for task classify."""
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {tuple(STAGES)}, got {stage!r}")
+    if cfg.get("task") == "classify":
+        from changenet.data.inspection import InspectionDataset
+
+        return InspectionDataset(cfg, stage)
     key, mode = STAGES[stage]
     split = segment_config(cfg)[key]
     return CNDataset(cfg, split, mode, split_key=f"dataset.segment.{key}")

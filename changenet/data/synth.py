@@ -26,7 +26,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -499,7 +499,7 @@ def _check_arguments(counts: Dict[str, int], img_size: int, num_classes: int, sc
         raise DataError(f"scene size must be at least img_size ({img_size}), got {scene_size}")
 
 
-def _prepare_output(out: Path) -> None:
+def prepare_output(out: Path) -> None:
     """Refuse to replace a folder that is not an earlier synthetic dataset."""
     if out.exists() and not out.is_dir():
         raise DataError(f"output '{out}' is a file; choose a folder for --out")
@@ -508,11 +508,33 @@ def _prepare_output(out: Path) -> None:
                         "or empty it")
 
 
-def _progress():
+def progress_bar():
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
     return Progress(SpinnerColumn(), TextColumn("[bold]{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[note]}"), TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
+
+
+def write_dataset_folder(out: Path, write: Callable[[Path], Dict]) -> Dict:
+    """Run `write(folder)` on a temporary sibling of `out`, then put it in place of `out`: the dataset
+    appears complete or not at all (an earlier synthetic dataset there is replaced). Returns its manifest."""
+    prepare_output(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        manifest = write(work)
+        _open_permissions(work)
+        if out.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, retired / "data")
+            os.replace(work, out)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(work, out)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    return manifest
 
 
 def generate_dataset(
@@ -536,22 +558,8 @@ def generate_dataset(
     counts = {"train": int(num_train), "val": int(num_val), "test": int(num_test), "predict": int(num_predict)}
     img_size, num_classes = int(img_size), int(num_classes)
     _check_arguments(counts, img_size, num_classes, scene_size)
-    _prepare_output(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        manifest = _write_all(work, counts, img_size, num_classes, int(seed), scene_size, show_progress)
-        _open_permissions(work)
-        if out.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, retired / "data")
-            os.replace(work, out)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(work, out)
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
+    manifest = write_dataset_folder(
+        out, lambda work: _write_all(work, counts, img_size, num_classes, int(seed), scene_size, show_progress))
     if show_progress:
         _print_summary(out, manifest)
     return manifest
@@ -569,7 +577,7 @@ def _write_all(work: Path, counts: Dict[str, int], img_size: int, num_classes: i
     for folder in ("A", "B", "label", "list"):
         (work / folder).mkdir()
     splits: Dict[str, Dict] = {}
-    with _progress() as progress:
+    with progress_bar() as progress:
         if not show_progress:
             progress.stop()
             progress.disable = True

@@ -29,13 +29,15 @@ def segment_config(cfg: DictConfig) -> DictConfig:
 
 
 # --------------------------------------------------------------------------- resize + normalise
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize uint8 [H, W, C] to size x size: area averaging when shrinking, bilinear when enlarging."""
+def resize_image(image: np.ndarray, size: int | Tuple[int, int]) -> np.ndarray:
+    """Resize uint8 [H, W, C] to size x size (or to (height, width)): area averaging when shrinking,
+    bilinear when enlarging."""
+    target = (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
     height, width = image.shape[:2]
-    if (height, width) == (size, size):
+    if (height, width) == target:
         return image
-    shrinking = height >= size and width >= size
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    shrinking = height >= target[0] and width >= target[1]
+    return cv2.resize(image, (target[1], target[0]), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
 def resize_label(label: np.ndarray, size: int) -> np.ndarray:
@@ -70,10 +72,17 @@ def preprocess_image(image: np.ndarray, cfg: DictConfig) -> np.ndarray:
 
 
 def denormalize(chw: np.ndarray, cfg: DictConfig) -> np.ndarray:
-    """Inverse of `normalize` for visualisation: float32 [3, H, W] -> uint8 [H, W, 3]."""
-    seg = segment_config(cfg)
-    mean = np.asarray(seg.augmentation.mean, dtype=np.float32).reshape(3, 1, 1)
-    std = np.asarray(seg.augmentation.std, dtype=np.float32).reshape(3, 1, 1)
+    """Inverse of `normalize` for visualisation: float32 [3, H, W] -> uint8 [H, W, 3]. `cfg`: the whole spec
+    (its task's normalisation) or the dataset.segment block."""
+    if cfg.get("task") == "classify":
+        from changenet.task import normalisation
+
+        mean_values, std_values = normalisation(cfg)
+    else:
+        seg = segment_config(cfg)
+        mean_values, std_values = seg.augmentation.mean, seg.augmentation.std
+    mean = np.asarray(mean_values, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(std_values, dtype=np.float32).reshape(3, 1, 1)
     image = (np.asarray(chw, dtype=np.float32) * std + mean) * 255.0
     return np.clip(np.rint(image), 0, 255).astype(np.uint8).transpose(1, 2, 0)
 
@@ -182,3 +191,51 @@ class PairAugmentation:
         image_a = self.photometric(image=out["image"])["image"]
         image_b = self.photometric(image=out["image_b"])["image"]
         return image_a, image_b, out["mask"]
+
+
+class ObjectAugmentation:
+    """Training augmentation of one inspected object (task classify), configured by
+    dataset.classify.augmentation_config when its `augment` is true.
+
+    Every image of the object (each lighting condition of the test image and of every golden image) gets
+    the same draw, as in TAO: a defect is a difference between test and golden, so nothing random may
+    tell them apart. Steps, in TAO's order: flips, rotation by one of angle_list (square tiles turn
+    exactly; others keep their shape, corners black), a square crop of 80-100 % of the area resized
+    back (with_random_crop), a Gaussian blur of sigma < 1 (with_random_blur), colour jitter with
+    probability color_probability. Input and output: uint8 [n, h, w, 3] tiles of one size.
+    """
+
+    CROP_AREA = (0.8, 1.0)
+    BLUR_SIGMA = (1e-3, 1.0)
+
+    def __init__(self, aug_cfg: DictConfig, tile_size: Tuple[int, int]):
+        height, width = (int(v) for v in tile_size)
+        steps: list = []
+        flip = aug_cfg.random_flip
+        if flip.enable:
+            steps += [A.HorizontalFlip(p=float(flip.hflip_probability)), A.VerticalFlip(p=float(flip.vflip_probability))]
+        rotate = aug_cfg.random_rotate
+        if rotate.enable and len(rotate.angle_list) and rotate.rotate_probability > 0:
+            turns = [(_rotation(angle) if height == width else
+                      A.Rotate(limit=(float(angle), float(angle)), interpolation=cv2.INTER_LINEAR,
+                               border_mode=cv2.BORDER_CONSTANT, fill=0, p=1.0)) for angle in rotate.angle_list]
+            steps.append(A.OneOf(turns, p=float(rotate.rotate_probability)))
+        if aug_cfg.with_random_crop:
+            steps.append(A.RandomResizedCrop(size=(height, width), scale=self.CROP_AREA, ratio=(1.0, 1.0),
+                                             interpolation=cv2.INTER_CUBIC, p=1.0))
+        if aug_cfg.with_random_blur:
+            steps.append(A.GaussianBlur(blur_limit=0, sigma_limit=self.BLUR_SIGMA, p=1.0))
+        color = aug_cfg.random_color
+        if color.enable and color.color_probability > 0:
+            steps.append(A.ColorJitter(brightness=float(color.brightness), contrast=float(color.contrast),
+                                       saturation=float(color.saturation), hue=float(color.hue),
+                                       p=float(color.color_probability)))
+        self.steps = A.Compose(steps, p=1.0)
+        self.reseed(int.from_bytes(os.urandom(8), "little"))
+
+    def reseed(self, seed: int) -> None:
+        """Restart the random stream (see PairAugmentation.reseed)."""
+        self.steps.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+    def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        return self.steps(images=tiles)["images"]

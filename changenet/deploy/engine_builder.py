@@ -27,7 +27,7 @@ from rich.table import Table
 
 from changenet.config import require_path, to_container
 from changenet.deploy.fp16 import convert_to_fp16, load_graph, model_precision, parse_layers_precision
-from changenet.deploy.predictor import INPUT_NAMES, OUTPUT_NAMES
+from changenet.deploy.contract import ModelIO, io_from_names
 from changenet.deploy.sidecar import read_sidecar, sidecar_path, write_sidecar
 from changenet.deploy.tensorrt_api import (
     LOG,
@@ -45,7 +45,8 @@ from changenet.fileio import atomic_path, sha256_file
 
 DATA_TYPES = ("FP32", "FP16", "INT8")
 # Fields of the export sidecar that the engine sidecar carries on for evaluation and inference.
-MODEL_INFO_KEYS = ("num_classes", "class_names", "color_map", "mean", "std", "backbone", "align_corners")
+MODEL_INFO_KEYS = ("task", "num_classes", "class_names", "color_map", "mean", "std", "backbone", "align_corners",
+                   "difference_module", "num_golden", "lights", "eval_margin")
 PROGRESS_DEPTH = 2  # TensorRT nests build phases deeply; show the outer two levels
 
 
@@ -124,16 +125,16 @@ def _calibrated_onnx(cfg: DictConfig, onnx_path: Path) -> Path:
 
 def model_info_from_spec(cfg: DictConfig) -> Dict[str, Any]:
     """Class and normalisation facts from the spec, used where the ONNX has no export sidecar."""
-    seg = cfg.dataset.segment
-    return {
-        "num_classes": int(seg.num_classes),
-        "class_names": to_container(seg.class_names),
-        "color_map": to_container(seg.color_map),
-        "mean": [float(v) for v in seg.augmentation.mean],
-        "std": [float(v) for v in seg.augmentation.std],
-        "backbone": str(cfg.model.backbone.type),
-        "align_corners": bool(cfg.model.decode_head.align_corners),
-    }
+    from changenet.task import normalisation, num_classes
+
+    mean, std = normalisation(cfg)
+    info = {"task": str(cfg.task), "num_classes": num_classes(cfg), "mean": mean, "std": std,
+            "backbone": str(cfg.model.backbone.type)}
+    if cfg.task == "segment":
+        seg = cfg.dataset.segment
+        info.update(class_names=to_container(seg.class_names), color_map=to_container(seg.color_map),
+                    align_corners=bool(cfg.model.decode_head.align_corners))
+    return info
 
 
 def _show_tensorrt_log(verbose: bool) -> None:
@@ -212,7 +213,8 @@ def build_engine(
     network = builder.create_network(trt.network_flags())
     parser = trt.module.OnnxParser(network, logger)
     _parse(parser, network_onnx)
-    input_shape, fixed_batch, num_classes = _check_io(network, network_onnx)
+    io, input_shapes, fixed_batch, num_classes = _check_io(network, network_onnx)
+    input_shape = input_shapes[io.inputs[0]]
     profile = _batch_profile(fixed_batch, options, network_onnx)
     info = _model_info(source, num_classes, model_info or {})
 
@@ -220,8 +222,8 @@ def build_engine(
     config.set_memory_pool_limit(trt.module.MemoryPoolType.WORKSPACE, int(options.workspace_size) << 20)
     set_build_targets(trt, config, targets)
     optimisation_profile = builder.create_optimization_profile()
-    for name in INPUT_NAMES:
-        optimisation_profile.set_shape(name, *[(batch, *input_shape) for batch in profile])
+    for name in io.inputs:  # one batch range for both inputs (a golden stack keeps its [N, 3, H, W])
+        optimisation_profile.set_shape(name, *[(batch, *input_shapes[name]) for batch in profile])
     config.add_optimization_profile(optimisation_profile)
     cache_loaded = _load_timing_cache(trt, config, options.timing_cache)
 
@@ -243,6 +245,7 @@ def build_engine(
         options,
         targets,
         profile,
+        io,
         input_shape,
         info,
         source,
@@ -300,25 +303,27 @@ def _parse(parser: Any, onnx_path: Path) -> None:
     raise ModelError(f"TensorRT cannot parse '{onnx_path}'{where}: {detail}")
 
 
-def _check_io(network: Any, onnx_path: Path) -> Tuple[Tuple[int, int, int], Optional[int], int]:
-    """(C, H, W) of the inputs, the fixed batch size (None when the batch axis is dynamic), the classes."""
+def _check_io(network: Any, onnx_path: Path) -> Tuple[ModelIO, Dict[str, Tuple[int, ...]], Optional[int], int]:
+    """The model's contract, each input's shape without the batch axis, the fixed batch size (None when the
+    batch axis is dynamic) and the classes (2 for a classifier's distance output)."""
     inputs = {network.get_input(i).name: tuple(network.get_input(i).shape) for i in range(network.num_inputs)}
     outputs = {network.get_output(i).name: tuple(network.get_output(i).shape) for i in range(network.num_outputs)}
-    missing = [n for n in INPUT_NAMES if n not in inputs] + [n for n in OUTPUT_NAMES if n not in outputs]
+    io = io_from_names(inputs, str(onnx_path))
+    missing = [n for n in io.outputs if n not in outputs]
     if missing:
         raise ModelError(f"'{onnx_path}' is not a changenet export: it lacks {', '.join(missing)}")
-    shapes = {inputs[n] for n in INPUT_NAMES}
-    shape = inputs[INPUT_NAMES[0]]
-    if len(shapes) != 1 or len(shape) != 4 or shape[1] != 3:
+    first, second = (inputs[n] for n in io.inputs)
+    golden_stack = io.task == "classify" and len(second) == 5 and second[:1] + second[2:] == first
+    if len(first) != 4 or first[1] != 3 or (first != second and not golden_stack):
+        raise ModelError(f"'{onnx_path}' inputs must both be [B, 3, H, W], got {list(first)} and {list(second)}")
+    if min(first[2:]) < 1:
         raise ModelError(
-            f"'{onnx_path}' inputs must both be [B, 3, H, W], got {', '.join(str(list(s)) for s in shapes)}"
-        )
-    if min(shape[2:]) < 1:
-        raise ModelError(
-            f"'{onnx_path}' has a dynamic image size {list(shape)}; "
+            f"'{onnx_path}' has a dynamic image size {list(first)}; "
             "export it with fixed export.input_height/input_width"
         )
-    return (shape[1], shape[2], shape[3]), (shape[0] if shape[0] > 0 else None), int(outputs[OUTPUT_NAMES[-1]][1])
+    prediction = outputs[io.prediction]
+    classes = int(prediction[1]) if len(prediction) > 1 else 2
+    return io, {n: inputs[n][1:] for n in io.inputs}, (first[0] if first[0] > 0 else None), classes
 
 
 def _batch_profile(fixed_batch: Optional[int], options: BuildOptions, onnx_path: Path) -> Tuple[int, int, int]:
@@ -436,6 +441,7 @@ def _engine_metadata(
     options: BuildOptions,
     targets: List[int],
     profile: Tuple[int, int, int],
+    io: ModelIO,
     input_shape: Tuple[int, int, int],
     info: Dict[str, Any],
     source: Path,
@@ -448,8 +454,8 @@ def _engine_metadata(
         "tensorrt": trt.describe(),
         "precision": options.data_type,
         "profile": dict(zip(("min", "opt", "max"), profile)),
-        "input_names": list(INPUT_NAMES),
-        "output_names": list(OUTPUT_NAMES),
+        "input_names": list(io.inputs),
+        "output_names": list(io.outputs),
         "input_height": input_shape[1],
         "input_width": input_shape[2],
         "compute_capabilities": list(targets),
@@ -476,7 +482,7 @@ def _model_info(source: Path, num_classes: int, fallback: Dict[str, Any]) -> Dic
     info = {key: exported.get(key, fallback.get(key)) for key in MODEL_INFO_KEYS}
     if not exported and fallback.get("num_classes") not in (None, num_classes):
         LOG.warning(
-            "'%s' predicts %d classes but dataset.segment.num_classes=%s; class names and colours are left out "
+            "'%s' predicts %d classes but the spec's num_classes=%s; class names and colours are left out "
             "of the engine sidecar",
             source,
             num_classes,

@@ -1,4 +1,5 @@
-"""`changenet export`: checkpoint -> ONNX (inputs input0/input1, outputs output0..3 + output_final).
+"""`changenet export`: checkpoint -> ONNX with TAO's tensor names (contract.py: segmentation input0/input1 ->
+output0..3 + output_final; classification input_1/input_2 -> output).
 
 Every export is checked with onnx.checker and verified against PyTorch with ONNX Runtime before the
 file appears under its name; a sidecar JSON beside it records what later stages need.
@@ -34,9 +35,7 @@ from rich.table import Table
 from torch import nn
 
 from changenet.deploy.verify import (
-    INPUT_NAMES,
     MIN_AGREEMENT,
-    OUTPUT_NAMES,
     Pairs,
     Verification,
     check_graph,
@@ -45,7 +44,9 @@ from changenet.deploy.verify import (
     require_pass,
     sample_pairs,
 )
+from changenet.deploy.contract import SEGMENT_IO, ModelIO
 from changenet.deploy.inference_layers import to_inference_form
+from changenet.deploy.torch_predictor import output_list
 from changenet.deploy.tensorrt_api import TRT_MSDA_PLUGIN, TRT_PLUGIN_DOMAIN
 from changenet.model.deformable import tensorrt_plugin_form
 from changenet.errors import ModelError, SpecError
@@ -77,6 +78,7 @@ class ExportResult:
     notes: List[str] = field(default_factory=list)
     external_data: Optional[Path] = None
     split_transposed_convs: int = 0  # transposed convolutions written as phase convolutions
+    io: ModelIO = SEGMENT_IO
 
 
 # --------------------------------------------------------------------------- Python API
@@ -121,7 +123,7 @@ def export_onnx(
     sample_batch = 2 if dynamic else batch_size
     check_batches = [1, 2] if dynamic else [batch_size]
     if pairs is None:
-        pairs = random_pairs(max(check_batches), height, width)
+        pairs = random_pairs(max(check_batches), height, width, goldens=getattr(model, "num_golden", 1))
     a, b, inputs_note = pairs
     if a.shape[0] < max(check_batches):
         reps = -(-max(check_batches) // a.shape[0])
@@ -130,11 +132,12 @@ def export_onnx(
     start = time.perf_counter()
     verification: Optional[Verification] = None
     sample = tuple(torch.from_numpy(np.ascontiguousarray(x[:sample_batch])).to(device) for x in (a, b))
+    io = getattr(model, "io", SEGMENT_IO)
     with torch.inference_mode():
-        reference = [o.detach() for o in model(*sample)]
-    if len(reference) != len(OUTPUT_NAMES):
-        raise ModelError(f"the model returns {len(reference)} outputs; a ChangeNet returns {len(OUTPUT_NAMES)}")
-    num_classes = int(reference[-1].shape[1])
+        reference = [o.detach() for o in output_list(model(*sample))]
+    if len(reference) != len(io.outputs):
+        raise ModelError(f"the model returns {len(reference)} outputs; its contract has {len(io.outputs)}")
+    num_classes = int(reference[-1].shape[1]) if reference[-1].ndim > 1 else 2  # a distance decides pass / fail
     external = _parameter_bytes(model) > EXTERNAL_DATA_BYTES
     data_path = onnx_path.with_name(onnx_path.name + ".data") if external else None
 
@@ -147,7 +150,7 @@ def export_onnx(
         graph_model, split = to_inference_form(model) if split_transposed_conv else (model, 0)
         with tensorrt_plugin_form() if plugin else contextlib.nullcontext():
             used, notes = _export_graph(graph_model, sample, work_file, opset, dynamic, "dynamo" if plugin else exporter,
-                                        external, console, plugin)
+                                        external, console, plugin, io)
         if split:
             notes.append(f"{split} transposed convolutions exported as phase convolutions")
         if plugin:
@@ -173,7 +176,7 @@ def export_onnx(
     result = ExportResult(
         onnx_path=onnx_path, exporter=used, opset_version=opset, input_height=height, input_width=width,
         batch_size=batch_size, verification=verification, seconds=time.perf_counter() - start, notes=notes,
-        external_data=data_path, split_transposed_convs=split,
+        external_data=data_path, split_transposed_convs=split, io=io,
     )
     if sidecar is not None:
         from changenet.deploy.sidecar import write_sidecar
@@ -190,8 +193,8 @@ def sidecar_record(result: ExportResult, fields: Dict[str, object]) -> Dict[str,
         input_width=result.input_width,
         batch_size=result.batch_size,
         opset_version=result.opset_version,
-        input_names=list(INPUT_NAMES),
-        output_names=list(OUTPUT_NAMES),
+        input_names=list(result.io.inputs),
+        output_names=list(result.io.outputs),
         exporter=result.exporter,
         split_transposed_convs=result.split_transposed_convs,
         verification=result.verification.to_dict() if result.verification else None,
@@ -206,10 +209,12 @@ def export(cfg: DictConfig) -> Dict[str, object]:
     from changenet.data import class_names, class_palette
     from changenet.deploy.torch_predictor import pick_device
     from changenet.model import build_model
+    from changenet.task import (
+        input_size, is_classify, lighting_conditions, normalisation, num_classes, num_golden, size_keys,
+    )
     from changenet.train.checkpoint import load_model_from_checkpoint
 
     spec = cfg.export
-    seg = cfg.dataset.segment
     if spec.input_channel != 3:
         raise SpecError(
             f"spec key 'export.input_channel' is {spec.input_channel} but ChangeNet takes RGB image pairs; "
@@ -217,8 +222,13 @@ def export(cfg: DictConfig) -> Dict[str, object]:
         )
     checkpoint = require_path(cfg, "export.checkpoint", "export")
     onnx_path = Path(str(require(cfg, "export.onnx_file", "export"))).expanduser()
-    height = int(spec.input_height if spec.input_height is not None else seg.img_size)
-    width = int(spec.input_width if spec.input_width is not None else seg.img_size)
+    data_height, data_width = input_size(cfg)
+    height = int(spec.input_height if spec.input_height is not None else data_height)
+    width = int(spec.input_width if spec.input_width is not None else data_width)
+    if is_classify(cfg) and (height, width) != (data_height, data_width):
+        raise SpecError(f"export.input_height/input_width are {height}x{width} but the classifier's head is sized for "
+                        f"the data's {data_height}x{data_width} ({size_keys(cfg)}); leave them unset or set "
+                        f"export.input_height={data_height} export.input_width={data_width}")
     device = pick_device(spec.gpu_id, spec.on_cpu)
     # A shapes-only model on the meta device checks the input size before the (slow) checkpoint load.
     with torch.device("meta"):
@@ -230,17 +240,22 @@ def export(cfg: DictConfig) -> Dict[str, object]:
         checkpoint_sha256 = sha256_file(checkpoint)
     with _step(console, "Preparing verification inputs"):
         pairs = sample_pairs(cfg, 2 if spec.batch_size == -1 else spec.batch_size, height, width)
+    mean, std = normalisation(cfg)
     fields = {
-        "num_classes": int(seg.num_classes),
+        "task": str(cfg.task),
+        "num_classes": num_classes(cfg),
         "backbone": str(cfg.model.backbone.type),
-        "mean": [float(v) for v in seg.augmentation.mean],
-        "std": [float(v) for v in seg.augmentation.std],
-        "class_names": class_names(cfg),
-        "color_map": {str(i): [int(c) for c in rgb] for i, rgb in enumerate(class_palette(cfg))},
-        "align_corners": bool(cfg.model.decode_head.align_corners),
+        "mean": mean,
+        "std": std,
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": checkpoint_sha256,
     }
+    if is_classify(cfg):
+        fields.update(difference_module=str(cfg.model.classify.difference_module), num_golden=num_golden(cfg),
+                      lights=lighting_conditions(cfg), eval_margin=float(cfg.model.classify.eval_margin))
+    else:
+        fields.update(class_names=class_names(cfg), align_corners=bool(cfg.model.decode_head.align_corners),
+                      color_map={str(i): [int(c) for c in rgb] for i, rgb in enumerate(class_palette(cfg))})
     result = export_onnx(
         model, onnx_path, height, width, spec.batch_size, spec.opset_version, device=device, pairs=pairs,
         sidecar=fields, verbose=spec.verbose, console=console, split_transposed_conv=spec.split_transposed_conv,
@@ -283,7 +298,8 @@ def _exporter_order(exporter: str, opset: int) -> List[str]:
 
 
 def _export_graph(model: nn.Module, sample: Tuple[torch.Tensor, ...], path: Path, opset: int, dynamic: bool,
-                  exporter: str, external: bool, console: Console, plugin: bool = False) -> Tuple[str, List[str]]:
+                  exporter: str, external: bool, console: Console, plugin: bool = False,
+                  io: ModelIO = SEGMENT_IO) -> Tuple[str, List[str]]:
     """Write the ONNX graph to `path` with the first exporter that succeeds; (exporter used, notes)."""
     order = _exporter_order(exporter, opset)
     notes: List[str] = []
@@ -291,7 +307,7 @@ def _export_graph(model: nn.Module, sample: Tuple[torch.Tensor, ...], path: Path
         label = "torch.export" if attempt == "dynamo" else "TorchScript"
         try:
             with _step(console, f"Exporting to ONNX (opset {opset}, {label} exporter)"):
-                _run_exporter(model, sample, path, opset, dynamic, attempt, external, plugin)
+                _run_exporter(model, sample, path, opset, dynamic, attempt, external, plugin, io)
                 _require_opset(path, opset)
             return attempt, notes
         except Exception as exc:  # noqa: BLE001 - whatever broke one exporter, the other may still work
@@ -305,8 +321,8 @@ def _export_graph(model: nn.Module, sample: Tuple[torch.Tensor, ...], path: Path
 
 
 def _run_exporter(model: nn.Module, sample: Tuple[torch.Tensor, ...], path: Path, opset: int, dynamic: bool,
-                  exporter: str, external: bool, plugin: bool = False) -> None:
-    names = dict(input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES), verbose=False)
+                  exporter: str, external: bool, plugin: bool = False, io: ModelIO = SEGMENT_IO) -> None:
+    names = dict(input_names=list(io.inputs), output_names=list(io.outputs), verbose=False)
     if plugin:
         names["custom_translation_table"] = _tensorrt_plugin_translation()
     with _quiet_exporter(), torch.no_grad():
@@ -322,7 +338,7 @@ def _run_exporter(model: nn.Module, sample: Tuple[torch.Tensor, ...], path: Path
             if opset < DYNAMO_NATIVE_OPSET:
                 _convert_opset(path, opset)
         else:
-            axes = {name: {0: BATCH_AXIS} for name in INPUT_NAMES + OUTPUT_NAMES} if dynamic else None
+            axes = {name: {0: BATCH_AXIS} for name in io.inputs + io.outputs} if dynamic else None
             with _explicit_attention(opset):
                 torch.onnx.export(model, sample, str(path), dynamo=False, dynamic_axes=axes, opset_version=opset,
                                   do_constant_folding=True, **names)

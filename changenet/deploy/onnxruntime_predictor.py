@@ -8,7 +8,8 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from changenet.deploy.predictor import INPUT_NAMES, NUM_OUTPUTS, OUTPUT_NAMES, Predictor
+from changenet.deploy.contract import io_from_names
+from changenet.deploy.predictor import Predictor
 from changenet.deploy.sidecar import read_sidecar
 from changenet.errors import ModelError
 
@@ -51,34 +52,38 @@ class OnnxRuntimePredictor(Predictor):
             raise ModelError(f"ONNX Runtime cannot load '{path}': {str(exc).splitlines()[0]}") from None
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name: o for o in self.session.get_outputs()}
-        missing = [n for n in INPUT_NAMES if n not in inputs] + [n for n in OUTPUT_NAMES if n not in outputs]
+        io = io_from_names(inputs, str(path))
+        missing = [n for n in io.outputs if n not in outputs]
         if missing:
             raise ModelError(f"'{path}' is not a changenet model: it lacks {', '.join(missing)}")
-        classes = outputs[OUTPUT_NAMES[-1]].shape[1]
+        prediction = outputs[io.prediction].shape
+        classes = prediction[1] if len(prediction) > 1 else None  # a classifier's distance [B] has no classes
         if isinstance(classes, int) and classes != num_classes:  # the model's own shape: no sidecar needed
-            raise ModelError(f"'{path}' predicts {classes} classes but the spec says dataset.segment.num_classes={num_classes}")
-        shape = inputs["input0"].shape  # [B, 3, H, W]; symbolic dims are strings
+            raise ModelError(f"'{path}' predicts {classes} classes but the spec says "
+                             f"dataset.{io.task}.num_classes={num_classes}")
+        shape = inputs[io.inputs[0]].shape  # [B, 3, H, W]; symbolic dims are strings
         fixed_batch = shape[0] if isinstance(shape[0], int) else None
         size = (shape[2], shape[3]) if all(isinstance(d, int) for d in shape[2:]) else None
         super().__init__(num_classes, input_size=size, fixed_batch_size=fixed_batch,
-                         multi_scale_infer=multi_scale_infer, align_corners=align_corners)
+                         multi_scale_infer=multi_scale_infer, align_corners=align_corners, io=io)
         self.path = path
         self.providers = self.session.get_providers()
 
     @classmethod
     def from_onnx(cls, onnx_path: str | os.PathLike, cfg) -> "OnnxRuntimePredictor":
         """Build from a spec; the model's sidecar (when present) must agree on num_classes."""
-        seg = cfg.dataset.segment
+        block = cfg.dataset[cfg.task]
         meta = read_sidecar(onnx_path)
-        if meta.get("num_classes") not in (None, seg.num_classes):
+        if meta.get("num_classes") not in (None, block.num_classes):
             raise ModelError(
                 f"'{onnx_path}' was exported for {meta['num_classes']} classes but the spec says "
-                f"dataset.segment.num_classes={seg.num_classes}"
+                f"dataset.{cfg.task}.num_classes={block.num_classes}"
             )
-        return cls(onnx_path, seg.num_classes, multi_scale_infer=seg.multi_scale_infer,
+        if cfg.task == "classify":
+            return cls(onnx_path, block.num_classes)
+        return cls(onnx_path, block.num_classes, multi_scale_infer=block.multi_scale_infer,
                    align_corners=cfg.model.decode_head.align_corners)
 
     def _forward(self, a: np.ndarray, b: np.ndarray) -> List[np.ndarray]:
-        outputs = self.session.run(list(OUTPUT_NAMES), {"input0": a, "input1": b})
-        assert len(outputs) == NUM_OUTPUTS
-        return outputs
+        first, second = self.io.inputs
+        return self.session.run(list(self.io.outputs), {first: a, second: b})

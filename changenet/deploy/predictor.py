@@ -2,7 +2,9 @@
 
 A backend implements `_forward` on a batch that already fits its limits; this base class does the
 host-side work they all share: shape checks, splitting/padding batches to the backend's batch
-limits, and turning the five decoder outputs into class scores.
+limits, and (segmentation) turning the five decoder outputs into class scores. The model's tensor
+names and outputs follow its task's contract (contract.py): a change-segmentation model returns five
+logit maps, a classification model one output (logits or a distance).
 """
 
 from __future__ import annotations
@@ -14,12 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from changenet.deploy.contract import SEGMENT_IO, ModelIO
 from changenet.errors import ModelError
-
-NUM_OUTPUTS = 5  # [p_c4, p_c3, p_c2, p_c1, final]
-# The exported model's tensor names (DESIGN.md export contract), outputs in decoder order.
-INPUT_NAMES = ("input0", "input1")
-OUTPUT_NAMES = ("output0", "output1", "output2", "output3", "output_final")
 
 
 class Predictor(ABC):
@@ -36,7 +34,9 @@ class Predictor(ABC):
         min_batch_size: int = 1,
         multi_scale_infer: bool = False,
         align_corners: bool = False,
+        io: ModelIO = SEGMENT_IO,
     ) -> None:
+        self.io = io
         self.num_classes = int(num_classes)
         self.input_size = tuple(input_size) if input_size is not None else None  # (H, W) or any
         self.fixed_batch_size = fixed_batch_size
@@ -53,7 +53,7 @@ class Predictor(ABC):
     # ------------------------------------------------------------------ to implement
     @abstractmethod
     def _forward(self, a: np.ndarray, b: np.ndarray) -> List[np.ndarray]:
-        """Run the model on a batch within the backend's limits; return the 5 outputs (logits)."""
+        """Run the model on a batch within the backend's limits; return its outputs (the contract's order)."""
 
     def _forward_chunks(self, chunks: List[Tuple[np.ndarray, np.ndarray]]) -> List[List[np.ndarray]]:
         """All chunks of one call; a backend that can overlap chunks (TensorRT streams) overrides this."""
@@ -70,15 +70,19 @@ class Predictor(ABC):
 
     # ------------------------------------------------------------------ shared host-side logic
     def check_inputs(self, a: np.ndarray, b: np.ndarray) -> None:
-        if a.shape != b.shape:
+        # Classification's second input may hold several golden images per test image: [B, N, 3, H, W].
+        golden_stack = self.io.task == "classify" and b.ndim == 5
+        if (b.shape[0], *b.shape[-3:]) != a.shape if golden_stack else a.shape != b.shape:
             raise ModelError(f"input pair shapes differ: A {tuple(a.shape)} vs B {tuple(b.shape)}")
         if a.ndim != 4 or a.shape[1] != 3:
             raise ModelError(f"inputs must be [B, 3, H, W], got {tuple(a.shape)}")
         if self.input_size is not None and tuple(a.shape[-2:]) != self.input_size:
             h, w = self.input_size
+            fix = (f"dataset.segment.img_size={h}" if self.io.task == "segment"
+                   else f"dataset.classify.image_height={h} dataset.classify.image_width={w}")
             raise ModelError(
                 f"this {self.backend} model takes {h}x{w} inputs but the data is {a.shape[-2]}x{a.shape[-1]}; "
-                f"set dataset.segment.img_size={h} (or export/build the model for this size)"
+                f"set {fix} (or export/build the model for this size)"
             )
 
     def batch_plan(self, batch: int) -> List[Tuple[int, int, int]]:
@@ -93,23 +97,24 @@ class Predictor(ABC):
         return plan
 
     def forward_all(self, a: np.ndarray, b: np.ndarray) -> List[np.ndarray]:
-        """The 5 raw outputs for any batch size: split into chunks, pad fixed batches, stitch back."""
+        """The raw outputs for any batch size: split into chunks, pad fixed batches, stitch back."""
         a = np.ascontiguousarray(a, dtype=np.float32)
         b = np.ascontiguousarray(b, dtype=np.float32)
         self.check_inputs(a, b)
         plan = self.batch_plan(a.shape[0])
         # Short chunks repeat their last pair up to the padded size; those outputs are dropped below.
         chunks = [(_pad_batch(a[start:stop], padded), _pad_batch(b[start:stop], padded)) for start, stop, padded in plan]
+        count = len(self.io.outputs)
         pieces: List[List[np.ndarray]] = []
         for (start, stop, _), outputs in zip(plan, self._forward_chunks(chunks)):
-            if len(outputs) != NUM_OUTPUTS:
-                raise ModelError(f"{self.backend} model returned {len(outputs)} outputs, expected {NUM_OUTPUTS}")
+            if len(outputs) != count:
+                raise ModelError(f"{self.backend} model returned {len(outputs)} outputs, expected {count}")
             pieces.append([o[: stop - start] for o in outputs])
-        merged = [np.concatenate([p[i] for p in pieces]) for i in range(NUM_OUTPUTS)]
-        if merged[-1].shape[1] != self.num_classes:
+        merged = [np.concatenate([p[i] for p in pieces]) for i in range(count)]
+        if merged[-1].ndim >= 2 and merged[-1].shape[1] != self.num_classes:  # a distance [B] has no classes
             raise ModelError(
                 f"{self.backend} model predicts {merged[-1].shape[1]} classes but the spec says "
-                f"dataset.segment.num_classes={self.num_classes}"
+                f"dataset.{self.io.task}.num_classes={self.num_classes}"
             )
         return merged
 

@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from changenet.deploy.contract import SEGMENT_IO
 from changenet.deploy.predictor import Predictor
 from changenet.errors import SpecError, UnsupportedError
 
@@ -28,6 +29,11 @@ class CapturedForward:
     b: torch.Tensor
     graph: "torch.cuda.CUDAGraph"
     outputs: List[torch.Tensor]
+
+
+def output_list(result) -> List[torch.Tensor]:
+    """A model's outputs as a list: segmentation models return five, a classifier one tensor."""
+    return [result] if isinstance(result, torch.Tensor) else list(result)
 
 
 def pick_device(gpu_id: int = 0, on_cpu: bool = False) -> torch.device:
@@ -56,7 +62,8 @@ class TorchPredictor(Predictor):
         precision: str = "fp32",
         cuda_graphs: bool = False,
     ) -> None:
-        super().__init__(num_classes, multi_scale_infer=multi_scale_infer, align_corners=align_corners)
+        super().__init__(num_classes, multi_scale_infer=multi_scale_infer, align_corners=align_corners,
+                         io=getattr(model, "io", SEGMENT_IO))
         if precision not in AUTOCAST_DTYPES:
             raise SpecError(f"torch precision must be one of {', '.join(AUTOCAST_DTYPES)}, got '{precision}'")
         self.device = torch.device(device) if device is not None else pick_device()
@@ -84,6 +91,8 @@ class TorchPredictor(Predictor):
         from changenet.train.checkpoint import load_model_from_checkpoint
 
         model = load_model_from_checkpoint(path, cfg)
+        if cfg.task == "classify":
+            return cls(model, cfg.dataset.classify.num_classes, device=device, **kwargs)
         seg = cfg.dataset.segment
         return cls(model, seg.num_classes, multi_scale_infer=seg.multi_scale_infer,
                    align_corners=cfg.model.decode_head.align_corners, device=device, **kwargs)
@@ -99,7 +108,7 @@ class TorchPredictor(Predictor):
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(array).to(self.device, non_blocking=True)
-        if self.channels_last:
+        if self.channels_last and tensor.ndim == 4:  # (several golden images per item come as 5-D)
             tensor = tensor.contiguous(memory_format=torch.channels_last)
         return tensor
 
@@ -114,7 +123,7 @@ class TorchPredictor(Predictor):
             outputs = self._replay(a, b)
         else:
             with torch.inference_mode(), self._autocast():
-                outputs = self.model(self._to_device(a), self._to_device(b))
+                outputs = output_list(self.model(self._to_device(a), self._to_device(b)))
         return [o.float().cpu().numpy() for o in outputs]
 
     def _replay(self, a: np.ndarray, b: np.ndarray) -> List[torch.Tensor]:
@@ -140,7 +149,7 @@ class TorchPredictor(Predictor):
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.no_grad(), self._autocast(cache_enabled=False), torch.cuda.graph(graph):
-            outputs = list(self.model(static_a, static_b))
+            outputs = output_list(self.model(static_a, static_b))
         return CapturedForward(static_a, static_b, graph, outputs)
 
     def close(self) -> None:

@@ -15,11 +15,12 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from changenet.deploy.predictor import INPUT_NAMES, NUM_OUTPUTS, OUTPUT_NAMES, Predictor
+from changenet.deploy.contract import SEGMENT_IO, ModelIO, io_from_names
+from changenet.deploy.predictor import Predictor
 from changenet.deploy.sidecar import read_sidecar
 from changenet.deploy.tensorrt_api import TensorRT, gpu_compute_capabilities, load_tensorrt, make_logger, select_gpu
 from changenet.errors import ModelError, SpecError, UnsupportedError
@@ -43,15 +44,15 @@ class TensorSpec:
     is_input: bool
 
 
-def ordered_outputs(names: Sequence[str], engine_path: str | os.PathLike) -> List[str]:
-    """The engine's output names in decoder order (output0..output3, output_final)."""
-    missing = [name for name in OUTPUT_NAMES if name not in names]
+def ordered_outputs(names: Sequence[str], engine_path: str | os.PathLike, io: ModelIO = SEGMENT_IO) -> List[str]:
+    """The engine's output names in the contract's order (segmentation: output0..output3, output_final)."""
+    missing = [name for name in io.outputs if name not in names]
     if missing:
         raise ModelError(
             f"engine '{engine_path}' is not a changenet model: it lacks output(s) {', '.join(missing)} "
             f"(it has {', '.join(names) or 'none'})"
         )
-    return list(OUTPUT_NAMES)
+    return list(io.outputs)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class EngineLayout:
     outputs: Tuple[TensorSpec, ...]
     min_batch: int
     max_batch: int
+    io: ModelIO = SEGMENT_IO
 
     @classmethod
     def from_tensors(
@@ -72,15 +74,14 @@ class EngineLayout:
     ) -> "EngineLayout":
         """`profiles`: input name -> (min, opt, max) shapes of optimisation profile 0."""
         by_name = {t.name: t for t in tensors}
-        missing = [name for name in INPUT_NAMES if name not in by_name or not by_name[name].is_input]
-        if missing:
-            raise ModelError(f"engine '{engine_path}' is not a changenet model: it lacks input(s) {', '.join(missing)}")
-        inputs = tuple(by_name[name] for name in INPUT_NAMES)
+        io = io_from_names([t.name for t in tensors if t.is_input], str(engine_path))
+        inputs = tuple(by_name[name] for name in io.inputs)
         outputs = tuple(
-            by_name[name] for name in ordered_outputs([t.name for t in tensors if not t.is_input], engine_path)
+            by_name[name] for name in ordered_outputs([t.name for t in tensors if not t.is_input], engine_path, io)
         )
         for spec in inputs + outputs:
-            if len(spec.shape) != 4 or any(dim < 1 for dim in spec.shape[1:]):
+            # Segmentation tensors are [B, C, H, W]; a classifier's golden stack is 5-D, its output 1-D or 2-D.
+            if (io.task == "segment" and len(spec.shape) != 4) or any(dim < 1 for dim in spec.shape[1:]):
                 raise ModelError(
                     f"engine '{engine_path}' tensor {spec.name} has shape {list(spec.shape)}; only the batch axis "
                     "may be dynamic: export with fixed export.input_height/input_width and rebuild"
@@ -94,9 +95,9 @@ class EngineLayout:
                 )
             batches.add((low[0], high[0]))
         if len(batches) != 1:
-            raise ModelError(f"engine '{engine_path}' has different batch ranges for input0 and input1")
+            raise ModelError(f"engine '{engine_path}' has different batch ranges for {io.inputs[0]} and {io.inputs[1]}")
         ((min_batch, max_batch),) = batches
-        return cls(inputs, outputs, int(min_batch), int(max_batch))
+        return cls(inputs, outputs, int(min_batch), int(max_batch), io)
 
     @property
     def input_size(self) -> Tuple[int, int]:
@@ -120,8 +121,11 @@ def _version_key(version: str) -> Tuple[str, ...]:
     return tuple(str(version).split("."))[:3]  # major.minor.patch; the build number does not matter
 
 
+SizeSpec = Optional[Union[int, Tuple[int, int]]]  # a square side (segmentation) or (height, width)
+
+
 def check_engine_metadata(
-    meta: Mapping[str, Any], engine_path: str | os.PathLike, num_classes: int, img_size: Optional[int]
+    meta: Mapping[str, Any], engine_path: str | os.PathLike, num_classes: int, img_size: SizeSpec, task: str = "segment"
 ) -> None:
     """The engine sidecar against the spec: classes and input size."""
     if meta.get("kind") != ENGINE_KIND:
@@ -131,35 +135,39 @@ def check_engine_metadata(
     if int(meta["num_classes"]) != int(num_classes):
         raise ModelError(
             f"engine '{engine_path}' predicts {meta['num_classes']} classes but the spec says "
-            f"dataset.segment.num_classes={num_classes}"
+            f"dataset.{task}.num_classes={num_classes}"
         )
-    size = (int(meta["input_height"]), int(meta["input_width"]))
-    if img_size is not None and size != (img_size, img_size):
-        raise ModelError(
-            f"engine '{engine_path}' takes {size[0]}x{size[1]} inputs but dataset.segment.img_size={img_size}; "
-            f"set dataset.segment.img_size={size[0]} or build an engine from an export at {img_size}x{img_size}"
-        )
+    _check_size((int(meta["input_height"]), int(meta["input_width"])), img_size, engine_path, task)
 
 
-def check_engine_layout(
-    layout: EngineLayout, engine_path: str | os.PathLike, num_classes: int, img_size: Optional[int]
-) -> None:
-    """The engine's own tensors against the spec: classes (channels of output_final) and input size.
+def check_engine_layout(layout: EngineLayout, engine_path: str | os.PathLike, num_classes: int, img_size: SizeSpec) -> None:
+    """The engine's own tensors against the spec: classes (channels of the prediction) and input size.
 
     The one check an engine without a sidecar (built by TAO Deploy or trtexec) gets, and a second one
     for ours.
     """
-    classes = int(layout.outputs[-1].shape[1])
-    if classes != int(num_classes):
+    prediction = layout.outputs[-1].shape
+    if len(prediction) > 1 and int(prediction[1]) != int(num_classes):  # (a classifier's distance has no classes)
         raise ModelError(
-            f"engine '{engine_path}' predicts {classes} classes but the spec says dataset.segment.num_classes={num_classes}"
+            f"engine '{engine_path}' predicts {prediction[1]} classes but the spec says "
+            f"dataset.{layout.io.task}.num_classes={num_classes}"
         )
-    size = layout.input_size
-    if img_size is not None and tuple(size) != (img_size, img_size):
-        raise ModelError(
-            f"engine '{engine_path}' takes {size[0]}x{size[1]} inputs but dataset.segment.img_size={img_size}; "
-            f"set dataset.segment.img_size={size[0]} or build an engine from an export at {img_size}x{img_size}"
-        )
+    _check_size(tuple(layout.input_size), img_size, engine_path, layout.io.task)
+
+
+def _check_size(size: Tuple[int, int], img_size: SizeSpec, engine_path: str | os.PathLike, task: str) -> None:
+    if img_size is None:
+        return
+    wanted = tuple(img_size) if isinstance(img_size, (tuple, list)) else (img_size, img_size)
+    if tuple(size) == wanted:
+        return
+    if task == "classify":
+        raise ModelError(f"engine '{engine_path}' takes {size[0]}x{size[1]} inputs but the spec's images make "
+                         f"{wanted[0]}x{wanted[1]}; build an engine from an export at that size")
+    raise ModelError(
+        f"engine '{engine_path}' takes {size[0]}x{size[1]} inputs but dataset.segment.img_size={wanted[0]}; "
+        f"set dataset.segment.img_size={size[0]} or build an engine from an export at {wanted[0]}x{wanted[0]}"
+    )
 
 
 def check_engine_runtime(
@@ -270,7 +278,7 @@ class TensorRTPredictor(Predictor):
         align_corners: bool = False,
         gpu_id: int = 0,
         streams: int = 2,
-        img_size: Optional[int] = None,
+        img_size: SizeSpec = None,
     ) -> None:
         """img_size: the spec's input size, checked against the engine's (None: not checked)."""
         self._slots: List[_StreamSlot] = []
@@ -300,6 +308,7 @@ class TensorRTPredictor(Predictor):
             min_batch_size=self.layout.min_batch,
             multi_scale_infer=multi_scale_infer,
             align_corners=align_corners,
+            io=self.layout.io,
         )
         self.path = path
         self.metadata = meta
@@ -312,22 +321,22 @@ class TensorRTPredictor(Predictor):
     def from_engine(cls, engine_path: str | os.PathLike, cfg: Any, gpu_id: int = 0) -> "TensorRTPredictor":
         """Load an engine for a spec; its sidecar (when there is one) and its tensors must agree with the
         spec's classes and image size."""
-        seg = cfg.dataset.segment
         path = Path(engine_path)
+        if cfg.task == "classify":
+            from changenet.task import input_size
+
+            classes, size, options = int(cfg.dataset.classify.num_classes), input_size(cfg), {}
+        else:
+            seg = cfg.dataset.segment
+            classes, size = int(seg.num_classes), int(seg.img_size)
+            options = {"multi_scale_infer": seg.multi_scale_infer, "align_corners": cfg.model.decode_head.align_corners}
         meta = _engine_sidecar(path)
         if meta:
-            check_engine_metadata(meta, path, seg.num_classes, seg.img_size)
+            check_engine_metadata(meta, path, classes, size, cfg.task)
         else:
             log.warning("engine '%s' has no changenet sidecar (%s.json; engines of TAO Deploy and trtexec have none): "
                         "inputs, outputs and profile are read from the engine itself", path, path.name)
-        return cls(
-            path,
-            seg.num_classes,
-            multi_scale_infer=seg.multi_scale_infer,
-            align_corners=cfg.model.decode_head.align_corners,
-            gpu_id=gpu_id,
-            img_size=int(seg.img_size),
-        )
+        return cls(path, classes, gpu_id=gpu_id, img_size=size, **options)
 
     def _forward(self, a: np.ndarray, b: np.ndarray) -> List[np.ndarray]:
         return self._forward_chunks([(a, b)])[0]

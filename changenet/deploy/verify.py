@@ -2,8 +2,9 @@
 
 Polygraphy's Comparator drives both sides: each backend is a changenet Predictor wrapped in a small
 Polygraphy runner, so the check goes through the same code that evaluation and inference use. The
-pass rule is ours (Polygraphy's compare functions test tolerances, not class agreement): the
-per-pixel argmax of `output_final` must agree on at least `min_agreement` of the pixels.
+pass rule is ours (Polygraphy's compare functions test tolerances, not class agreement): the argmax
+of the prediction output (per pixel for segmentation, per pair for a classifier's logits) must agree
+on at least `min_agreement` of the cases; a classifier's distance output must agree to 1e-3 (relative).
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ from omegaconf import DictConfig
 from changenet.deploy.predictor import Predictor
 from changenet.errors import ModelError
 
-INPUT_NAMES = ("input0", "input1")
-OUTPUT_NAMES = ("output0", "output1", "output2", "output3", "output_final")
+DISTANCE_TOLERANCE = 1e-3  # relative: a classifier's distances count as agreeing within it
 MIN_AGREEMENT = 0.999  # share of pixels whose predicted class must match PyTorch
 Pairs = Tuple[np.ndarray, np.ndarray, str]  # A, B (normalised [N, 3, H, W] float32) and where they came from
 
@@ -33,9 +33,9 @@ class BatchCheck:
     """Figures of one verification run at one batch size."""
 
     batch_size: int
-    max_abs_diff: float  # output_final
+    max_abs_diff: float  # the prediction output (segmentation: output_final)
     max_abs_diff_all_outputs: float
-    argmax_agreement: float  # share of output_final pixels with the same class
+    argmax_agreement: float  # share of pixels (or pairs) with the same class (or distance, within tolerance)
     onnxruntime_ms: float
     torch_ms: float
 
@@ -82,28 +82,40 @@ def check_graph(onnx_path: str | os.PathLike) -> onnx.ModelProto:
 
 
 def sample_pairs(cfg: DictConfig, count: int, height: int, width: int, seed: int = 0) -> Pairs:
-    """`count` normalised image pairs [count, 3, H, W]: from the test (or val) split when the spec's
-    dataset exists, else random images; plus a note saying which."""
+    """`count` normalised input pairs [count, 3, H, W] (classification with several golden images:
+    B [count, N, 3, H, W]): from the test (or val) split when the spec's data exists, else random images;
+    plus a note saying which."""
+    from changenet.task import normalisation, num_golden
+
     real = _dataset_pairs(cfg, count, height, width)
     if real is not None:
         return real
-    return random_pairs(count, height, width, cfg.dataset.segment.augmentation.mean, cfg.dataset.segment.augmentation.std, seed)
+    mean, std = normalisation(cfg)
+    return random_pairs(count, height, width, mean, std, seed, goldens=num_golden(cfg))
 
 
 def random_pairs(count: int, height: int, width: int, mean: Sequence[float] = (0.5, 0.5, 0.5),
-                 std: Sequence[float] = (0.5, 0.5, 0.5), seed: int = 0) -> Pairs:
+                 std: Sequence[float] = (0.5, 0.5, 0.5), seed: int = 0, goldens: int = 1) -> Pairs:
     """Random 8-bit images normalised like real ones, so the values span the range the model sees."""
     rng = np.random.default_rng(seed)
-    mean_ = np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)
-    std_ = np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1)
-    a, b = ((rng.integers(0, 256, size=(count, 3, height, width)) / 255.0 - mean_) / std_ for _ in range(2))
+    mean_ = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
+    std_ = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
+    shape_b = (count, goldens, 3, height, width) if goldens > 1 else (count, 3, height, width)
+    a, b = ((rng.integers(0, 256, size=shape) / 255.0 - mean_) / std_ for shape in ((count, 3, height, width), shape_b))
     return a.astype(np.float32), b.astype(np.float32), "random images"
 
 
-def _dataset_pairs(cfg: DictConfig, count: int, height: int, width: int) -> Optional[Pairs]:
+def _has_data(cfg: DictConfig) -> bool:
     from changenet.config import is_set
 
-    if not is_set(cfg, "dataset.segment.root_dir") or not Path(str(cfg.dataset.segment.root_dir)).is_dir():
+    if cfg.task == "classify":
+        return any(is_set(cfg, f"dataset.classify.{key}.csv_path") and Path(str(cfg.dataset.classify[key].csv_path)).is_file()
+                   for key in ("test_dataset", "validation_dataset"))
+    return is_set(cfg, "dataset.segment.root_dir") and Path(str(cfg.dataset.segment.root_dir)).is_dir()
+
+
+def _dataset_pairs(cfg: DictConfig, count: int, height: int, width: int) -> Optional[Pairs]:
+    if not _has_data(cfg):
         return None
     import torch
     import torch.nn.functional as F
@@ -123,7 +135,8 @@ def _dataset_pairs(cfg: DictConfig, count: int, height: int, width: int) -> Opti
         b = torch.stack([torch.as_tensor(item["B"]) for item in items])
         if tuple(a.shape[-2:]) != (height, width):  # export size differs from img_size: resample the pair
             a = F.interpolate(a, size=(height, width), mode="bilinear", align_corners=False)
-            b = F.interpolate(b, size=(height, width), mode="bilinear", align_corners=False)
+            b = F.interpolate(b.flatten(0, -4), size=(height, width), mode="bilinear",
+                              align_corners=False).reshape(*b.shape[:-2], height, width)
         names = ", ".join(str(item["name"]) for item in items[: min(count, 2)])
         return a.numpy(), b.numpy(), f"{stage} split ({names})"
     return None
@@ -144,15 +157,16 @@ def _runner_class():
         def get_input_metadata_impl(self) -> TensorMetadata:
             height, width = self.predictor.input_size or (None, None)
             meta = TensorMetadata()
-            for name in INPUT_NAMES:
+            for name in self.predictor.io.inputs:
                 meta.add(name, np.float32, (self.predictor.fixed_batch_size, 3, height, width))
             return meta
 
         def infer_impl(self, feed_dict):
+            first, second = self.predictor.io.inputs
             start = time.perf_counter()
-            outputs = self.predictor.forward_all(feed_dict["input0"], feed_dict["input1"])
+            outputs = self.predictor.forward_all(feed_dict[first], feed_dict[second])
             self.inference_time = time.perf_counter() - start
-            return OrderedDict(zip(OUTPUT_NAMES, outputs))
+            return OrderedDict(zip(self.predictor.io.outputs, outputs))
 
     return PredictorRunner
 
@@ -172,27 +186,31 @@ def compare(
 
     runner_class = _runner_class()
     runners = [runner_class(onnx_predictor, "onnxruntime"), runner_class(torch_predictor, "torch")]
-    feeds = [OrderedDict(input0=a[:n], input1=b[:n]) for n in batch_sizes]
+    io = torch_predictor.io
+    feeds = [OrderedDict([(io.inputs[0], a[:n]), (io.inputs[1], b[:n])]) for n in batch_sizes]
     with G_LOGGER.verbosity(G_LOGGER.ERROR):  # its per-runner INFO lines would break our progress display
         results = Comparator.run(runners, data_loader=feeds)
     by_runner = dict(results.items())
     verification = Verification(inputs=inputs_note, min_agreement=min_agreement)
     for n, onnx_result, torch_result in zip(batch_sizes, by_runner["onnxruntime"], by_runner["torch"]):
-        verification.checks.append(_batch_figures(n, onnx_result, torch_result))
+        verification.checks.append(_batch_figures(n, onnx_result, torch_result, io.outputs))
     return verification
 
 
-def _batch_figures(batch_size: int, onnx_result, torch_result) -> BatchCheck:
+def _batch_figures(batch_size: int, onnx_result, torch_result, names: Sequence[str]) -> BatchCheck:
     diffs = []
-    for name in OUTPUT_NAMES:
+    for name in names:
         got, want = np.asarray(onnx_result[name]), np.asarray(torch_result[name])
         if got.shape != want.shape:
             raise ModelError(f"ONNX output '{name}' has shape {got.shape} but PyTorch gives {want.shape}")
         if not np.isfinite(got).all() and np.isfinite(want).all():
             raise ModelError(f"ONNX output '{name}' holds NaN/inf where PyTorch is finite; the export is broken")
         diffs.append(float(np.abs(got.astype(np.float64) - want).max()))
-    got, want = np.asarray(onnx_result["output_final"]), np.asarray(torch_result["output_final"])
-    agreement = float((got.argmax(axis=1) == want.argmax(axis=1)).mean())
+    got, want = np.asarray(onnx_result[names[-1]]), np.asarray(torch_result[names[-1]])
+    if got.ndim >= 2:
+        agreement = float((got.argmax(axis=1) == want.argmax(axis=1)).mean())
+    else:  # a distance per pair
+        agreement = float((np.abs(got - want) <= DISTANCE_TOLERANCE * (1 + np.abs(want))).mean())
     return BatchCheck(
         batch_size=batch_size,
         max_abs_diff=diffs[-1],

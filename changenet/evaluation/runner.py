@@ -1,4 +1,4 @@
-"""`changenet evaluate` and `changenet inference`: one loop for every backend.
+"""`changenet evaluate` and `changenet inference`: one loop for every backend (task classify: classify.py).
 
 The Predictor (PyTorch checkpoint, ONNX Runtime or TensorRT) is the only part that differs; data
 loading, metrics and the writing of masks and pictures are shared. Files are written by a small
@@ -91,6 +91,10 @@ def _stem_png(name: str) -> str:
 # --------------------------------------------------------------------------- evaluate
 def evaluate(cfg: DictConfig) -> Dict[str, object]:
     """Metrics of the model named in `evaluate.*` on the test split; writes metrics.json and pictures."""
+    if cfg.task == "classify":
+        from changenet.evaluation.classify import evaluate_classifier
+
+        return evaluate_classifier(cfg)
     source_key, source_path = model_source(cfg, "evaluate")  # spec mistakes first, before any loading
     from changenet.data import class_names, class_palette, denormalize, write_png
 
@@ -153,15 +157,19 @@ def _scores_at_size(scores: np.ndarray, height: int, width: int, align_corners: 
 
 
 def inference(cfg: DictConfig) -> Dict[str, object]:
-    """Masks (class index + colour) for the predict split, plus side-by-side pictures."""
+    """Masks (class index + colour) for the predict split, plus side-by-side pictures (task classify:
+    scores of the infer CSV's objects, see classify.py)."""
+    if cfg.task == "classify":
+        from changenet.evaluation.classify import infer_classifier
+
+        return infer_classifier(cfg)
     model_source(cfg, "inference")  # spec mistakes first, before any loading
     if cfg.inference.tiling.enable:  # whole scenes at full resolution, window by window
         from changenet.tiling import tiled_inference
 
         return tiled_inference(cfg)
-    from changenet.data import class_names, class_palette, denormalize, write_png
+    from changenet.data import class_palette, denormalize, write_png
 
-    seg = cfg.dataset.segment
     out_dir = Path(cfg.inference.results_dir)
     loader = _loader(cfg, "inference", "predict")
     colours = class_palette(cfg)

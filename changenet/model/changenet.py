@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from typing import List
+from typing import List, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from changenet.config.loader import is_set, require_path
+from changenet.deploy.contract import SEGMENT_IO
 from changenet.errors import SpecError
 from changenet.model.decoder import ChangeDecoder
 from changenet.model.registry import create_backbone
@@ -21,16 +22,13 @@ from changenet.model.weights import load_backbone_weights, load_pretrained_model
 log = logging.getLogger(__name__)
 
 
-class ChangeNet(nn.Module):
-    """forward(img_a, img_b) -> [p_c4, p_c3, p_c2, p_c1, final] logits; inputs normalised [B, 3, H, W].
+class SiameseModel(nn.Module):
+    """One backbone shared by both images; the head is the subclass's. The backbone is registered first
+    (TAO's parameter order)."""
 
-    Its state_dict is TAO's ChangeNetSegment's (`backbone.*`, `decoder.*`).
-    """
-
-    def __init__(self, backbone: nn.Module, decoder: ChangeDecoder) -> None:
+    def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
         self.backbone = backbone
-        self.decoder = decoder
         self.backbone_frozen = False
 
     def freeze_backbone(self) -> None:
@@ -39,11 +37,24 @@ class ChangeNet(nn.Module):
         self.backbone.requires_grad_(False)
         self.backbone.eval()
 
-    def train(self, mode: bool = True) -> "ChangeNet":
+    def train(self, mode: bool = True) -> "SiameseModel":
         super().train(mode)
         if self.backbone_frozen:
             self.backbone.eval()
         return self
+
+
+class ChangeNet(SiameseModel):
+    """forward(img_a, img_b) -> [p_c4, p_c3, p_c2, p_c1, final] logits; inputs normalised [B, 3, H, W].
+
+    Its state_dict is TAO's ChangeNetSegment's (`backbone.*`, `decoder.*`).
+    """
+
+    io = SEGMENT_IO
+
+    def __init__(self, backbone: nn.Module, decoder: ChangeDecoder) -> None:
+        super().__init__(backbone)
+        self.decoder = decoder
 
     def forward(self, img_a: torch.Tensor, img_b: torch.Tensor) -> List[torch.Tensor]:
         if self.training:
@@ -55,13 +66,18 @@ class ChangeNet(nn.Module):
         return self.decoder([level[:batch] for level in pyramid], [level[batch:] for level in pyramid])
 
 
-def build_model(cfg: DictConfig, load_pretrained: bool = True, **backbone_kwargs) -> ChangeNet:
-    """The ChangeNet the spec describes (model.*, dataset.segment.num_classes/img_size).
+def build_model(cfg: DictConfig, load_pretrained: bool = True, **backbone_kwargs) -> nn.Module:
+    """The model the spec describes: a ChangeNet (task segment: model.*, dataset.segment.num_classes/img_size)
+    or a ChangeNetClassifier (task classify, see classifier.py).
 
     load_pretrained: also load model.backbone.pretrained_backbone_path and train.pretrained_model_path
     when set (pass False when the weights come from a checkpoint anyway).
     backbone_kwargs: architecture overrides for the backbone factory (e.g. depth=2 for quick tests).
     """
+    if cfg.task == "classify":
+        from changenet.model.classifier import build_classifier
+
+        return build_classifier(cfg, load_pretrained, **backbone_kwargs)
     backbone_cfg, head = cfg.model.backbone, cfg.model.decode_head
     seg = cfg.dataset.segment
     name = str(backbone_cfg.type)
@@ -73,12 +89,7 @@ def build_model(cfg: DictConfig, load_pretrained: bool = True, **backbone_kwargs
         backbone_kwargs.setdefault("use_summary_token", bool(head.use_summary_token))
         backbone_kwargs.setdefault("img_size", int(seg.img_size))
     backbone = create_backbone(name, **backbone_kwargs)
-    in_index = [int(i) for i in head.in_index]
-    check_in_index(in_index, len(backbone.strides))
-    strides = [backbone.strides[i] for i in in_index]
-    channels = [backbone.out_channels[i] for i in in_index]
-    note_spec_disagreement(cfg, "model.decode_head.feature_strides", strides, name)
-    note_spec_disagreement(cfg, "model.decode_head.in_channels", channels, name)
+    in_index, strides, channels = decoder_levels(cfg, backbone, name)
     check_input_size(backbone, int(seg.img_size), name)
 
     decoder = ChangeDecoder(
@@ -88,13 +99,29 @@ def build_model(cfg: DictConfig, load_pretrained: bool = True, **backbone_kwargs
         embed_dim=int(head.decoder_params.embed_dim),
         in_index=in_index,
     )
-    model = ChangeNet(backbone, decoder)
+    return with_spec_weights(ChangeNet(backbone, decoder), cfg, load_pretrained)
+
+
+def decoder_levels(cfg: DictConfig, backbone: nn.Module, name: str):
+    """(in_index, strides, channels) of the backbone levels the head reads (model.decode_head.in_index);
+    the spec's feature_strides / in_channels are only checked against the backbone's."""
+    in_index = [int(i) for i in cfg.model.decode_head.in_index]
+    check_in_index(in_index, len(backbone.strides))
+    strides = [backbone.strides[i] for i in in_index]
+    channels = [backbone.out_channels[i] for i in in_index]
+    note_spec_disagreement(cfg, "model.decode_head.feature_strides", strides, name)
+    note_spec_disagreement(cfg, "model.decode_head.in_channels", channels, name)
+    return in_index, strides, channels
+
+
+def with_spec_weights(model: SiameseModel, cfg: DictConfig, load_pretrained: bool) -> SiameseModel:
+    """The model with the spec's pretrained weights (when load_pretrained) and frozen backbone applied."""
     if load_pretrained:
         if is_set(cfg, "model.backbone.pretrained_backbone_path"):
             load_backbone_weights(model.backbone, require_path(cfg, "model.backbone.pretrained_backbone_path", "train"))
         if is_set(cfg, "train.pretrained_model_path"):
             load_pretrained_model(model, require_path(cfg, "train.pretrained_model_path", "train"))
-    if backbone_cfg.freeze_backbone:
+    if cfg.model.backbone.freeze_backbone:
         model.freeze_backbone()
     return model
 
@@ -142,16 +169,23 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def model_flops(cfg: DictConfig, img_size: int = 256) -> float:
-    """GFLOPs (2 x multiply-adds, as torch's FlopCounterMode counts) of one forward pass on one image pair.
+def model_flops(cfg: DictConfig, img_size: Optional[int] = None) -> float:
+    """GFLOPs (2 x multiply-adds, as torch's FlopCounterMode counts) of one forward pass on one input pair
+    (segmentation: at img_size when given; classification: the data's input and golden images).
 
     The model is built on the meta device: shapes only, no memory, no compute, so even ViT-H is instant.
     """
+    from changenet.task import input_size, num_golden
+
     cfg = copy.deepcopy(cfg)
-    cfg.dataset.segment.img_size = img_size
+    if img_size is not None and cfg.task == "segment":
+        cfg.dataset.segment.img_size = img_size
+    height, width = input_size(cfg)
+    goldens = num_golden(cfg)
     with torch.device("meta"):
         model = build_model(cfg, load_pretrained=False).eval()
-        image = torch.zeros(1, 3, img_size, img_size)
+        image = torch.zeros(1, 3, height, width)
+        golden = torch.zeros(1, goldens, 3, height, width) if goldens > 1 else image
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(image, image)
+        model(image, golden)
     return counter.get_total_flops() / 1e9

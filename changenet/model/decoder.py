@@ -1,5 +1,7 @@
 """Change decoder (TAO's DecoderTransformer_v3): compares the two images' pyramids level by level.
 
+The comparison itself (DifferencePyramid) is shared with the classification decoder (classifier.py).
+
 Levels are c1 (finest, stride 4) .. c4 (deepest). Per level, deepest first: each image's map is
 projected to D channels (`linear_cN`, a per-pixel linear layer), the pair is concatenated in the order
 [A, B] and passed through a difference block (`diff_cN`); the coarser level's result is added (upsampled
@@ -88,12 +90,57 @@ def upsample_x2(channels: int) -> ConvLayer:
     return ConvLayer(nn.ConvTranspose2d(channels, channels, kernel_size=4, stride=2, padding=1))
 
 
-class ChangeDecoder(nn.Module):
-    """forward(pyramid_a, pyramid_b) -> [p_c4, p_c3, p_c2, p_c1, final] logits.
+class DifferencePyramid(nn.Module):
+    """The comparison both of TAO's decoders begin with: per level, deepest first, each image's map is
+    projected to D channels (`linear_cN`), the pair goes through a difference block (`diff_cN`) and the
+    coarser level's result is added (upsampled x2 when the strides differ).
 
-    in_channels / feature_strides: of the four levels the decoder reads (finest first), after
-    `in_index` has picked them from the backbone's pyramid.
+    in_channels / feature_strides: of the four levels read (finest first), after `in_index` picked them.
+    Registers linear_c4..c1 then diff_c4..c1: the start of TAO's parameter order in both decoders.
     """
+
+    def __init__(self, in_channels: Sequence[int], feature_strides: Sequence[int], embed_dim: int,
+                 in_index: Sequence[int] = (0, 1, 2, 3)) -> None:
+        super().__init__()
+        if len(in_channels) != 4 or len(feature_strides) != 4 or len(in_index) != 4:
+            raise ValueError("the decoder takes exactly 4 pyramid levels")
+        self.in_index = list(in_index)
+        # Upsampling factor from each level to the next finer one (1 when they share a stride).
+        strides = list(feature_strides)
+        self.upsample_factors = {level: strides[level - 1] // strides[level - 2] for level in (4, 3, 2)}
+        for level in LEVELS:
+            self.add_module(f"linear_c{level}", LinearEmbedding(in_channels[level - 1], embed_dim))
+        for level in LEVELS:
+            self.add_module(f"diff_c{level}", difference_block(2 * embed_dim, embed_dim))
+
+    def select(self, pyramid: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """The four levels the decoder reads, finest first."""
+        return [pyramid[i] for i in self.in_index]
+
+    def differences(self, levels_a: Sequence[torch.Tensor], levels_b: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """The difference maps of levels c4 .. c1 (deepest first) of two selected pyramids of one batch size."""
+        differences: List[torch.Tensor] = []
+        for level in LEVELS:
+            embed = getattr(self, f"linear_c{level}")
+            pair = torch.cat([embed(levels_a[level - 1]), embed(levels_b[level - 1])], dim=1)
+            diff = getattr(self, f"diff_c{level}")(pair)
+            if differences:
+                coarser, factor = differences[-1], self.upsample_factors[level + 1]
+                if factor != 1:
+                    coarser = F.interpolate(coarser, scale_factor=factor, mode="bilinear", align_corners=False)
+                diff = diff + coarser
+            differences.append(diff)
+        return differences
+
+
+def resize_to(maps: Sequence[torch.Tensor], size: Sequence[int]) -> List[torch.Tensor]:
+    """Bilinear resize (align_corners=False, as TAO) of each map to `size`; maps already there are kept."""
+    return [m if tuple(m.shape[-2:]) == tuple(size)
+            else F.interpolate(m, size=tuple(size), mode="bilinear", align_corners=False) for m in maps]
+
+
+class ChangeDecoder(DifferencePyramid):
+    """forward(pyramid_a, pyramid_b) -> [p_c4, p_c3, p_c2, p_c1, final] logits."""
 
     def __init__(
         self,
@@ -103,18 +150,8 @@ class ChangeDecoder(nn.Module):
         embed_dim: int = 256,
         in_index: Sequence[int] = (0, 1, 2, 3),
     ) -> None:
-        super().__init__()
-        if len(in_channels) != 4 or len(feature_strides) != 4 or len(in_index) != 4:
-            raise ValueError("the decoder takes exactly 4 pyramid levels")
-        self.in_index = list(in_index)
-        # Upsampling factor from each level to the next finer one (1 when they share a stride).
-        strides = list(feature_strides)
-        self.upsample_factors = {level: strides[level - 1] // strides[level - 2] for level in (4, 3, 2)}
+        super().__init__(in_channels, feature_strides, embed_dim, in_index)
         # Registration order = TAO's parameter order.
-        for level in LEVELS:
-            self.add_module(f"linear_c{level}", LinearEmbedding(in_channels[level - 1], embed_dim))
-        for level in LEVELS:
-            self.add_module(f"diff_c{level}", difference_block(2 * embed_dim, embed_dim))
         for level in LEVELS:
             self.add_module(f"make_pred_c{level}", prediction_head(embed_dim, num_classes))
         self.linear_fuse = nn.Sequential(
@@ -127,29 +164,10 @@ class ChangeDecoder(nn.Module):
         self.change_probability = ConvLayer(conv3x3(embed_dim, num_classes))
 
     def forward(self, pyramid_a: Sequence[torch.Tensor], pyramid_b: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-        levels_a = [pyramid_a[i] for i in self.in_index]
-        levels_b = [pyramid_b[i] for i in self.in_index]
-        finest_size = levels_a[0].shape[-2:]
-        differences: List[torch.Tensor] = []  # deepest first
-        logits: List[torch.Tensor] = []
-        for level in LEVELS:
-            embed = getattr(self, f"linear_c{level}")
-            pair = torch.cat([embed(levels_a[level - 1]), embed(levels_b[level - 1])], dim=1)
-            diff = getattr(self, f"diff_c{level}")(pair)
-            if differences:
-                coarser, factor = differences[-1], self.upsample_factors[level + 1]
-                if factor != 1:
-                    coarser = F.interpolate(coarser, scale_factor=factor, mode="bilinear", align_corners=False)
-                diff = diff + coarser
-            differences.append(diff)
-            logits.append(getattr(self, f"make_pred_c{level}")(diff))
-
-        at_stride4 = [
-            d if d.shape[-2:] == finest_size
-            else F.interpolate(d, size=finest_size, mode="bilinear", align_corners=False)
-            for d in differences
-        ]
-        x = self.linear_fuse(torch.cat(at_stride4, dim=1))
+        levels_a = self.select(pyramid_a)
+        differences = self.differences(levels_a, self.select(pyramid_b))  # deepest first
+        logits = [getattr(self, f"make_pred_c{level}")(diff) for level, diff in zip(LEVELS, differences)]
+        x = self.linear_fuse(torch.cat(resize_to(differences, levels_a[0].shape[-2:]), dim=1))
         x = self.dense_2x(self.convd2x(x))
         x = self.dense_1x(self.convd1x(x))
         return logits + [self.change_probability(x)]

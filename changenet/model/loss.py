@@ -1,8 +1,10 @@
-"""Training loss: cross-entropy (label 255 = ignore), on the final output or, with
-dataset.segment.multi_scale_train, the weighted sum over all five outputs (train.segment.weights)."""
+"""Training losses. Segmentation: cross-entropy (label 255 = ignore), on the final output or, with
+dataset.segment.multi_scale_train, the weighted sum over all five outputs (train.segment.weights).
+Classification: ClassifyLoss (cross-entropy or contrastive, following the head)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Dict, Sequence, Tuple
 
 import torch
@@ -14,6 +16,7 @@ from changenet.errors import ModelError, SpecError
 from changenet.model.decoder import OUTPUT_NAMES
 
 IGNORE_INDEX = 255
+log = logging.getLogger(__name__)
 
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -59,3 +62,36 @@ class ChangeNetLoss(nn.Module):
             parts[f"loss_{name}"] = loss.detach()
             total = total + weight * loss
         return total, parts
+
+
+class ClassifyLoss(nn.Module):
+    """loss(output, label) -> (total, {"loss_<kind>": value}) for a ChangeNetClassifier; label 1 = defect.
+
+    The loss follows the head, as TAO pairs them: cross-entropy on the learnable head's logits, weighted
+    per class by train.classify.cls_weight (kept as the buffer `weight`, which TAO's checkpoints hold as
+    `criterion.weight`); the contrastive loss on the euclidean head's distances d with margin m
+    (model.classify.train_margin_euclid): mean over the batch of (1 - y) d^2 + y max(m - d, 0)^2.
+    TAO's own contrastive loss broadcasts a [B, 1] label against the [B] distances and so averages every
+    label with every distance of the batch; here each pair counts with its own label.
+    """
+
+    def __init__(self, cfg: DictConfig) -> None:
+        super().__init__()
+        difference = str(cfg.model.classify.difference_module)
+        self.kind = "ce" if difference == "learnable" else "contrastive"
+        asked = str(cfg.train.classify.loss)
+        if asked != self.kind:
+            log.warning("train.classify.loss is '%s', which does not go with difference_module '%s' (TAO stops here); "
+                        "training with '%s' (set train.classify.loss=%s to say so)", asked, difference, self.kind, self.kind)
+        if self.kind == "ce":
+            self.register_buffer("weight", torch.tensor([float(w) for w in cfg.train.classify.cls_weight]))
+        self.margin = float(cfg.model.classify.train_margin_euclid)
+
+    def forward(self, output: torch.Tensor, label: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        label = label.reshape(-1)
+        if self.kind == "ce":
+            loss = F.cross_entropy(output, label.long(), weight=self.weight.to(output.dtype))
+        else:
+            defect = label.to(output.dtype)
+            loss = ((1 - defect) * output.pow(2) + defect * (self.margin - output).clamp(min=0).pow(2)).mean()
+        return loss, {f"loss_{self.kind}": loss.detach()}

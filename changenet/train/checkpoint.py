@@ -1,12 +1,12 @@
 """Model checkpoints: TAO's layout, read from TAO or changenet, checked against the spec.
 
 A checkpoint is laid out as TAO's trainer writes it, so either tool loads the other's files: a Lightning
-checkpoint (`state_dict` with `model.backbone.*` / `model.decoder.*`, optimizer, scheduler, loop
-counters) with `tao_model: visual_changenet_segment`. changenet adds a plain-typed "changenet" entry
-saying what model it holds; TAO ignores it.
+checkpoint (`state_dict` with `model.backbone.*` / `model.decoder.*` (or `model.fc1.*`), optimizer,
+scheduler, loop counters) with `tao_model: visual_changenet_segment` or `visual_changenet_classify`.
+changenet adds a plain-typed "changenet" entry saying what model it holds; TAO ignores it.
 
     <train.results_dir>/model_epoch_000.pth ...          every train.checkpoint_interval epochs
-    <train.results_dir>/changenet_model_segment_latest.pth   after every epoch, replaced atomically
+    <train.results_dir>/changenet_model_<task>_latest.pth   after every epoch, replaced atomically
 
 Reading goes through `changenet.model.weights.load_torch_file` (no code runs). A TAO checkpoint has no
 metadata: the spec describes the model, and the tensors' shapes are checked against it, so a mismatch
@@ -21,7 +21,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -30,7 +30,7 @@ import changenet
 from changenet.errors import ModelError
 from changenet.model.weights import find_state_dict, load_torch_file, refuse_encrypted
 
-LATEST_CHECKPOINT_NAME = "changenet_model_segment_latest.pth"
+LATEST_CHECKPOINT_NAME = "changenet_model_segment_latest.pth"  # task segment; see latest_checkpoint_name
 METADATA_KEY = "changenet"
 # Bumped when the checkpoint layout changes in a way readers must know about. Format 2: TAO's model
 # and parameter names; format 1 (changenet 0.1) held a model of its own, which no longer loads.
@@ -40,6 +40,7 @@ MODEL_PREFIX = "model."
 TAO_MODEL_KEY = "tao_model"
 TAO_SEGMENT_MODEL = "visual_changenet_segment"
 TAO_CLASSIFY_MODEL = "visual_changenet_classify"
+TAO_MODELS = {"segment": TAO_SEGMENT_MODEL, "classify": TAO_CLASSIFY_MODEL}
 
 # Checkpoint saved after (0-based) epoch e, as str.format pattern without the ".pth" (Lightning's form).
 EPOCH_CHECKPOINT_PATTERN = "model_epoch_{epoch:03d}"
@@ -63,6 +64,11 @@ RADIO_VARIANTS = {  # (width, blocks, MLP LayerNorm)
 RADIO_TRUNK = "backbone.radio.radio.radio.model."
 
 
+def latest_checkpoint_name(task: str) -> str:
+    """TAO's name of the checkpoint written after every epoch: changenet_model_<task>_latest.pth."""
+    return f"changenet_model_{task}_latest.pth"
+
+
 def epoch_checkpoint_name(epoch: int) -> str:
     """File name of the checkpoint saved after (0-based) `epoch`: model_epoch_007.pth."""
     return EPOCH_CHECKPOINT_PATTERN.format(epoch=epoch) + ".pth"
@@ -71,29 +77,41 @@ def epoch_checkpoint_name(epoch: int) -> str:
 # --------------------------------------------------------------------------- writing
 def checkpoint_metadata(cfg: DictConfig) -> Dict[str, Any]:
     """The "changenet" entry: what the checkpoint holds, in plain types (weights_only-loadable)."""
-    from changenet.data import class_names, class_palette
+    from changenet.task import input_size, lighting_conditions, normalisation
 
-    seg = cfg.dataset.segment
-    return {
+    mean, std = normalisation(cfg)
+    meta: Dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
         "changenet_version": changenet.__version__,
-        "task": "segment",
+        "task": str(cfg.task),
         **spec_architecture(cfg),
-        "img_size": int(seg.img_size),
-        "class_names": class_names(cfg),
-        "class_colors": class_palette(cfg).tolist(),
-        "mean": [float(v) for v in seg.augmentation.mean],
-        "std": [float(v) for v in seg.augmentation.std],
+        "input_size": list(input_size(cfg)),
+        "mean": mean,
+        "std": std,
         "model": OmegaConf.to_container(cfg.model, resolve=True),
     }
+    if cfg.task == "classify":
+        classify = cfg.dataset.classify
+        meta.update(lights=lighting_conditions(cfg), concat_type=classify.concat_type,
+                    grid_map=OmegaConf.to_container(classify.grid_map) if classify.grid_map else None)
+        return meta
+    from changenet.data import class_names, class_palette
+
+    meta.update(img_size=int(cfg.dataset.segment.img_size), class_names=class_names(cfg),
+                class_colors=class_palette(cfg).tolist())
+    return meta
 
 
 def tao_fields(cfg: DictConfig) -> Dict[str, Any]:
-    """The top-level entries by which TAO recognises a Visual ChangeNet segmentation checkpoint (TAO adds
-    `tao_model_type: radio` for C-RADIO backbones)."""
-    fields = {TAO_MODEL_KEY: TAO_SEGMENT_MODEL}
+    """The top-level entries by which TAO recognises a Visual ChangeNet checkpoint: its task's tao_model and,
+    for C-RADIO backbones, TAO's tao_model_type (segmentation: radio; classification: radio_learnable with
+    the learnable head)."""
+    fields = {TAO_MODEL_KEY: TAO_MODELS[str(cfg.task)]}
     if "radio" in str(cfg.model.backbone.type):
-        fields["tao_model_type"] = "radio"
+        if cfg.task == "segment":
+            fields["tao_model_type"] = "radio"
+        elif cfg.model.classify.difference_module == "learnable":
+            fields["tao_model_type"] = "radio_learnable"
     return fields
 
 
@@ -139,6 +157,18 @@ class Checkpoint:
     def epoch(self) -> int:
         return int(self.data.get("epoch", -1))
 
+    @property
+    def task(self) -> str:
+        """segment or classify: from changenet's entry, TAO's tao_model, else the head's tensors."""
+        if self.metadata is not None and self.metadata.get("task"):
+            return str(self.metadata["task"])
+        for task, name in TAO_MODELS.items():
+            if self.data.get(TAO_MODEL_KEY) == name:
+                return task
+        state = self.model_state
+        classifier = any(k.startswith(("decoder.classifier.", "fc1.")) for k in state)
+        return "classify" if classifier else "segment"
+
     def architecture(self) -> Dict[str, Any]:
         """What the weights are: backbone, classes, decoder width, feat_downsample (metadata, else shapes)."""
         found = state_architecture(self.model_state)
@@ -148,10 +178,10 @@ class Checkpoint:
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """A TAO or changenet segmentation checkpoint, loaded on the CPU without running code.
+    """A TAO or changenet checkpoint (either task), loaded on the CPU without running code.
 
-    ModelError (one line) for a missing or unreadable file, an encrypted or classification checkpoint,
-    one from changenet 0.1, or a file that holds no ChangeNet weights.
+    ModelError (one line) for a missing or unreadable file, an encrypted checkpoint, one from
+    changenet 0.1, or a file that holds no ChangeNet weights.
     """
     path = Path(path)
     data = load_torch_file(path, "checkpoint")
@@ -163,9 +193,6 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
             f"'{path}' is not a model checkpoint (no 'state_dict' entry); a plain backbone state dict belongs in "
             "model.backbone.pretrained_backbone_path"
         )
-    if data.get(TAO_MODEL_KEY) == TAO_CLASSIFY_MODEL:
-        raise ModelError(f"checkpoint '{path}' is a Visual ChangeNet-Classification model (task classify), "
-                         "which changenet does not run yet; use a segmentation checkpoint")
     meta = data.get(METADATA_KEY)
     meta = meta if isinstance(meta, dict) else None
     if meta is not None and int(meta.get("format", 1)) < CHECKPOINT_FORMAT:
@@ -183,27 +210,46 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 
 # --------------------------------------------------------------------------- architecture checks
-ARCHITECTURE_KEYS = ("backbone", "num_classes", "embed_dim", "feat_downsample", "summary")
+# What a checkpoint's weights show, and the spec key that decides each (classification keys are only
+# compared for classification models).
 SPEC_KEYS = {
     "backbone": "model.backbone.type",
     "num_classes": "dataset.segment.num_classes",
     "embed_dim": "model.decode_head.decoder_params.embed_dim",
     "feat_downsample": "model.backbone.feat_downsample",
     "summary": "model.decode_head.use_summary_token",
+    "difference_module": "model.classify.difference_module",
+    "embed_dec": "model.classify.embed_dec",
+    "learnable_difference_modules": "model.classify.learnable_difference_modules",
+    "embedding_vectors": "model.classify.embedding_vectors",
+    "num_golden": "dataset.classify.num_golden",
 }
+ARCHITECTURE_KEYS = tuple(SPEC_KEYS)
+CLASSIFY_SPEC_KEYS = {**SPEC_KEYS, "num_classes": "dataset.classify.num_classes"}
 
 
 def spec_architecture(cfg: DictConfig) -> Dict[str, Any]:
-    """The architecture the spec builds, in the terms of ARCHITECTURE_KEYS."""
+    """The architecture the spec builds, in the terms of SPEC_KEYS."""
     name = str(cfg.model.backbone.type)
     found = {
         "backbone": name,
-        "num_classes": int(cfg.dataset.segment.num_classes),
+        "num_classes": int(cfg.dataset[str(cfg.task)].num_classes),
         "embed_dim": int(cfg.model.decode_head.decoder_params.embed_dim),
         "feat_downsample": bool(cfg.model.backbone.feat_downsample) and name.startswith("fan_"),
     }
     if name.startswith("c_radio"):  # the only backbones whose weights depend on use_summary_token
         found["summary"] = bool(cfg.model.decode_head.use_summary_token)
+    if cfg.task == "classify":
+        heads = cfg.model.classify
+        found["difference_module"] = str(heads.difference_module)
+        if heads.difference_module == "learnable":
+            found.update(embed_dec=int(heads.embed_dec),
+                         learnable_difference_modules=int(heads.learnable_difference_modules),
+                         num_golden=min(int(cfg.dataset.classify.num_golden), 2))  # the weights tell 1 from more
+        else:
+            for key in ("num_classes", "embed_dim"):  # the euclidean head has neither
+                found.pop(key)
+            found["embedding_vectors"] = int(heads.embedding_vectors)
     return found
 
 
@@ -216,6 +262,8 @@ def state_architecture(state: Dict[str, torch.Tensor]) -> Dict[str, Any]:
     embed = state.get("decoder.linear_c4.proj.weight")
     if embed is not None:
         found["embed_dim"] = int(embed.shape[0])
+    found.update(_classifier_head(state))
+
     def depth(prefix: str) -> int:
         return len({m.group(1) for key in state if (m := re.match(re.escape(prefix) + r"blocks\.(\d+)\.", key))})
 
@@ -238,10 +286,31 @@ def state_architecture(state: Dict[str, torch.Tensor]) -> Dict[str, Any]:
     return found
 
 
+def _classifier_head(state: Dict[str, torch.Tensor]) -> Dict[str, Any]:
+    """What a classification head's tensors show (nothing for a segmentation model)."""
+    if "fc1.6.weight" in state:
+        return {"difference_module": "euclidean", "embedding_vectors": int(state["fc1.6.weight"].shape[0])}
+    if "decoder.classifier.6.weight" not in state:
+        return {}
+    embed_dim = int(state["decoder.linear_c4.proj.weight"].shape[0])
+    return {
+        "difference_module": "learnable",
+        "num_classes": int(state["decoder.classifier.6.weight"].shape[0]),
+        "embed_dec": int(state["decoder.classifier.0.weight"].shape[0]),
+        "learnable_difference_modules": int(state["decoder.linear_fuse.0.weight"].shape[1]) // embed_dim,
+        "num_golden": 2 if "decoder.position_embedding_c1" in state else 1,
+    }
+
+
 def check_matches_spec(checkpoint: Checkpoint, cfg: DictConfig) -> None:
-    """ModelError when the checkpoint holds another architecture than the spec describes."""
+    """ModelError when the checkpoint holds another task or architecture than the spec describes."""
+    if checkpoint.task != cfg.task:
+        kind = {"segment": "change segmentation", "classify": "classification"}[checkpoint.task]
+        raise ModelError(f"{checkpoint.origin} checkpoint '{checkpoint.path}' is a {kind} model but the spec says "
+                         f"task={cfg.task}; set task={checkpoint.task} (with its dataset block) or choose another checkpoint")
     wanted = spec_architecture(cfg)
     found = checkpoint.architecture()
+    keys = CLASSIFY_SPEC_KEYS if cfg.task == "classify" else SPEC_KEYS
 
     def fits(key: str) -> bool:
         held = found[key]
@@ -249,19 +318,29 @@ def check_matches_spec(checkpoint: Checkpoint, cfg: DictConfig) -> None:
 
     differing = [key for key in ARCHITECTURE_KEYS if key in found and key in wanted and not fits(key)]
     if differing:
-        held = ", ".join(f"{key} {_yaml(found[key])}" for key in differing)
-        spec = ", ".join(f"{SPEC_KEYS[key]}={wanted[key]}" for key in differing)
-        fix = " ".join(f"{SPEC_KEYS[key]}={_yaml(found[key])}" for key in differing)
+        held = ", ".join(f"{key} {_describe(key, found[key])}" for key in differing)
+        spec = ", ".join(f"{keys[key]}={_describe(key, wanted[key])}" for key in differing)
+        fix = " ".join(f"{keys[key]}={_yaml(found[key])}" for key in differing if key != "num_golden")
+        fix += " dataset.classify.num_golden=<2 or more>" if "num_golden" in differing and found["num_golden"] > 1 else ""
         raise ModelError(
             f"{checkpoint.origin} checkpoint '{checkpoint.path}' holds a model with {held}, but the spec says {spec}; "
-            f"set {fix} or choose a checkpoint trained for this spec"
+            f"set {fix.strip()} or choose a checkpoint trained for this spec"
         )
+
+
+def _describe(key: str, value: Any) -> str:
+    if key == "num_golden":
+        return "several" if value > 1 else "1"
+    return _yaml(value)
 
 
 def _yaml(value: Any) -> str:
     if isinstance(value, (tuple, list)):
         return value[0] if len(value) == 1 else f"one of {', '.join(value)}"
     return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+INPUT_SIZE_TENSORS = ("decoder.classifier.0.weight", "fc1.0.weight")
 
 
 def load_strict(model: torch.nn.Module, state: Dict[str, torch.Tensor], path: str | os.PathLike) -> None:
@@ -276,17 +355,20 @@ def load_strict(model: torch.nn.Module, state: Dict[str, torch.Tensor], path: st
         raise ModelError(f"weights in '{path}' do not fit the model the spec builds: the file {detail}")
     for name, tensor in state.items():
         if tuple(tensor.shape) != tuple(own[name].shape):
+            hint = ""
+            if name in INPUT_SIZE_TENSORS:  # the first layer of a classification head fixes the input size
+                hint = ("; the classifier was trained for another input size: check dataset.classify.image_height/"
+                        "image_width, input_map and concat_type")
             raise ModelError(
                 f"weights in '{path}' do not fit the model the spec builds: '{name}' has shape {list(tensor.shape)} "
-                f"in the file and {list(own[name].shape)} in the model"
+                f"in the file and {list(own[name].shape)} in the model{hint}"
             )
     model.load_state_dict(state, strict=True)
 
 
 def load_model_from_checkpoint(path: str | os.PathLike, cfg: DictConfig) -> torch.nn.Module:
-    """The trained ChangeNet of a TAO or changenet checkpoint, in eval mode on the CPU.
-
-    The spec must describe the same architecture (backbone, num_classes, decoder width, feat_downsample).
+    """The trained model of a TAO or changenet checkpoint (ChangeNet or ChangeNetClassifier), in eval mode
+    on the CPU. The spec must describe the same task and architecture (backbone, classes, widths, heads).
     """
     from changenet.model import build_model
 

@@ -1,4 +1,5 @@
-"""The LightningDataModule: train and validation loaders of CNDataset, sized by dataset.segment."""
+"""The LightningDataModule: train and validation loaders of the spec's task (CNDataset pairs or
+InspectionDataset objects), sized by its dataset block."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
 from changenet.data import build_dataset
+from changenet.errors import SpecError
+from changenet.task import dataset_block, is_classify
 
 
 class ChangeDataModule(L.LightningDataModule):
-    """Loaders for the train split (shuffled unless dataset.segment.shuffle is false, augmented) and the validation split (in order)."""
+    """Loaders for the train split (augmented; segmentation: shuffled unless dataset.segment.shuffle is
+    false; classification: TAO's fpratio_sampling draw) and the validation split (in order)."""
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__()
@@ -26,24 +30,34 @@ class ChangeDataModule(L.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         # Called once by the runner (to report data errors before the model is built) and again by Lightning.
         if self.train_set is None:
+            if is_classify(self.cfg) and int(self.cfg.dataset.classify.batch_size) < 2:
+                raise SpecError("spec key 'dataset.classify.batch_size' must be at least 2 for training (the heads' "
+                                f"BatchNorm1d needs two objects), got {self.cfg.dataset.classify.batch_size}")
             self.train_set = build_dataset(self.cfg, "train")
             self.val_set = build_dataset(self.cfg, "val")
 
     def train_dataloader(self) -> DataLoader:
-        seg = self.cfg.dataset.segment
+        block = dataset_block(self.cfg)
         # Equal batches keep BatchNorm statistics steady, unless that would leave no batch at all.
-        return self._loader(self.train_set, shuffle=bool(seg.shuffle), drop_last=len(self.train_set) >= int(seg.batch_size))
+        drop_last = len(self.train_set) >= int(block.batch_size)
+        if is_classify(self.cfg):
+            from changenet.data.inspection import defect_sampler
+
+            sampler = defect_sampler(self.train_set, float(block.fpratio_sampling))
+            return self._loader(self.train_set, shuffle=sampler is None, drop_last=drop_last, sampler=sampler)
+        return self._loader(self.train_set, shuffle=bool(block.shuffle), drop_last=drop_last)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False, drop_last=False)
 
-    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool) -> DataLoader:
-        seg = self.cfg.dataset.segment
-        workers = int(seg.workers)
+    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool, sampler=None) -> DataLoader:
+        block = dataset_block(self.cfg)
+        workers = int(block.workers)
         return DataLoader(
             dataset,
-            batch_size=int(seg.batch_size),
+            batch_size=int(block.batch_size),
             shuffle=shuffle,
+            sampler=sampler,
             drop_last=drop_last,
             num_workers=workers,
             # Workers are started afresh each epoch (not persistent): their random streams then derive from

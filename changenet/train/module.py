@@ -1,59 +1,48 @@
-"""The LightningModule: one training/validation step, the optimiser and lr policy of the spec."""
+"""The LightningModules: one training/validation step per task, the optimiser and lr policy of the spec.
+
+ChangeNetModule trains change segmentation, ClassifierModule classification; `training_module(cfg)`
+picks the spec's. Both keep the network as `self.model` and the loss as `self.criterion`, as TAO's
+modules do, so checkpoint keys match TAO's.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Tuple
 
 import lightning as L
 import torch
 from omegaconf import DictConfig
 
-from changenet.data import class_names
-from changenet.evaluation.metrics import ConfusionMatrix
-from changenet.model import ChangeNetLoss, build_model
+from changenet.model import build_model
 from changenet.train.checkpoint import METADATA_KEY, checkpoint_metadata, tao_fields
 
-# The val metrics logged each validation epoch (keys of ConfusionMatrix.compute()).
-VAL_METRICS = ("miou", "mf1", "acc")
 
+class TrainingModule(L.LightningModule):
+    """What both tasks share: the model of the spec, TAO's optimiser and schedule, TAO's checkpoint fields."""
 
-class ChangeNetModule(L.LightningModule):
-    """Trains `build_model(cfg)` with `ChangeNetLoss(cfg)`; validates with a confusion matrix."""
+    # The val metrics logged each validation epoch (without "val_"); the first is shown in the progress bar.
+    VAL_METRICS: Tuple[str, ...] = ()
 
     def __init__(self, cfg: DictConfig, load_pretrained: bool = True) -> None:
         """load_pretrained: read the spec's pretrained weights (False when resuming from a checkpoint)."""
         super().__init__()
         self.cfg = cfg
         self.model = build_model(cfg, load_pretrained=load_pretrained)
-        self.criterion = ChangeNetLoss(cfg)
-        self.val_confusion = ConfusionMatrix(int(cfg.dataset.segment.num_classes), class_names(cfg))
 
     def forward(self, image_a: torch.Tensor, image_b: torch.Tensor):
         return self.model(image_a, image_b)
 
-    # ----------------------------------------------------------------------- steps
-    def training_step(self, batch: Dict[str, Any], batch_idx: int) -> torch.Tensor:
-        outputs = self.model(batch["A"], batch["B"])
-        total, parts = self.criterion(outputs, batch["label"])
-        size = batch["A"].shape[0]
+    def log_losses(self, total: torch.Tensor, parts: Dict[str, torch.Tensor], size: int) -> None:
         self.log("train_loss", total, on_step=True, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True)
         for name, value in parts.items():
             self.log(f"train_loss/{name}", value, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
-        return total
 
-    def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
-        outputs = self.model(batch["A"], batch["B"])
-        total, _ = self.criterion(outputs, batch["label"])
-        self.log("val_loss", total, on_step=False, on_epoch=True, batch_size=batch["A"].shape[0], sync_dist=True)
-        # The metrics score the full-resolution output, as evaluation and inference do.
-        self.val_confusion.update(outputs[-1].argmax(dim=1), batch["label"])
-
-    def on_validation_epoch_end(self) -> None:
-        scores = self.val_confusion.compute()  # summed over all processes under DDP
-        self.val_confusion.reset()
-        for key in VAL_METRICS:
+    def log_val_metrics(self, scores: Dict[str, Any]) -> None:
+        for key in self.VAL_METRICS:
+            value = scores.get(key)
             # Equal on every process already; sync_dist only keeps Lightning's DDP check quiet.
-            self.log(f"val_{key}", float(scores[key]), prog_bar=key == "miou", sync_dist=True)
+            self.log(f"val_{key}", float("nan") if value is None else float(value), prog_bar=key == self.VAL_METRICS[0],
+                     sync_dist=True)
 
     # ----------------------------------------------------------------------- optimiser
     def configure_optimizers(self):
@@ -75,6 +64,80 @@ class ChangeNetModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         checkpoint.update(tao_fields(self.cfg))
         checkpoint[METADATA_KEY] = checkpoint_metadata(self.cfg)
+
+
+class ChangeNetModule(TrainingModule):
+    """Trains a ChangeNet with `ChangeNetLoss(cfg)`; validates with a confusion matrix."""
+
+    VAL_METRICS = ("miou", "mf1", "acc")
+
+    def __init__(self, cfg: DictConfig, load_pretrained: bool = True) -> None:
+        from changenet.data import class_names
+        from changenet.evaluation.metrics import ConfusionMatrix
+        from changenet.model import ChangeNetLoss
+
+        super().__init__(cfg, load_pretrained)
+        self.criterion = ChangeNetLoss(cfg)
+        self.val_confusion = ConfusionMatrix(int(cfg.dataset.segment.num_classes), class_names(cfg))
+
+    def training_step(self, batch: Dict[str, Any], batch_idx: int) -> torch.Tensor:
+        outputs = self.model(batch["A"], batch["B"])
+        total, parts = self.criterion(outputs, batch["label"])
+        self.log_losses(total, parts, batch["A"].shape[0])
+        return total
+
+    def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
+        outputs = self.model(batch["A"], batch["B"])
+        total, _ = self.criterion(outputs, batch["label"])
+        self.log("val_loss", total, on_step=False, on_epoch=True, batch_size=batch["A"].shape[0], sync_dist=True)
+        # The metrics score the full-resolution output, as evaluation and inference do.
+        self.val_confusion.update(outputs[-1].argmax(dim=1), batch["label"])
+
+    def on_validation_epoch_end(self) -> None:
+        scores = self.val_confusion.compute()  # summed over all processes under DDP
+        self.val_confusion.reset()
+        self.log_val_metrics(scores)
+
+
+class ClassifierModule(TrainingModule):
+    """Trains a ChangeNetClassifier with `ClassifyLoss(cfg)`; validates TAO's decision figures at the eval
+    margin (TAO's own training logs use a fixed margin of 2.0, which a learnable head never exceeds)."""
+
+    VAL_METRICS = ("total_accuracy", "false_alarm_rate", "miss_rate")
+
+    def __init__(self, cfg: DictConfig, load_pretrained: bool = True) -> None:
+        from changenet.evaluation.classify_metrics import ScoreCollector, decision_margin
+        from changenet.model.loss import ClassifyLoss
+
+        super().__init__(cfg, load_pretrained)
+        self.criterion = ClassifyLoss(cfg)
+        self.margin = decision_margin(cfg)
+        self.val_scores = ScoreCollector()
+
+    def training_step(self, batch: Dict[str, Any], batch_idx: int) -> torch.Tensor:
+        output = self.model(batch["A"], batch["B"])
+        total, parts = self.criterion(output, batch["label"])
+        self.log_losses(total, parts, batch["A"].shape[0])
+        return total
+
+    def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
+        from changenet.evaluation.classify_metrics import defect_scores
+
+        output = self.model(batch["A"], batch["B"])
+        total, _ = self.criterion(output, batch["label"])
+        self.log("val_loss", total, on_step=False, on_epoch=True, batch_size=batch["A"].shape[0], sync_dist=True)
+        self.val_scores.update(defect_scores(output), batch["label"])
+
+    def on_validation_epoch_end(self) -> None:
+        figures = self.val_scores.figures(self.margin)
+        self.val_scores.reset()
+        self.log_val_metrics(figures)
+
+
+def training_module(cfg: DictConfig, load_pretrained: bool = True) -> TrainingModule:
+    """The LightningModule of the spec's task."""
+    module = ClassifierModule if cfg.task == "classify" else ChangeNetModule
+    return module(cfg, load_pretrained=load_pretrained)
 
 
 def lr_scheduler(optimizer: torch.optim.Optimizer, policy: str, num_epochs: int) -> torch.optim.lr_scheduler.LRScheduler:

@@ -22,16 +22,17 @@ from changenet.fileio import atomic_path
 from changenet.model import count_parameters
 from changenet.errors import ModelError
 from changenet.model.weights import safe_checkpoint_types
+from changenet.task import input_size
 from changenet.train.checkpoint import (
-    LATEST_CHECKPOINT_NAME,
     Checkpoint,
     check_matches_spec,
     completed_epochs,
+    latest_checkpoint_name,
     optimizer_fit,
     read_checkpoint,
 )
 from changenet.train.datamodule import ChangeDataModule
-from changenet.train.module import ChangeNetModule
+from changenet.train.module import training_module
 from changenet.train.trainer import STATUS_FILE, build_trainer, format_epoch_line, plan_devices
 
 RESUME_KEY = "train.resume_training_checkpoint_path"
@@ -40,7 +41,10 @@ RESUME_KEY = "train.resume_training_checkpoint_path"
 def train(cfg: DictConfig) -> Path:
     """Train the model the spec describes; returns the path of the final checkpoint."""
     _quiet_lightning()
-    require_path(cfg, "dataset.segment.root_dir", "train", kind="dir")
+    if cfg.task == "segment":
+        require_path(cfg, "dataset.segment.root_dir", "train", kind="dir")
+    else:
+        require_path(cfg, "dataset.classify.train_dataset.csv_path", "train")
     results_dir = prepare_results_dir(cfg)
     num_epochs = int(cfg.train.num_epochs)
 
@@ -67,17 +71,19 @@ def train(cfg: DictConfig) -> Path:
     L.seed_everything(int(cfg.train.seed), workers=True, verbose=False)
     datamodule = ChangeDataModule(cfg)
     datamodule.setup("fit")  # data errors surface now, before the model is built
-    module = ChangeNetModule(cfg, load_pretrained=resume is None)
+    module = training_module(cfg, load_pretrained=resume is None)
     if resume is not None:
         check_resumable(resume[1], module.model, cfg)
     trainable = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
+    height, width = input_size(cfg)
+    what = "objects" if cfg.task == "classify" else "pairs"
     _say(
         f"model {cfg.model.backbone.type}: {count_parameters(module.model) / 1e6:.1f}M parameters "
         f"({trainable / 1e6:.1f}M trainable); {len(datamodule.train_set)} training / {len(datamodule.val_set)} "
-        f"validation pairs at {cfg.dataset.segment.img_size}px; writing to '{results_dir}'"
+        f"validation {what} at {height}x{width}px; writing to '{results_dir}'"
     )
     trainer = build_trainer(cfg, results_dir, plan)
-    latest = results_dir / LATEST_CHECKPOINT_NAME
+    latest = results_dir / latest_checkpoint_name(str(cfg.task))
     try:
         # Lightning reads the checkpoint with weights_only=True; TAO's may also hold a pickled OmegaConf config.
         with torch.serialization.safe_globals(safe_checkpoint_types()):
@@ -119,7 +125,7 @@ def find_resume_checkpoint(cfg: DictConfig, results_dir: Path) -> Optional[Tuple
     if is_set(cfg, RESUME_KEY):
         path = require_path(cfg, RESUME_KEY, "train")
     else:
-        path = results_dir / LATEST_CHECKPOINT_NAME
+        path = results_dir / latest_checkpoint_name(str(cfg.task))
         if not path.is_file():
             return None
     checkpoint = read_checkpoint(path)

@@ -8,7 +8,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import lightning as L
 import torch
@@ -18,9 +18,8 @@ from omegaconf import DictConfig
 
 from changenet.errors import SpecError
 from changenet.fileio import atomic_path
-from changenet.train.checkpoint import EPOCH_CHECKPOINT_PATTERN, LATEST_CHECKPOINT_NAME
+from changenet.train.checkpoint import EPOCH_CHECKPOINT_PATTERN, latest_checkpoint_name
 from changenet.train.datamodule import seed_epoch
-from changenet.train.module import VAL_METRICS
 
 STATUS_FILE = "status.json"
 
@@ -72,7 +71,7 @@ def build_trainer(cfg: DictConfig, results_dir: Path, plan: Optional[DevicePlan]
     callbacks = [
         EpochSeeding(int(train.seed)),
         EpochReport(results_dir / STATUS_FILE),
-        ChangeNetCheckpoint(results_dir, int(train.checkpoint_interval)),
+        ChangeNetCheckpoint(results_dir, int(train.checkpoint_interval), latest_checkpoint_name(str(cfg.task))),
     ]
     return L.Trainer(
         accelerator=plan.accelerator,
@@ -108,12 +107,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 class ChangeNetCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint with the TAO file names: model_epoch_<NNN>.pth every
-    `interval` epochs and changenet_model_segment_latest.pth (a copy, never a link) every epoch."""
+    `interval` epochs and changenet_model_<task>_latest.pth (a copy, never a link) every epoch."""
 
-    CHECKPOINT_NAME_LAST = Path(LATEST_CHECKPOINT_NAME).stem
     FILE_EXTENSION = ".pth"
 
-    def __init__(self, results_dir: str | os.PathLike, interval: int) -> None:
+    def __init__(self, results_dir: str | os.PathLike, interval: int, latest_name: str) -> None:
+        self.CHECKPOINT_NAME_LAST = Path(latest_name).stem
         super().__init__(
             dirpath=str(results_dir),
             filename=EPOCH_CHECKPOINT_PATTERN,
@@ -175,14 +174,14 @@ class EpochReport(Callback):
         self._lr = trainer.optimizers[0].param_groups[0]["lr"]
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        record = self.epoch_record(trainer)
+        record = self.epoch_record(trainer, getattr(pl_module, "VAL_METRICS", ()))
         if trainer.is_global_zero:
             with open(self.status_path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
         pl_module.print(format_epoch_line(record))
         sys.stdout.flush()
 
-    def epoch_record(self, trainer: L.Trainer) -> Dict[str, Any]:
+    def epoch_record(self, trainer: L.Trainer, val_metrics: Sequence[str] = ()) -> Dict[str, Any]:
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
         record: Dict[str, Any] = {"epoch": trainer.current_epoch, "num_epochs": trainer.max_epochs}
         record["train_loss"] = metrics.get("train_loss_epoch", metrics.get("train_loss"))
@@ -191,7 +190,7 @@ class EpochReport(Callback):
         }
         if (trainer.current_epoch + 1) % trainer.check_val_every_n_epoch == 0:  # validated this epoch
             record["val_loss"] = metrics.get("val_loss")
-            for key in VAL_METRICS:
+            for key in val_metrics:
                 record[f"val_{key}"] = metrics.get(f"val_{key}")
         record["lr"] = self._lr
         record["time_s"] = round(time.monotonic() - self._started, 3)
@@ -201,8 +200,8 @@ class EpochReport(Callback):
 def format_epoch_line(record: Dict[str, Any]) -> str:
     """`epoch 003/009  train_loss 0.2131  val_miou 0.7012 ...  lr 4.1e-04  12.3 s` (0-based, like the files)."""
     parts = [f"epoch {record['epoch']:03d}/{record['num_epochs'] - 1:03d}", f"train_loss {record['train_loss']:.4f}"]
-    for key in ("val_loss",) + tuple(f"val_{k}" for k in VAL_METRICS):
-        if record.get(key) is not None:
-            parts.append(f"{key} {record[key]:.4f}")
+    for key, value in record.items():  # val_loss first, then the task's metrics, in the order logged
+        if key.startswith("val_") and value is not None:
+            parts.append(f"{key} {value:.4f}")
     parts += [f"lr {record['lr']:.2e}", f"{record['time_s']:.1f} s"]
     return "  ".join(parts)
