@@ -73,7 +73,7 @@ def run_action(action: str, spec: Optional[Path], overrides: List[str]) -> None:
         note_settings_without_effect(cfg, action)
         _load_entry_point(action)(cfg)
     except ChangenetError as exc:
-        _fail(str(exc))
+        _fail(str(exc), getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:
         _fail("interrupted", code=130)
 
@@ -114,6 +114,9 @@ def dataset_synth(
     image_ext: str = typer.Option(".png", "--image-ext", help="classify: .png or .jpg image files."),
     seed: int = typer.Option(0, "--seed"),
     scene: Optional[int] = typer.Option(None, "--scene", help="segment: also write one large scene pair of this size."),
+    bit_depth: int = typer.Option(8, "--bit-depth", help="segment: 8 (PNG) or 16 (GeoTIFF chips)."),
+    bands: int = typer.Option(3, "--bands", help="segment: 3 (RGB) or 4 (RGB + NIR, GeoTIFF chips)."),
+    broken: bool = typer.Option(False, "--broken", help="segment: add near-equal and broken pairs, as real archives have."),
 ) -> None:
     """Generate a deterministic synthetic dataset: change pairs (segment) or inspected parts (classify)."""
     if task not in ("segment", "classify"):
@@ -133,7 +136,8 @@ def dataset_synth(
         from changenet.data.synth import generate_dataset
 
         generate_dataset(out, **counts, num_predict=pick(num_predict, 8, 16), img_size=pick(img_size, 256, 64),
-                         num_classes=num_classes, seed=seed, scene_size=scene)
+                         num_classes=num_classes, seed=seed, scene_size=scene, bit_depth=bit_depth, bands=bands,
+                         broken=broken)
     except ChangenetError as exc:
         _fail(str(exc))
 

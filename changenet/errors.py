@@ -19,3 +19,9 @@ class ModelError(ChangenetError):
 
 class UnsupportedError(ChangenetError):
     """The request is valid but cannot run on this machine or is not supported."""
+
+
+class SkippedInputs(ChangenetError):
+    """A run finished but left out some inputs (each named as it was skipped); scripts see exit code 3."""
+
+    exit_code = 3

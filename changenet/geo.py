@@ -14,21 +14,25 @@ a radiometric range).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from changenet.errors import DataError
 from changenet.data.io import PngStripWriter, StripWriter
+from changenet.data.pixels import (
+    NEAR_EQUAL_PIXELS, DEFAULT_PERCENTILES, STRETCH_MODES, as_rgb, read_failure, choose_bands, percentile_limits, stretch_to_uint8,
+)
+
+log = logging.getLogger(__name__)
 
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
 PNG_SUFFIXES = (".png",)
-STRETCH_MODES = ("auto", "percentile", "none")
-DEFAULT_PERCENTILES = (2.0, 98.0)
 # Pixels per band of the decimated read that estimates the stretch limits.
 STRETCH_SAMPLE_PIXELS = 1024 * 1024
 # GeoTIFF output block size (pixels): the tiled layout GIS tools read fastest.
@@ -81,30 +85,6 @@ class ArrayScene(Scene):
         return self.image[top:bottom]
 
 
-def _check_bands(path: Path, bands: Optional[Sequence[int]], count: int) -> Tuple[int, ...]:
-    """1-based band numbers (rasterio's convention) to read; 1 band is repeated as grey."""
-    if bands is None or len(bands) == 0:
-        if count >= 3:
-            return (1, 2, 3)
-        if count == 1:
-            return (1,)
-        raise DataError(f"'{path}' has {count} bands; choose 3 (or 1) with inference.tiling.bands, e.g. [1, 2, 1]")
-    chosen = tuple(int(b) for b in bands)
-    if len(chosen) not in (1, 3):
-        raise DataError(f"inference.tiling.bands must list 3 band numbers (or 1 for grey), got {list(chosen)}")
-    outside = [b for b in chosen if not 1 <= b <= count]
-    if outside:
-        raise DataError(
-            f"'{path}' has bands 1..{count}, so inference.tiling.bands {list(chosen)} cannot be read "
-            "(band numbers start at 1)"
-        )
-    return chosen
-
-
-def _as_rgb(pixels_hwc: np.ndarray) -> np.ndarray:
-    return np.repeat(pixels_hwc, 3, axis=2) if pixels_hwc.shape[2] == 1 else pixels_hwc
-
-
 class RasterioScene(Scene):
     """A GeoTIFF (or any TIFF) read with rasterio windowed reads; see the module note on the stretch."""
 
@@ -130,7 +110,7 @@ class RasterioScene(Scene):
             self.height, self.width = ds.height, ds.width
             self.crs = ds.crs
             self.transform = ds.transform if ds.crs is not None else None
-            self.bands = _check_bands(self.path, bands, ds.count)
+            self.bands = choose_bands(self.path, bands, ds.count, "inference.tiling.bands")
             self.dtype = np.dtype(ds.dtypes[self.bands[0] - 1])
             if stretch == "none" and self.dtype != np.uint8:
                 raise DataError(
@@ -145,39 +125,28 @@ class RasterioScene(Scene):
 
     def _percentile_limits(self, percentiles: Sequence[float]) -> np.ndarray:
         """[bands, 2] (low, high) per band from a decimated read of the whole scene."""
-        low_q, high_q = (float(p) for p in percentiles)
-        if not 0.0 <= low_q < high_q <= 100.0:
-            raise DataError(f"inference.tiling.percentiles must be two values 0 <= low < high <= 100, got "
-                            f"{list(percentiles)}")
         step = max(1, math.ceil(math.sqrt(self.height * self.width / STRETCH_SAMPLE_PIXELS)))
         shape = (len(self.bands), math.ceil(self.height / step), math.ceil(self.width / step))
         # rasterio serves a decimated read from the file's overviews when it has them.
-        sample = self._dataset.read(list(self.bands), out_shape=shape, masked=True)
-        limits = np.zeros((len(self.bands), 2), dtype=np.float64)
-        for i in range(len(self.bands)):
-            values = sample[i].compressed().astype(np.float64)
-            values = values[np.isfinite(values)]
-            if values.size:
-                limits[i] = np.percentile(values, [low_q, high_q])
-            if limits[i, 1] <= limits[i, 0]:  # a constant band: anything above the value is bright
-                limits[i, 1] = limits[i, 0] + 1.0
-        return limits
+        from rasterio.errors import RasterioIOError
 
-    def _to_uint8(self, pixels: np.ndarray) -> np.ndarray:
-        """[bands, h, w] raw values -> uint8 via the scene's per-band stretch limits."""
-        if self.stretch_limits is None:
-            return pixels.astype(np.uint8, copy=False)
-        low = self.stretch_limits[:, 0].astype(np.float32).reshape(-1, 1, 1)
-        span = (self.stretch_limits[:, 1] - self.stretch_limits[:, 0]).astype(np.float32).reshape(-1, 1, 1)
-        scaled = (pixels.astype(np.float32) - low) * (255.0 / span)
-        np.nan_to_num(scaled, copy=False, nan=0.0)
-        return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        try:
+            sample = self._dataset.read(list(self.bands), out_shape=shape, masked=True)
+        except RasterioIOError as exc:  # a truncated or damaged file
+            raise DataError(f"cannot read '{self.path}' ({read_failure(exc)}); replace it with a valid GeoTIFF") from None
+        values = [np.ma.filled(sample.astype(np.float64), np.nan).reshape(len(self.bands), -1)]
+        return percentile_limits(values, percentiles, "inference.tiling.percentiles")
 
     def read_rows(self, top: int, bottom: int) -> np.ndarray:
+        from rasterio.errors import RasterioIOError
         from rasterio.windows import Window
 
-        pixels = self._dataset.read(list(self.bands), window=Window(0, top, self.width, bottom - top))
-        return _as_rgb(np.ascontiguousarray(self._to_uint8(pixels).transpose(1, 2, 0)))
+        try:
+            pixels = self._dataset.read(list(self.bands), window=Window(0, top, self.width, bottom - top))
+        except RasterioIOError as exc:  # a truncated or damaged file shows up when its rows are read
+            raise DataError(f"cannot read rows {top}..{bottom} of '{self.path}' ({read_failure(exc)}); "
+                            "replace it with a valid GeoTIFF") from None
+        return as_rgb(np.ascontiguousarray(stretch_to_uint8(pixels, self.stretch_limits, channel_axis=0).transpose(1, 2, 0)))
 
     def close(self) -> None:
         self._dataset.close()
@@ -188,24 +157,62 @@ def open_scene(path: str | os.PathLike, bands: Optional[Sequence[int]] = None, s
     """GeoTIFF/TIFF -> windowed RasterioScene; PNG/JPEG/... -> the decoded image as an ArrayScene."""
     if is_geotiff(path):
         return RasterioScene(path, bands, stretch, percentiles)
-    from changenet.data.io import read_image
+    from changenet.data.pixels import decimated, read_pixels
 
-    image = read_image(path)  # DataError naming the file when missing, unreadable or not 8-bit
-    if bands:
-        chosen = _check_bands(Path(path), bands, 3)
-        image = _as_rgb(np.ascontiguousarray(image[..., [b - 1 for b in chosen]]))
-    return ArrayScene(image, path)
+    if stretch not in STRETCH_MODES:
+        raise DataError(f"inference.tiling.stretch must be one of {', '.join(STRETCH_MODES)}, got {stretch!r}")
+    pixels = read_pixels(path)  # DataError naming the file when missing or unreadable
+    chosen = choose_bands(Path(path), bands, pixels.shape[2], "inference.tiling.bands")
+    pixels = pixels[..., [b - 1 for b in chosen]]
+    if pixels.dtype != np.uint8 or stretch == "percentile":
+        if stretch == "none":
+            raise DataError(f"'{path}' holds {pixels.dtype} pixels; set inference.tiling.stretch to auto or "
+                            "percentile to map them to 8 bits")
+        limits = percentile_limits([decimated(pixels)], percentiles, "inference.tiling.percentiles")
+        pixels = stretch_to_uint8(pixels, limits)
+    return ArrayScene(np.ascontiguousarray(as_rgb(pixels)), path)
 
 
-def check_pair(scene_a: Scene, scene_b: Scene) -> None:
-    """The two images of a pair must cover the same pixels: same size and, when both are georeferenced,
-    same CRS and transform."""
+class FittedScene(Scene):
+    """A B scene a few pixels larger or smaller than its A, read on A's grid: extra rows/columns at the
+    bottom/right are dropped, missing ones repeat the last (a pixel lost at a tile edge)."""
+
+    def __init__(self, scene: Scene, height: int, width: int) -> None:
+        self.scene, self.path, self.height, self.width = scene, scene.path, height, width
+        self.crs, self.transform = scene.crs, scene.transform
+
+    def read_rows(self, top: int, bottom: int) -> np.ndarray:
+        last = self.scene.height
+        rows = self.scene.read_rows(min(top, last - 1), min(bottom, last))
+        if bottom > last:  # rows below B's last one repeat it
+            extra = bottom - max(top, last)
+            rows = np.concatenate([rows, np.repeat(rows[-1:], extra, axis=0)])[-(bottom - top):]
+        if rows.shape[1] >= self.width:
+            return rows[:, : self.width]
+        return np.concatenate([rows, np.repeat(rows[:, -1:], self.width - rows.shape[1], axis=1)], axis=1)
+
+    def close(self) -> None:
+        self.scene.close()
+
+
+def check_pair(scene_a: Scene, scene_b: Scene) -> Scene:
+    """The two images of a pair must cover the same pixels: same size (B within NEAR_EQUAL_PIXELS per side
+    is read on A's grid, with a warning: the returned scene) and, when both are georeferenced, same CRS
+    and transform."""
     a, b = scene_a.path, scene_b.path
     if (scene_a.height, scene_a.width) != (scene_b.height, scene_b.width):
-        raise DataError(
-            f"'{a}' is {scene_a.width}x{scene_a.height} but '{b}' is {scene_b.width}x{scene_b.height}; "
-            "the two images of a pair must have the same size (resample one onto the other's grid)"
-        )
+        if (abs(scene_a.height - scene_b.height) > NEAR_EQUAL_PIXELS
+                or abs(scene_a.width - scene_b.width) > NEAR_EQUAL_PIXELS):
+            raise DataError(
+                f"'{a}' is {scene_a.width}x{scene_a.height} but '{b}' is {scene_b.width}x{scene_b.height}; "
+                f"the two images of a pair must have the same size within {NEAR_EQUAL_PIXELS} px "
+                "(resample one onto the other's grid)"
+            )
+        log.warning("'%s' is %dx%d but '%s' is %dx%d: B read on A's grid (edge rows/columns cut or repeated)",
+                    a, scene_a.width, scene_a.height, b, scene_b.width, scene_b.height)
+        fitted: Scene = FittedScene(scene_b, scene_a.height, scene_a.width)
+    else:
+        fitted = scene_b
     if scene_a.georeferenced and scene_b.georeferenced:
         if scene_a.crs != scene_b.crs:
             raise DataError(
@@ -219,6 +226,7 @@ def check_pair(scene_a: Scene, scene_b: Scene) -> None:
     elif scene_a.georeferenced != scene_b.georeferenced:
         plain = b if scene_a.georeferenced else a
         raise DataError(f"'{plain}' has no georeference but its partner has one; give both images the same grid")
+    return fitted
 
 
 # --------------------------------------------------------------------------- writing
@@ -264,6 +272,16 @@ class GeoTiffStripWriter(StripWriter):
 
     def _release(self) -> None:
         self._dataset.close()
+
+
+def write_geotiff(path: str | os.PathLike, array: np.ndarray, crs: Any, transform: Any,
+                  colormap: Optional[np.ndarray] = None) -> Path:
+    """A whole uint8 [H, W] (or [H, W, 3]) array as a GeoTIFF with the given georeference."""
+    channels = 1 if array.ndim == 2 else array.shape[2]
+    writer = GeoTiffStripWriter(path, array.shape[1], array.shape[0], channels, crs, transform, colormap)
+    with writer:
+        writer.write_rows(array)
+    return Path(path)
 
 
 def open_strip_writer(path: str | os.PathLike, like: Scene, channels: int,

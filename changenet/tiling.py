@@ -34,7 +34,7 @@ from rich.table import Table
 from changenet.console import console
 from changenet.data.transforms import normalize
 from changenet.deploy.predictor import Predictor
-from changenet.errors import ModelError, SpecError
+from changenet.errors import DataError, ModelError, SpecError
 from changenet.data import class_palette
 from changenet.data.io import StripWriter, strip_writer_group
 from changenet.evaluation.visualize import colorize
@@ -228,7 +228,8 @@ def resolve_settings(predictor: Predictor, cfg: Optional[DictConfig] = None, **e
                                                 DEFAULT_PERCENTILES))
     if len(percentiles) != 2 or not 0.0 <= percentiles[0] < percentiles[1] <= 100.0:
         raise SpecError(f"inference.tiling.percentiles must be two values 0 <= low < high <= 100, got {list(percentiles)}")
-    bands = _pick(explicit.get("bands"), cfg, "inference.tiling.bands", None)
+    bands = _pick(explicit.get("bands"), cfg, "inference.tiling.bands",
+                  _pick(None, cfg, "dataset.segment.bands", None))
     return TileSettings(
         tile_size=tile, overlap=overlap, batch_size=batch,
         mean=tuple(float(m) for m in _pick(explicit.get("mean"), cfg, "dataset.segment.augmentation.mean", DEFAULT_MEAN_STD)),
@@ -277,7 +278,7 @@ def predict_scene(
         open_args = (settings.bands, settings.stretch, settings.percentiles)
         scene_a = stack.enter_context(open_scene(path_a, *open_args))
         scene_b = stack.enter_context(open_scene(path_b, *open_args))
-        check_pair(scene_a, scene_b)
+        scene_b = check_pair(scene_a, scene_b)  # B on A's grid
         grid = TileGrid(scene_a.height, scene_a.width, settings.tile_size, settings.overlap)
         bar = stack.enter_context(_scene_progress()) if progress else None
         task = bar.add_task(Path(path_a).name, total=grid.num_windows) if bar is not None else None
@@ -317,19 +318,28 @@ def tiled_inference(cfg: DictConfig) -> Dict[str, Any]:
     """
     from changenet.data import build_dataset
     from changenet.deploy.factory import predictor_from_spec
+    from changenet.evaluation.runner import note_skipped, raise_if_skipped
 
-    dataset = build_dataset(cfg, "predict")  # the split's file names; missing files are reported up front
+    fail_fast = bool(cfg.inference.fail_fast)
+    # The split's file names; with fail_fast bad pairs are reported up front, else skipped one by one.
+    dataset = build_dataset(cfg, "predict", skip_bad=not fail_fast)
     out_dir = Path(cfg.inference.results_dir)
     scenes: List[Dict[str, Any]] = []
+    skipped: List[Dict[str, str]] = []
     start = time.perf_counter()
     with predictor_from_spec(cfg, "inference") as predictor:
         for name in dataset.names:
             suffix = ".tif" if is_geotiff(name) else ".png"
             stem = Path(name).stem
-            scenes.append(predict_scene(
-                predictor, dataset.image_dir / name, dataset.change_image_dir / name,
-                out_dir / "mask" / f"{stem}{suffix}", cfg=cfg, color_path=out_dir / "color" / f"{stem}{suffix}",
-            ))
+            try:  # a failed scene leaves no partial file (the strip writers remove theirs)
+                scenes.append(predict_scene(
+                    predictor, dataset.image_dir / name, dataset.change_image_dir / name,
+                    out_dir / "mask" / f"{stem}{suffix}", cfg=cfg, color_path=out_dir / "color" / f"{stem}{suffix}",
+                ))
+            except DataError as exc:
+                if fail_fast:
+                    raise
+                skipped += note_skipped({"skipped": [(name, str(exc))]})
         backend = predictor.backend
     seconds = time.perf_counter() - start
     megapixels = sum(s["height"] * s["width"] for s in scenes) / 1e6
@@ -337,11 +347,12 @@ def tiled_inference(cfg: DictConfig) -> Dict[str, Any]:
         "backend": backend, "num_pairs": len(scenes), "seconds": round(seconds, 3),
         "pairs_per_second": round(len(scenes) / seconds, 2) if seconds else None,
         "megapixels_per_second": round(megapixels / seconds, 3) if seconds else None,
-        "results_dir": str(out_dir), "tiled": True, "scenes": scenes,
+        "results_dir": str(out_dir), "tiled": True, "scenes": scenes, "skipped": skipped,
     }
     write_json(out_dir / "inference.json", summary)
     _print_scenes(scenes, backend)
-    console.print(f"{len(scenes)} masks written to {out_dir / 'mask'} ({summary['megapixels_per_second']:.3g} MP/s, {backend})")
+    console.print(f"{len(scenes)} masks written to {out_dir / 'mask'} ({summary['megapixels_per_second'] or 0:.3g} MP/s, {backend})")
+    raise_if_skipped(skipped, len(scenes), out_dir)
     return summary
 
 

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from changenet.config import is_set
 from changenet.data.dataset import IMAGE_SUFFIXES, CNDataset, find_split_list, read_split_list
-from changenet.data.io import read_image
+from changenet.data.pixels import dataset_mapping, fit_to_first
 from changenet.data.transforms import preprocess_image
 from changenet.errors import DataError, ModelError
 
@@ -81,9 +81,10 @@ def calibration_pairs(cfg: DictConfig, say: Callable[[str], None] = print) -> Ca
         available, source, loader = _objects(cfg, folders, key)
     elif folders:
         available, source = _pairs_from_folders(cfg, folders), f"{key} ({', '.join(map(str, folders))})"
-        loader = _pair_loader(cfg)
+        loader = _pair_loader(cfg, available, folders[0])
     else:
-        (available, source), loader = _pairs_from_train_split(cfg), _pair_loader(cfg)
+        available, source = _pairs_from_train_split(cfg)
+        loader = _pair_loader(cfg, available, None)
     if not available:
         raise DataError(f"no calibration image pairs found in {source}; add A/B image pairs there or set {CAL_DIR_KEY}")
 
@@ -99,15 +100,18 @@ def calibration_pairs(cfg: DictConfig, say: Callable[[str], None] = print) -> Ca
     return CalibrationPairs(pairs, int(cal.cal_batch_size), source, loader)
 
 
-def _pair_loader(cfg: DictConfig) -> Callable[[PairPaths], Tuple[np.ndarray, np.ndarray]]:
+def _pair_loader(cfg: DictConfig, pairs: Sequence[PairPaths],
+                 folder: Optional[Path]) -> Callable[[PairPaths], Tuple[np.ndarray, np.ndarray]]:
+    """Loads a pair as training sees it: the dataset's bands and stretch (its stored limits when
+    dataset.segment.root_dir has them, else estimated from these pairs and stored in `folder`), B on A's grid."""
+    root = Path(str(cfg.dataset.segment.root_dir)).expanduser() if is_set(cfg, "dataset.segment.root_dir") else None
+    home = root if root is not None and root.is_dir() else (folder or Path("."))
+    mapping = dataset_mapping(cfg, home, list(pairs))
+
     def load(paths: PairPaths) -> Tuple[np.ndarray, np.ndarray]:
         path_a, path_b = paths
-        image_a, image_b = read_image(path_a), read_image(path_b)
-        if image_a.shape != image_b.shape:
-            raise DataError(
-                f"calibration pair '{path_a}' and '{path_b}' differ in size "
-                f"({image_a.shape[1]}x{image_a.shape[0]} vs {image_b.shape[1]}x{image_b.shape[0]})"
-            )
+        image_a = mapping.read(path_a, "A")
+        image_b = fit_to_first(image_a, mapping.read(path_b, "B"), Path(path_a), Path(path_b))
         return preprocess_image(image_a, cfg), preprocess_image(image_b, cfg)
 
     return load

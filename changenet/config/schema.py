@@ -162,6 +162,9 @@ class SegmentDatasetConfig:
     color_map: Optional[Dict[str, List[int]]] = _f(None, "class index ('0'..'n') -> RGB colour")
     class_names: Optional[List[str]] = _f(None, "class names for reports (default: class_0, ...)")
     shuffle: bool = _f(True, "shuffle the training pairs every epoch")
+    bands: Optional[List[int]] = _f(None, "bands read as R, G, B, 1-based, from multi-band chips (default the first three)")
+    stretch: str = _f("auto", "to 8 bits: auto (percentile unless 8-bit), percentile or none; limits stored in <root_dir>/changenet_stretch.json")
+    percentiles: List[float] = _f(factory=lambda: [2.0, 98.0], help="low/high percentiles of the stretch")
     quant_calibration_dataset: QuantCalibrationDatasetConfig = _f(
         factory=QuantCalibrationDatasetConfig, help="INT8 calibration images")
 
@@ -290,7 +293,7 @@ class TilingConfig:
     tile_size: Optional[int] = _f(None, "window size (default img_size)")
     overlap: Optional[int] = _f(None, "window overlap in pixels (default tile_size // 8)")
     batch_size: int = _f(8, "windows per model call")
-    bands: Optional[List[int]] = _f(None, "GeoTIFF bands to read as R, G, B, 1-based (default the first three)")
+    bands: Optional[List[int]] = _f(None, "GeoTIFF bands to read as R, G, B, 1-based (default dataset.segment.bands, else the first three)")
     stretch: str = _f("auto", "to 8 bits: auto (percentile unless uint8), percentile or none")
     percentiles: List[float] = _f(factory=lambda: [2.0, 98.0], help="low/high percentiles of the stretch")
 
@@ -312,6 +315,7 @@ class EvaluateConfig:
 @dataclass
 class InferenceConfig(EvaluateConfig):
     results_dir: Optional[str] = _f(None, "outputs (default <results_dir>/inference)")
+    fail_fast: bool = _f(False, "stop at the first bad pair (default: skip it with a warning, list it, exit with code 3)")
     tiling: TilingConfig = _f(factory=TilingConfig, help="sliding-window inference for large scenes")
 
 

@@ -83,6 +83,7 @@ CHOICES = {
     "gen_trt_engine.tensorrt.builder": ("auto", "tensorrt", "tensorrt_rtx"),
     "calibrate.target": ("tensorrt", "onnxruntime"),
     "inference.tiling.stretch": ("auto", "percentile", "none"),
+    "dataset.segment.stretch": ("auto", "percentile", "none"),
 }
 # One calibration run serves both Q/DQ placements, so every method works for either target
 # ("max" is TensorRT's name, "minmax" ONNX Runtime's, for the same symmetric min-max ranges).
@@ -140,6 +141,12 @@ def validate_ranges(cfg: DictConfig) -> None:
         if backend not in BENCHMARK_BACKENDS:
             _fail("benchmark.backends", f"may list only {', '.join(BENCHMARK_BACKENDS)}", backend)
     _check_each(cfg, ["benchmark.batch_sizes"], lambda v: all(b >= 1 for b in v), "must list batch sizes >= 1")
+    _check_each(cfg, ["dataset.segment.bands", "inference.tiling.bands"],
+                lambda v: len(v) in (1, 3) and all(int(b) >= 1 for b in v),
+                "must list 3 band numbers (or 1 for grey), counted from 1")
+    _check_each(cfg, ["dataset.segment.percentiles", "inference.tiling.percentiles"],
+                lambda v: len(v) == 2 and 0.0 <= float(v[0]) < float(v[1]) <= 100.0,
+                "must be two percentiles 0 <= low < high <= 100")
 
     betas = list(cfg.train.optim.betas)
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):

@@ -12,20 +12,26 @@ from __future__ import annotations
 
 import colorsys
 import csv
+import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from changenet.config import is_set
-from changenet.data.io import read_image, read_label
+from changenet.data.io import read_label
+from changenet.data.pixels import (
+    NEAR_EQUAL_PIXELS, dataset_mapping, fit_to_first, image_size, sample_pairs, sizes_problem,
+)
 from changenet.data.transforms import (
     PairAugmentation, normalize, preprocess_image, resize_image, resize_label, segment_config, to_class_indices,
 )
 from changenet.errors import DataError, SpecError
+
+log = logging.getLogger(__name__)
 
 MODES = ("train", "eval", "predict")
 # stage -> (spec key naming the split, dataset mode)
@@ -36,6 +42,7 @@ STAGES = {
     "predict": ("predict_split", "predict"),
 }
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+NAMED_PROBLEMS = 5  # bad pairs named in one error line (the count says how many more)
 
 
 def _split_key_for(seg: DictConfig, split: str) -> Optional[str]:
@@ -81,9 +88,15 @@ class CNDataset(Dataset):
 
     mode "train": random augmentation; "eval": deterministic, labels required; "predict": no labels
     read (an existing label folder is ignored). Eval and predict inputs come from `preprocess_image`.
+    Files are mapped to 8-bit RGB by the dataset's PixelMapping (bands, stretch; data/pixels.py).
+
+    Every pair is checked up front (files present, headers readable, sizes) and all bad pairs are named
+    in one error. With skip_bad (inference) nothing is checked up front: an item that cannot be read is
+    {"name", "error"} instead, and `collate_skipping` leaves it out of its batch.
     """
 
-    def __init__(self, cfg: DictConfig, split: str, mode: str = "eval", split_key: Optional[str] = None):
+    def __init__(self, cfg: DictConfig, split: str, mode: str = "eval", split_key: Optional[str] = None,
+                 skip_bad: bool = False):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.cfg = cfg
@@ -113,7 +126,10 @@ class CNDataset(Dataset):
         split_key = split_key or _split_key_for(seg, self.split)
         self.list_path = find_split_list(self.root / str(seg.list_folder_name), self.split, split_key)
         self.names = read_split_list(self.list_path, self.image_dir)
-        self._check_files_exist()
+        self.skip_bad = bool(skip_bad)
+        if not self.skip_bad:
+            self._check_pairs()
+        self.pixels = dataset_mapping(cfg, self.root, self._stretch_sample(seg))
 
         self.augment = PairAugmentation(seg.augmentation, self.img_size) if mode == "train" else None
         self._augment_seed: Optional[int] = None
@@ -127,20 +143,50 @@ class CNDataset(Dataset):
     def label_path(self, name: str) -> Path:
         return self.label_dir / (Path(name).stem + self.label_suffix)
 
-    def _check_files_exist(self) -> None:
-        # Checked up front: a missing file should stop the run now, not hours into an epoch.
-        missing = []
+    def _stretch_sample(self, seg: DictConfig) -> list:
+        """Pairs to estimate the stretch from: the training split's when it exists (so every split of the
+        dataset gets the limits training used), else this split's."""
+        names = self.names
+        try:
+            train_list = find_split_list(self.root / str(seg.list_folder_name), str(seg.train_split))
+            names = read_split_list(train_list, self.image_dir)
+        except DataError:
+            pass
+        return sample_pairs(names, self.image_dir, self.change_image_dir)
+
+    def _check_pairs(self) -> None:
+        # Checked up front from the file headers: a bad pair should stop the run now, not hours into an
+        # epoch, and all of them at once.
+        problems, near_equal = [], []
         for name in self.names:
-            paths = [self.image_dir / name, self.change_image_dir / name]
-            if self.mode != "predict":
-                paths.append(self.label_path(name))
-            missing += [p for p in paths if not p.is_file()]
-        if missing:
-            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise DataError(
-                f"file '{missing[0]}' listed in '{self.list_path}' does not exist{more}; "
-                "add it or remove its name from the list"
-            )
+            path_a, path_b = self.image_dir / name, self.change_image_dir / name
+            paths = [path_a, path_b] + ([self.label_path(name)] if self.mode != "predict" else [])
+            absent = [p for p in paths if not p.is_file()]
+            if absent:
+                problems.append(f"'{absent[0]}' does not exist")
+                continue
+            try:
+                size_a, size_b = image_size(path_a), image_size(path_b)
+                size_label = image_size(paths[2]) if len(paths) == 3 else size_a
+            except DataError as exc:
+                problems.append(str(exc).split("; ")[0])
+                continue
+            problem = sizes_problem(size_a, size_b, path_a, path_b)
+            if problem is None and size_label != size_a:
+                problem = (f"label '{paths[2].name}' is {size_label[1]}x{size_label[0]} but its A image is "
+                           f"{size_a[1]}x{size_a[0]}; masks must match their A images")
+            if problem:
+                problems.append(problem)
+            elif size_a != size_b:
+                near_equal.append(name)
+        if problems:
+            more = f" (and {len(problems) - NAMED_PROBLEMS} more)" if len(problems) > NAMED_PROBLEMS else ""
+            raise DataError(f"{len(problems)} bad pair(s) in '{self.list_path}': "
+                            f"{'; '.join(problems[:NAMED_PROBLEMS])}{more}; fix them or remove their names from the list")
+        if near_equal:
+            log.warning("%d pair(s) of '%s' have B within %d px of A's size; B is resampled onto A's grid: %s%s",
+                        len(near_equal), self.list_path.name, NEAR_EQUAL_PIXELS, ", ".join(near_equal[:NAMED_PROBLEMS]),
+                        " ..." if len(near_equal) > NAMED_PROBLEMS else "")
 
     def __len__(self) -> int:
         return len(self.names)
@@ -160,12 +206,9 @@ class CNDataset(Dataset):
         """The raw files of one pair: uint8 "A", "B" [H, W, 3] and, unless predicting, class-index "label"."""
         name = self.names[index]
         path_a, path_b = self.image_dir / name, self.change_image_dir / name
-        image_a, image_b = read_image(path_a), read_image(path_b)
-        if image_a.shape != image_b.shape:
-            raise DataError(
-                f"'{path_a}' is {image_a.shape[1]}x{image_a.shape[0]} but '{path_b}' is "
-                f"{image_b.shape[1]}x{image_b.shape[0]}; the two images of a pair must have the same size"
-            )
+        image_a, image_b = self.pixels.read(path_a, "A"), self.pixels.read(path_b, "B")
+        # Near-equal sizes were announced by the up-front check; unchecked (skip_bad) pairs say it here.
+        image_b = fit_to_first(image_a, image_b, path_a, path_b, warn=self.skip_bad)
         pair = {"name": name, "A": image_a, "B": image_b}
         if self.mode != "predict":
             path_label = self.label_path(name)
@@ -179,6 +222,14 @@ class CNDataset(Dataset):
         return pair
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
+        if self.skip_bad:
+            try:
+                return self._item(index)
+            except DataError as exc:
+                return {"name": self.names[index], "error": str(exc)}
+        return self._item(index)
+
+    def _item(self, index: int) -> Dict[str, Any]:
         pair = self.read_pair(index)
         height, width = pair["A"].shape[:2]
         item: Dict[str, Any] = {"name": pair["name"], "orig_size": (height, width)}
@@ -199,9 +250,18 @@ class CNDataset(Dataset):
         return item
 
 
-def build_dataset(cfg: DictConfig, stage: str) -> Dataset:
+def collate_skipping(items: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """A batch of the readable items; "skipped" lists (name, reason) of the others (skip_bad datasets)."""
+    good = [item for item in items if "error" not in item]
+    batch = default_collate(good) if good else {"name": []}
+    batch["skipped"] = [(item["name"], item["error"]) for item in items if "error" in item]
+    return batch
+
+
+def build_dataset(cfg: DictConfig, stage: str, skip_bad: bool = False) -> Dataset:
     """The dataset of a stage: "train" (augmented), "val"/"test" (labelled), "predict" (no labels); a
-    CNDataset for task segment, an InspectionDataset (changenet.data.inspection) for task classify."""
+    CNDataset for task segment, an InspectionDataset (changenet.data.inspection) for task classify.
+    skip_bad: unreadable pairs become skipped items instead of errors (segment inference)."""
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {tuple(STAGES)}, got {stage!r}")
     if cfg.get("task") == "classify":
@@ -210,7 +270,7 @@ def build_dataset(cfg: DictConfig, stage: str) -> Dataset:
         return InspectionDataset(cfg, stage)
     key, mode = STAGES[stage]
     split = segment_config(cfg)[key]
-    return CNDataset(cfg, split, mode, split_key=f"dataset.segment.{key}")
+    return CNDataset(cfg, split, mode, split_key=f"dataset.segment.{key}", skip_bad=skip_bad)
 
 
 # --------------------------------------------------------------------------- classes: colours and names

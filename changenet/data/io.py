@@ -24,16 +24,14 @@ from changenet.fileio import atomic_path
 # read here are the user's own data, so the limit only gets in the way.
 Image.MAX_IMAGE_PIXELS = None
 
-# Pillow modes whose pixels are not 8-bit: converting them to RGB would silently clip the values.
-_WIDE_MODES = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
-
-
-def _open(path: Path, what: str) -> Image.Image:
+def open_image(path: Path, what: str, decode: bool = True) -> Image.Image:
+    """The Pillow image at `path` (decoded unless `decode` is False: then only its header is read)."""
     if not path.is_file():
         raise DataError(f"{what} '{path}' does not exist; check the dataset folder and the split list")
     try:
         image = Image.open(path)
-        image.load()
+        if decode:
+            image.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"cannot read {what} '{path}' ({reason}); replace it with a valid PNG/JPEG/TIFF") from None
@@ -41,14 +39,16 @@ def _open(path: Path, what: str) -> Image.Image:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """The image at `path` as uint8 RGB [H, W, 3] (grey, palette and RGBA images are converted)."""
+    """The 8-bit image at `path` as uint8 RGB [H, W, 3] (grey, palette and RGBA images are converted).
+    Deeper images are refused here; the segmentation dataset maps them (data/pixels.py)."""
+    from changenet.data.pixels import as_rgb, choose_bands, read_pixels
+
     path = Path(path)
-    image = _open(path, "image")
-    if image.mode in _WIDE_MODES:
-        raise DataError(f"image '{path}' has {image.mode} pixels, not 8-bit; convert it to 8-bit RGB")
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    return np.asarray(image, dtype=np.uint8)
+    pixels = read_pixels(path)
+    if pixels.dtype != np.uint8:
+        raise DataError(f"image '{path}' has {pixels.dtype} pixels, not 8-bit; convert it to 8-bit RGB")
+    bands = choose_bands(path, None, pixels.shape[2], "bands")
+    return np.ascontiguousarray(as_rgb(pixels[..., [b - 1 for b in bands]]))
 
 
 def read_label(path: str | os.PathLike) -> np.ndarray:
@@ -57,7 +57,7 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
     Palette images give their indices; RGB masks are accepted when they are grey (all channels equal).
     """
     path = Path(path)
-    image = _open(path, "label")
+    image = open_image(path, "label")
     if image.mode in ("RGB", "RGBA"):
         rgb = np.asarray(image.convert("RGB"))
         if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):

@@ -548,8 +548,15 @@ def generate_dataset(
     seed: int = 0,
     scene_size: Optional[int] = None,
     show_progress: bool = True,
+    bit_depth: int = 8,
+    bands: int = 3,
+    broken: bool = False,
 ) -> Dict:
     """Write a synthetic dataset to `out` (A/, B/, label/, list/, synth.json; scene/ with scene_size).
+
+    bit_depth 16 or bands 4 write the images as georeferenced GeoTIFF chips of a sensor instead of PNG
+    (see `SensorChips`). broken adds pairs a real archive has: one near-equal pair (B a pixel narrower) to
+    every split, and to the predict split a truncated B, a missing B and a pair too different in size.
 
     The folder appears complete or not at all: everything is written to a temporary sibling first.
     Returns the manifest (also saved as out/synth.json).
@@ -558,8 +565,12 @@ def generate_dataset(
     counts = {"train": int(num_train), "val": int(num_val), "test": int(num_test), "predict": int(num_predict)}
     img_size, num_classes = int(img_size), int(num_classes)
     _check_arguments(counts, img_size, num_classes, scene_size)
+    if int(bit_depth) not in (8, 16) or int(bands) not in (3, 4):
+        raise DataError(f"synthetic chips have 8 or 16 bits and 3 or 4 bands, got {bit_depth} bits, {bands} bands")
+    chips = SensorChips(int(bit_depth), int(bands)) if (int(bit_depth), int(bands)) != (8, 3) else None
     manifest = write_dataset_folder(
-        out, lambda work: _write_all(work, counts, img_size, num_classes, int(seed), scene_size, show_progress))
+        out, lambda work: _write_all(work, counts, img_size, num_classes, int(seed), scene_size, show_progress,
+                                     chips, bool(broken)))
     if show_progress:
         _print_summary(out, manifest)
     return manifest
@@ -571,11 +582,77 @@ def _open_permissions(root: Path) -> None:
         os.chmod(path, DIR_MODE if path.is_dir() else FILE_MODE)
 
 
+@dataclass
+class SensorChips:
+    """Images as a multispectral sensor delivers them: GeoTIFF chips (UTM 33N, 0.5 m pixels, each chip its
+    own place) of `bit_depth` bits with bands R, G, B (and NIR: bright over vegetation, dark over roofs
+    and roads). 16-bit values are 12-bit-like digital numbers, dn = offset + gain * value, with A and B
+    acquired at different gains."""
+
+    bit_depth: int = 16
+    bands: int = 4
+
+    def pixels(self, rgb: np.ndarray, side: str) -> np.ndarray:
+        """uint8 RGB [H, W, 3] -> [bands, H, W] in the chip's dtype."""
+        values = rgb.astype(np.float32)
+        if self.bands == 4:
+            red, green, blue = values[..., 0], values[..., 1], values[..., 2]
+            nir = 0.25 * red + 0.35 * green + 1.6 * np.maximum(green - blue, 0.0)
+            values = np.concatenate([values, np.clip(nir, 0, 255)[..., None]], axis=2)
+        if self.bit_depth == 16:
+            offset, gain = (180.0, 12.0) if side == "A" else (240.0, 14.5)
+            return np.rint(offset + gain * values).astype(np.uint16).transpose(2, 0, 1)
+        return np.rint(values).astype(np.uint8).transpose(2, 0, 1)
+
+    def write(self, path: Path, rgb: np.ndarray, side: str, index: int) -> None:
+        import rasterio
+        from rasterio.transform import Affine
+
+        data = self.pixels(rgb, side)
+        west, north = 500000.0 + 1000.0 * (index % 100), 5400000.0 - 1000.0 * (index // 100)
+        transform = Affine(0.5, 0.0, west, 0.0, -0.5, north)  # 0.5 m pixels, north up
+        with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+                           dtype=data.dtype.name, crs="EPSG:32633", transform=transform) as out:
+            out.write(data)
+
+
+def _write_broken(work: Path, split: str, suffix: str, write_image, image_a, image_b, label, num_classes) -> List[str]:
+    """The broken pairs of `split` (see generate_dataset), written from one good pair; their names."""
+    names = []
+    name = f"{split}_near_equal{suffix}"  # B lost its last column at a tile edge
+    write_image(work / "A" / name, image_a, "A")
+    write_image(work / "B" / name, image_b[:, :-1], "B")
+    write_png(work / "label" / (Path(name).stem + ".png"), _label_file_values(label, num_classes))
+    names.append(name)
+    if split != "predict":
+        return names
+    for kind in ("truncated", "missing_b", "too_small"):
+        name = f"{split}_{kind}{suffix}"
+        write_image(work / "A" / name, image_a, "A")
+        if kind == "truncated":
+            write_image(work / "B" / name, image_b, "B")
+            data = (work / "B" / name).read_bytes()
+            (work / "B" / name).write_bytes(data[: len(data) // 2])
+        elif kind == "too_small":
+            write_image(work / "B" / name, image_b[: image_b.shape[0] // 2], "B")
+        names.append(name)
+    return names
+
+
 def _write_all(work: Path, counts: Dict[str, int], img_size: int, num_classes: int, seed: int,
-               scene_size: Optional[int], show_progress: bool) -> Dict:
+               scene_size: Optional[int], show_progress: bool, chips: Optional[SensorChips] = None,
+               broken: bool = False) -> Dict:
     scale = img_size / REFERENCE_SIZE
     for folder in ("A", "B", "label", "list"):
         (work / folder).mkdir()
+    suffix = ".tif" if chips is not None else ".png"
+
+    def write_image(path: Path, rgb: np.ndarray, side: str, index: int = 0) -> None:
+        if chips is not None:
+            chips.write(path, rgb, side, index)
+        else:
+            write_png(path, rgb, compress_level=PNG_LEVEL)
+
     splits: Dict[str, Dict] = {}
     with progress_bar() as progress:
         if not show_progress:
@@ -587,16 +664,19 @@ def _write_all(work: Path, counts: Dict[str, int], img_size: int, num_classes: i
             names: List[str] = []
             class_pixels = np.zeros(num_classes, dtype=np.int64)
             for index in range(count):
-                name = f"{split}_{index:04d}.png"
+                name = f"{split}_{index:04d}{suffix}"
                 image_a, image_b, label = render_pair(_pair_rng(seed, split, index), (img_size, img_size), scale,
                                                       num_classes)
-                write_png(work / "A" / name, image_a, compress_level=PNG_LEVEL)
-                write_png(work / "B" / name, image_b, compress_level=PNG_LEVEL)
-                write_png(work / "label" / name, _label_file_values(label, num_classes), compress_level=PNG_LEVEL)
+                write_image(work / "A" / name, image_a, "A", index)
+                write_image(work / "B" / name, image_b, "B", index)
+                write_png(work / "label" / (Path(name).stem + ".png"), _label_file_values(label, num_classes),
+                          compress_level=PNG_LEVEL)
                 class_pixels += np.bincount(label.ravel(), minlength=num_classes)[:num_classes]
                 names.append(name)
                 changed = 1.0 - class_pixels[0] / max(class_pixels.sum(), 1)
                 progress.update(task, advance=1, note=f"changed {changed:5.1%}")
+            if broken and count:
+                names += _write_broken(work, split, suffix, write_image, image_a, image_b, label, num_classes)
             (work / "list" / f"{split}.txt").write_text("".join(n + "\n" for n in names))
             total = max(int(class_pixels.sum()), 1)
             splits[split] = {
@@ -616,6 +696,9 @@ def _write_all(work: Path, counts: Dict[str, int], img_size: int, num_classes: i
         "class_names": list(CLASS_NAMES[:num_classes]) if num_classes > 2 else ["no_change", "change"],
         "label_values": "0 = no change, 255 = change" if num_classes == 2 else f"class index 0..{num_classes - 1}",
         "label_transform": "norm" if num_classes == 2 else None,
+        "images": {"format": "GeoTIFF" if chips else "PNG", "bit_depth": chips.bit_depth if chips else 8,
+                   "bands": ["R", "G", "B", "NIR"][: chips.bands if chips else 3]},
+        "broken_pairs": broken,
         "splits": splits,
         "scene": scene,
     }

@@ -7,6 +7,7 @@ thread pool so PNG encoding overlaps the model.
 
 from __future__ import annotations
 
+import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -23,9 +24,12 @@ from torch.utils.data import DataLoader
 
 from changenet.deploy.factory import model_source, predictor_from_spec
 from changenet.deploy.predictor import Predictor
+from changenet.errors import SkippedInputs
 from changenet.evaluation.metrics import SUMMARY_KEYS, ConfusionMatrix
 from changenet.evaluation.visualize import colorize, comparison_image
 from changenet.fileio import write_json
+
+log = logging.getLogger(__name__)
 
 
 
@@ -52,11 +56,11 @@ class BackgroundWriter:
             self._pool.shutdown(wait=True)
 
 
-def _loader(cfg: DictConfig, block: str, stage: str) -> DataLoader:
-    from changenet.data import build_dataset
+def _loader(cfg: DictConfig, block: str, stage: str, skip_bad: bool = False) -> DataLoader:
+    from changenet.data.dataset import build_dataset, collate_skipping
 
     seg = cfg.dataset.segment
-    dataset = build_dataset(cfg, stage)  # "test" -> eval mode (labels required), "predict" -> no labels
+    dataset = build_dataset(cfg, stage, skip_bad)  # "test" -> eval mode (labels required), "predict" -> no labels
     return DataLoader(
         dataset,
         batch_size=cfg[block].batch_size or seg.batch_size,
@@ -64,6 +68,7 @@ def _loader(cfg: DictConfig, block: str, stage: str) -> DataLoader:
         num_workers=seg.workers,
         persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
+        **({"collate_fn": collate_skipping} if skip_bad else {}),
     )
 
 
@@ -79,8 +84,10 @@ def iterate_predictions(predictor: Predictor, loader: DataLoader, description: s
     with _progress() as progress:
         task = progress.add_task(description, total=len(loader))
         for batch in loader:
-            scores = predictor.predict_scores(batch["A"].numpy(), batch["B"].numpy())
-            yield batch, scores
+            if "A" not in batch:  # every pair of the batch was skipped
+                yield batch, None
+            else:
+                yield batch, predictor.predict_scores(batch["A"].numpy(), batch["B"].numpy())
             progress.advance(task)
 
 
@@ -171,20 +178,23 @@ def inference(cfg: DictConfig) -> Dict[str, object]:
     from changenet.data import class_palette, denormalize, write_png
 
     out_dir = Path(cfg.inference.results_dir)
-    loader = _loader(cfg, "inference", "predict")
+    loader = _loader(cfg, "inference", "predict", skip_bad=not cfg.inference.fail_fast)
     colours = class_palette(cfg)
     align = cfg.model.decode_head.align_corners
     writer = BackgroundWriter()
     start = time.perf_counter()
     pairs = 0
+    skipped: List[Dict[str, str]] = []
     with predictor_from_spec(cfg, "inference") as predictor:
         for index, (batch, scores) in enumerate(iterate_predictions(predictor, loader, "inference")):
+            skipped += note_skipped(batch)
+            if scores is None:
+                continue
             heights, widths = batch["orig_size"]
             for i, name in enumerate(batch["name"]):
                 h, w = int(heights[i]), int(widths[i])
                 mask = _scores_at_size(scores[i : i + 1], h, w, align)[0].argmax(axis=0).astype(np.uint8)
-                writer.submit(write_png, out_dir / "mask" / _stem_png(name), mask)
-                writer.submit(write_png, out_dir / "color" / _stem_png(name), colorize(mask, colours))
+                write_mask(writer, out_dir / "mask", loader.dataset.image_dir / name, mask, colours)
                 if index % cfg.inference.vis_after_n_batches == 0:
                     small = scores[i].argmax(axis=0).astype(np.uint8)
                     a = denormalize(batch["A"][i].numpy(), cfg)
@@ -195,7 +205,43 @@ def inference(cfg: DictConfig) -> Dict[str, object]:
     writer.close()
     seconds = time.perf_counter() - start
     summary = {"backend": backend, "num_pairs": pairs, "seconds": round(seconds, 3),
-               "pairs_per_second": round(pairs / seconds, 2) if seconds else None, "results_dir": str(out_dir)}
+               "pairs_per_second": round(pairs / seconds, 2) if seconds else None, "results_dir": str(out_dir),
+               "skipped": skipped}
     write_json(out_dir / "inference.json", summary)
     console.print(f"{pairs} masks written to {out_dir / 'mask'} ({summary['pairs_per_second']} pairs/s, {backend})")
+    raise_if_skipped(skipped, pairs, out_dir)
     return summary
+
+
+def note_skipped(batch: Dict) -> List[Dict[str, str]]:
+    """The skipped pairs of a batch (collate_skipping), each said in one warning line."""
+    found = [{"name": name, "reason": reason} for name, reason in batch.get("skipped", [])]
+    for pair in found:
+        log.warning("skipped pair '%s': %s", pair["name"], pair["reason"])
+    return found
+
+
+def raise_if_skipped(skipped: List[Dict[str, str]], done: int, out_dir: Path) -> None:
+    """After a run that wrote what it could: exit code 3 when pairs were left out."""
+    if skipped:
+        names = ", ".join(pair["name"] for pair in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+        raise SkippedInputs(f"{len(skipped)} of {done + len(skipped)} pairs skipped ({names}); every other pair was "
+                            f"written; the list is in {out_dir / 'inference.json'} (inference.fail_fast=true stops "
+                            "at the first bad pair instead)")
+
+
+def write_mask(writer: "BackgroundWriter", folder: Path, image_a: Path, mask: np.ndarray, colours: np.ndarray) -> None:
+    """The class-index mask of a pair (with A's georeference as a GeoTIFF when A has one, else a PNG) and
+    its colour rendering (color/<name>.png)."""
+    from changenet.data import write_png
+    from changenet.data.pixels import georeference
+
+    stem = image_a.stem
+    georef = georeference(image_a)
+    if georef is not None:
+        from changenet.geo import write_geotiff
+
+        writer.submit(write_geotiff, folder / f"{stem}.tif", mask, *georef, colours)
+    else:
+        writer.submit(write_png, folder / f"{stem}.png", mask)
+    writer.submit(write_png, folder.parent / "color" / f"{stem}.png", colorize(mask, colours))
