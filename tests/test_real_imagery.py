@@ -30,14 +30,14 @@ rasterio = pytest.importorskip("rasterio", reason="GeoTIFF chips need the geo ex
 
 def spec(root: Path, tmp_path: Path, *overrides: str):
     return load_spec(None, [f"dataset.segment.root_dir={root}", f"dataset.segment.img_size={SIZE}",
-                            "model.decode_head.decoder_params.embed_dim=16", "dataset.segment.batch_size=4",
+                            "model.backbone.type=fan_tiny_8_p4_hybrid", "model.decode_head.decoder_params.embed_dim=16", "dataset.segment.batch_size=4",
                             "dataset.segment.workers=0", "train.num_epochs=1", f"results_dir={tmp_path / 'results'}",
                             *overrides])
 
 
 def cli(action: str, root: Path, tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     args = [f"dataset.segment.root_dir={root}", f"dataset.segment.img_size={SIZE}",
-            "model.decode_head.decoder_params.embed_dim=16", "dataset.segment.batch_size=4", "dataset.segment.workers=0",
+            "model.backbone.type=fan_tiny_8_p4_hybrid", "model.decode_head.decoder_params.embed_dim=16", "dataset.segment.batch_size=4", "dataset.segment.workers=0",
             "train.num_epochs=1", f"results_dir={tmp_path / 'results'}", *overrides]
     return subprocess.run([sys.executable, "-m", "changenet.cli", action, *args], capture_output=True, text=True,
                           timeout=900)

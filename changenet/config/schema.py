@@ -235,9 +235,9 @@ class CudnnConfig:
 @dataclass
 class CheckpointerConfig:
     enable_topk: bool = _f(False, "also keep the best checkpoints by a monitored metric")
-    replace_periodic: bool = _f(False, "keep only the best checkpoint instead of the periodic ones")
-    monitor: Optional[str] = _f(None, "metric to rank checkpoints by (default val_miou)")
-    mode: Optional[str] = _f(None, "min or max")
+    replace_periodic: bool = _f(False, "keep the best checkpoints instead of the periodic ones (the latest is always kept)")
+    monitor: Optional[str] = _f(None, "metric to rank checkpoints by (default val_miou / val_total_accuracy)")
+    mode: Optional[str] = _f(None, "min or max (default: min for losses and rates, else max)")
     save_top_k: int = _f(1, "how many best checkpoints to keep")
     filename: str = _f("model_best_{epoch:03d}", "file name pattern of the best checkpoints")
     dirpath: Optional[str] = _f(None, "folder of the best checkpoints (default train.results_dir)")
@@ -270,7 +270,7 @@ class TrainConfig:
     cudnn: CudnnConfig = _f(factory=CudnnConfig, help="cuDNN settings")
     num_epochs: int = _f(10, "total epochs")
     checkpoint_interval: int = _f(1, "save model_epoch_<NNN>.pth every N epochs")
-    checkpoint_interval_unit: str = _f("epoch", "unit of checkpoint_interval: epoch (step: not yet)")
+    checkpoint_interval_unit: str = _f("epoch", "unit of checkpoint_interval: epoch or step (model_epoch_<NNN>_step_<NNNNN>.pth)")
     validation_interval: int = _f(1, "validate every N epochs")
     checkpointer: CheckpointerConfig = _f(factory=CheckpointerConfig, help="best-checkpoint selection")
     resume_training_checkpoint_path: Optional[str] = _f(None, "checkpoint to resume from (else the latest)")
@@ -282,7 +282,8 @@ class TrainConfig:
     tensorboard: TensorBoardConfig = _f(factory=TensorBoardConfig, help="TensorBoard logging")
     precision: str = _f("32-true", "Lightning precision: 32-true, bf16-mixed or 16-mixed")
     sync_batchnorm: bool = _f(False, "synchronise BatchNorm statistics across GPUs")
-    use_distributed_sampler: bool = _f(False, "let Lightning shard the data across processes")
+    use_distributed_sampler: bool = _f(False, "true: Lightning's samplers shard the data; false: changenet's (every split, exact validation)")
+    accelerator: str = _f("auto", "auto (GPUs when present, else one CPU process), gpu, or cpu: num_gpus / gpu_ids processes on the CPU (DDP over gloo)")
     max_steps_per_epoch: Optional[int] = _f(None, "cap on training batches per epoch (quick runs)")
 
 

@@ -84,6 +84,7 @@ CHOICES = {
     "calibrate.target": ("tensorrt", "onnxruntime"),
     "inference.tiling.stretch": ("auto", "percentile", "none"),
     "dataset.segment.stretch": ("auto", "percentile", "none"),
+    "train.accelerator": ("auto", "gpu", "cpu"),
 }
 # One calibration run serves both Q/DQ placements, so every method works for either target
 # ("max" is TensorRT's name, "minmax" ONNX Runtime's, for the same symmetric min-max ranges).

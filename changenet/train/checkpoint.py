@@ -44,6 +44,7 @@ TAO_MODELS = {"segment": TAO_SEGMENT_MODEL, "classify": TAO_CLASSIFY_MODEL}
 
 # Checkpoint saved after (0-based) epoch e, as str.format pattern without the ".pth" (Lightning's form).
 EPOCH_CHECKPOINT_PATTERN = "model_epoch_{epoch:03d}"
+STEP_CHECKPOINT_PATTERN = "model_epoch_{epoch:03d}_step_{step:05d}"  # train.checkpoint_interval_unit: step
 
 # Backbones by what their tensors show, to name the backbone of a TAO checkpoint (several names when
 # they differ only in settings that leave no trace in the weights, like the C-RADIO p1-p3 summary indices).

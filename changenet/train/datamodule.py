@@ -3,14 +3,16 @@ InspectionDataset objects), sized by its dataset block."""
 
 from __future__ import annotations
 
+import math
 import random
-from typing import Optional
+from typing import Iterator, Optional, Tuple
 
 import lightning as L
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, Dataset
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, WeightedRandomSampler
 
 from changenet.data import build_dataset
 from changenet.errors import SpecError
@@ -36,19 +38,40 @@ class ChangeDataModule(L.LightningDataModule):
             self.train_set = build_dataset(self.cfg, "train")
             self.val_set = build_dataset(self.cfg, "val")
 
+    def _shards(self) -> Optional[Tuple[int, int]]:
+        """(processes, this process's rank) when the data module shards the data itself (several
+        processes and train.use_distributed_sampler false), else None."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.world_size < 2 or bool(self.cfg.train.use_distributed_sampler):
+            return None
+        return trainer.world_size, trainer.global_rank
+
     def train_dataloader(self) -> DataLoader:
         block = dataset_block(self.cfg)
+        shards, seed = self._shards(), int(self.cfg.train.seed)
         # Equal batches keep BatchNorm statistics steady, unless that would leave no batch at all.
-        drop_last = len(self.train_set) >= int(block.batch_size)
+        per_process = len(self.train_set) // (shards[0] if shards else 1)
+        drop_last = per_process >= int(block.batch_size)
         if is_classify(self.cfg):
             from changenet.data.inspection import defect_sampler
 
             sampler = defect_sampler(self.train_set, float(block.fpratio_sampling))
+            if sampler is not None and shards:
+                sampler = ShardedSampler(sampler, *shards, seed)
+            elif shards:
+                sampler = DistributedSampler(self.train_set, *shards, shuffle=True, seed=seed)
             return self._loader(self.train_set, shuffle=sampler is None, drop_last=drop_last, sampler=sampler)
+        if shards:  # Lightning calls set_epoch: a new split of a new permutation every epoch
+            sampler = DistributedSampler(self.train_set, *shards, shuffle=bool(block.shuffle), seed=seed)
+            return self._loader(self.train_set, shuffle=False, drop_last=drop_last, sampler=sampler)
         return self._loader(self.train_set, shuffle=bool(block.shuffle), drop_last=drop_last)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False, drop_last=False)
+        shards = self._shards()
+        # Without repeats (Lightning's own sampler pads): metrics summed over the processes are exactly
+        # those of one process over the whole split.
+        sampler = UnrepeatedDistributedSampler(self.val_set, *shards, shuffle=False) if shards else None
+        return self._loader(self.val_set, shuffle=False, drop_last=False, sampler=sampler)
 
     def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool, sampler=None) -> DataLoader:
         block = dataset_block(self.cfg)
@@ -65,6 +88,27 @@ class ChangeDataModule(L.LightningDataModule):
             persistent_workers=False,
             pin_memory=torch.cuda.is_available(),
         )
+
+
+class ShardedSampler(Sampler):
+    """One process's share of a weighted draw (fpratio_sampling): every process makes the same draw, seeded
+    from (seed, epoch), and takes every world-th index from its rank on (the draw padded to a multiple)."""
+
+    def __init__(self, sampler: WeightedRandomSampler, num_replicas: int, rank: int, seed: int) -> None:
+        self.sampler, self.num_replicas, self.rank, self.seed = sampler, num_replicas, rank, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.num_replicas)
+
+    def __iter__(self) -> Iterator[int]:
+        self.sampler.generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        indices = list(self.sampler)
+        indices += indices[: len(self) * self.num_replicas - len(indices)]
+        return iter(indices[self.rank :: self.num_replicas])
 
 
 def seed_epoch(seed: int, epoch: int, rank: int = 0) -> None:

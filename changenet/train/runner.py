@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import tempfile
 import warnings
@@ -62,6 +63,7 @@ def train(cfg: DictConfig) -> Path:
         _say(f"resuming from '{path}': epoch {start_epoch - 1:03d} done, continuing with epoch {start_epoch:03d} of {num_epochs}")
 
     plan = plan_devices(cfg)
+    rank_zero_only.rank = process_rank(plan)  # before Lightning knows it: who writes status.json, who talks
     if plan.note:
         _say(f"warning: {plan.note}", err=True)
     if rank_zero_only.rank == 0:
@@ -99,6 +101,17 @@ def train(cfg: DictConfig) -> Path:
         _say(f"done: {format_epoch_line(records[-1])}")
     _say(f"latest checkpoint: '{latest}'; per-epoch metrics: '{results_dir / STATUS_FILE}'")
     return latest
+
+
+def process_rank(plan) -> int:
+    """This process's global rank from the launcher's environment (torchrun and SLURM set RANK; Lightning's
+    own launch sets NODE_RANK and LOCAL_RANK); 0 for a single process."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    if "SLURM_PROCID" in os.environ:
+        return int(os.environ["SLURM_PROCID"])
+    per_node = len(plan.devices) if isinstance(plan.devices, list) else int(plan.devices)
+    return int(os.environ.get("NODE_RANK", 0)) * per_node + int(os.environ.get("LOCAL_RANK", 0))
 
 
 # --------------------------------------------------------------------------- checks and resume
@@ -188,5 +201,6 @@ def _quiet_lightning() -> None:
         r".*exists and is not empty.*",  # resuming into results_dir is the normal case
         r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",  # inside Lightning, with newer torch
         r".*callbacks used to create the checkpoint need to be provided.*",  # TAO's callback states: nothing to restore
+        r".*Grad strides do not match bucket view strides.*",  # DDP on channels-last grads: speed only, on the CPU
     ):
         warnings.filterwarnings("ignore", message=message)

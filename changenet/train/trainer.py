@@ -14,11 +14,12 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import DictConfig
 
 from changenet.errors import SpecError
 from changenet.fileio import atomic_path
-from changenet.train.checkpoint import EPOCH_CHECKPOINT_PATTERN, latest_checkpoint_name
+from changenet.train.checkpoint import EPOCH_CHECKPOINT_PATTERN, STEP_CHECKPOINT_PATTERN, latest_checkpoint_name
 from changenet.train.datamodule import seed_epoch
 
 STATUS_FILE = "status.json"
@@ -37,12 +38,29 @@ class DevicePlan:
         return count * self.num_nodes > 1
 
 
+def requested_processes(cfg: DictConfig) -> int:
+    """Processes per node the spec asks for: num_gpus or len(gpu_ids), whichever implies more (TAO's rule)."""
+    return max(int(cfg.train.num_gpus), len(cfg.train.gpu_ids or []), 1)
+
+
 def plan_devices(cfg: DictConfig) -> DevicePlan:
-    """Map train.num_gpus / gpu_ids / num_nodes to Lightning; the CPU when no GPU is present."""
+    """Map train.accelerator / num_gpus / gpu_ids / num_nodes to Lightning.
+
+    accelerator cpu runs the requested number of processes per node on the CPU (DDP over gloo: what a
+    multi-GPU spec does, on a laptop); auto uses the GPUs when there are any, else one CPU process.
+    """
     train = cfg.train
     num_nodes = int(train.num_nodes)
+    accelerator = str(train.accelerator)
+    if accelerator == "cpu":
+        return DevicePlan("cpu", requested_processes(cfg), num_nodes)
     if not torch.cuda.is_available():
-        return DevicePlan("cpu", 1, num_nodes, note=f"no CUDA GPU found: training on the CPU (train.num_gpus={train.num_gpus} ignored)")
+        if accelerator == "gpu":
+            raise SpecError("spec key 'train.accelerator' is gpu but no CUDA GPU is available; use train.accelerator=cpu "
+                            "to run the same processes on the CPU")
+        note = f"no CUDA GPU found: training on the CPU (train.num_gpus={train.num_gpus} ignored"
+        note += "; train.accelerator=cpu runs that many CPU processes)" if requested_processes(cfg) > 1 else ")"
+        return DevicePlan("cpu", 1, num_nodes, note=note)
     gpu_ids = [int(i) for i in train.gpu_ids]
     available = torch.cuda.device_count()
     unknown = [i for i in gpu_ids if not 0 <= i < available]
@@ -68,17 +86,14 @@ def build_trainer(cfg: DictConfig, results_dir: Path, plan: Optional[DevicePlan]
     on_cpu = plan.accelerator == "cpu"
     if not on_cpu:
         torch.backends.cudnn.deterministic = bool(train.cudnn.deterministic)
-    callbacks = [
-        EpochSeeding(int(train.seed)),
-        EpochReport(results_dir / STATUS_FILE),
-        ChangeNetCheckpoint(results_dir, int(train.checkpoint_interval), latest_checkpoint_name(str(cfg.task))),
-    ]
+    callbacks = [EpochSeeding(int(train.seed)), EpochReport(results_dir / STATUS_FILE), *checkpoint_callbacks(cfg, results_dir)]
     return L.Trainer(
         accelerator=plan.accelerator,
         devices=plan.devices,
         num_nodes=plan.num_nodes,
-        strategy="ddp" if plan.distributed else "auto",
+        strategy=DDPStrategy(find_unused_parameters=has_unused_parameters(cfg)) if plan.distributed else "auto",
         sync_batchnorm=plan.distributed and bool(train.sync_batchnorm),
+        use_distributed_sampler=bool(train.use_distributed_sampler),
         precision=precision_for(cfg, plan),
         max_epochs=int(train.num_epochs),
         limit_train_batches=int(train.max_steps_per_epoch) if train.max_steps_per_epoch else 1.0,
@@ -90,9 +105,18 @@ def build_trainer(cfg: DictConfig, results_dir: Path, plan: Optional[DevicePlan]
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(results_dir),
-        logger=False,  # status.json is the record of a run
+        logger=tensorboard_logger(cfg, results_dir),  # status.json is the record of a run either way
         enable_model_summary=False,  # the runner prints a one-line summary
     )
+
+
+def has_unused_parameters(cfg: DictConfig) -> bool:
+    """Whether some trainable parameters get no gradient in a step (DDP must then look for them): the heads of
+    the outputs a single-scale segmentation loss ignores, classifier levels left out of the fusion, ..."""
+    if cfg.task == "segment":
+        return not bool(cfg.dataset.segment.multi_scale_train)
+    heads = cfg.model.classify
+    return not (heads.difference_module == "learnable" and int(heads.learnable_difference_modules) == 4)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -105,32 +129,72 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, tmp)
 
 
-class ChangeNetCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint with the TAO file names: model_epoch_<NNN>.pth every
-    `interval` epochs and changenet_model_<task>_latest.pth (a copy, never a link) every epoch."""
+class PthCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint writing TAO's .pth names; a resumed run overwrites the names it owns
+    instead of writing "-v1" copies."""
 
     FILE_EXTENSION = ".pth"
 
-    def __init__(self, results_dir: str | os.PathLike, interval: int, latest_name: str) -> None:
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(auto_insert_metric_name=kwargs.pop("auto_insert_metric_name", False),
+                         enable_version_counter=False, **kwargs)
+
+
+class LatestCheckpoint(PthCheckpoint):
+    """changenet_model_<task>_latest.pth (a copy, never a link) at the end of every training epoch: what a
+    run resumes from, so it always holds a finished epoch."""
+
+    def __init__(self, results_dir: str | os.PathLike, latest_name: str) -> None:
         self.CHECKPOINT_NAME_LAST = Path(latest_name).stem
-        super().__init__(
-            dirpath=str(results_dir),
-            filename=EPOCH_CHECKPOINT_PATTERN,
-            auto_insert_metric_name=False,
-            every_n_epochs=interval,
-            save_top_k=-1,
-            save_last=True,
-            # Validation may run less often than checkpoints are due: save at the end of every training epoch.
-            save_on_train_epoch_end=True,
-            # A resumed run overwrites the names it owns instead of writing "-v1" copies.
-            enable_version_counter=False,
-        )
+        super().__init__(dirpath=str(results_dir), every_n_epochs=1, save_top_k=0, save_last=True,
+                         save_on_train_epoch_end=True)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        # Lightning writes "last" only alongside a numbered checkpoint; TAO's latest file follows every epoch.
-        if not self._should_skip_saving_checkpoint(trainer) and (trainer.current_epoch + 1) % self._every_n_epochs:
+        # Lightning writes "last" only beside a top-k checkpoint; this one keeps no top-k, only the latest.
+        if not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def checkpoint_callbacks(cfg: DictConfig, results_dir: Path) -> List[ModelCheckpoint]:
+    """The latest checkpoint; the periodic ones (train.checkpoint_interval in epochs or steps:
+    model_epoch_<NNN>.pth / model_epoch_<NNN>_step_<NNNNN>.pth) unless checkpointer.replace_periodic; the best
+    ones by a validation metric with checkpointer.enable_topk."""
+    train, best = cfg.train, cfg.train.checkpointer
+    callbacks: List[ModelCheckpoint] = [LatestCheckpoint(results_dir, latest_checkpoint_name(str(cfg.task)))]
+    if not (best.enable_topk and best.replace_periodic):
+        interval, by_step = int(train.checkpoint_interval), str(train.checkpoint_interval_unit) == "step"
+        callbacks.append(PthCheckpoint(
+            dirpath=str(results_dir), filename=STEP_CHECKPOINT_PATTERN if by_step else EPOCH_CHECKPOINT_PATTERN,
+            every_n_epochs=None if by_step else interval, every_n_train_steps=interval if by_step else None,
+            save_top_k=-1,
+            # Validation may run less often than checkpoints are due: save when training says so.
+            save_on_train_epoch_end=True))
+    if best.enable_topk:
+        monitor = str(best.monitor or ("val_total_accuracy" if cfg.task == "classify" else "val_miou"))
+        mode = str(best.mode or ("min" if "loss" in monitor or monitor.endswith("_rate") else "max"))
+        callbacks.append(PthCheckpoint(
+            dirpath=str(best.dirpath or results_dir), filename=str(best.filename), monitor=monitor, mode=mode,
+            save_top_k=int(best.save_top_k), auto_insert_metric_name=bool(best.auto_insert_metric_name),
+            save_on_train_epoch_end=False))  # ranked after each validation
+    return callbacks
+
+
+def tensorboard_logger(cfg: DictConfig, results_dir: Path):
+    """Lightning's TensorBoardLogger under <results_dir>/tensorboard with train.tensorboard.enabled; False (no
+    logger) otherwise, or, with one line, when no TensorBoard writer package is installed."""
+    if not cfg.train.tensorboard.enabled:
+        return False
+    import importlib.util
+
+    if not any(importlib.util.find_spec(name) for name in ("tensorboard", "tensorboardX")):
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        rank_zero_warn("train.tensorboard.enabled is true but neither tensorboard nor tensorboardX is installed "
+                       "(pip install tensorboard); training without TensorBoard logs")
+        return False
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    return TensorBoardLogger(save_dir=str(results_dir), name="tensorboard", version="")
 
 
 # --------------------------------------------------------------------------- callbacks
