@@ -43,7 +43,7 @@ from changenet.deploy.sidecar import read_sidecar, write_sidecar
 from changenet.errors import ModelError, SpecError
 from changenet.fileio import atomic_path, sha256_file
 
-TARGETS = ("tensorrt", "onnxruntime")
+TARGETS = ("tensorrt", "onnxruntime", "openvino")
 
 
 def say(message: str) -> None:
@@ -97,13 +97,15 @@ def build_int8_onnx(cfg: DictConfig, onnx_path: str | Path, target: str) -> Path
     for note in exclusions.notes:
         say(f"note: {note}")
 
-    cache_path = default_cache_path(cfg)
-    digest = sha256_file(onnx_path)
-    scales = cached_or_calibrated_scales(cfg, onnx_path, graph, digest, cache_path, method, inputs)
-
     results_dir = Path(str(cfg.calibrate.results_dir))
     output = Path(cfg.calibrate.output_onnx).expanduser() if cfg.calibrate.output_onnx \
-        else results_dir / f"model.{target}.int8.onnx"
+        else results_dir / f"model.{target}.int8.{'xml' if target == 'openvino' else 'onnx'}"
+    digest = sha256_file(onnx_path)
+    if target == "openvino":
+        return quantize_for_openvino(cfg, onnx_path, graph, digest, output, exclusions, inputs)
+
+    cache_path = default_cache_path(cfg)
+    scales = cached_or_calibrated_scales(cfg, onnx_path, graph, digest, cache_path, method, inputs)
     start = time.perf_counter()
     with console.status(f"Placing Q/DQ for {target}"), atomic_path(output) as tmp:
         if target == "tensorrt":
@@ -125,6 +127,44 @@ def build_int8_onnx(cfg: DictConfig, onnx_path: str | Path, target: str) -> Path
         "excluded_nodes": list(exclusions.nodes),
     })
     say(f"INT8 model for {target}: {output} ({quantized} activations quantized, scales from {cache_path}; "
+        f"{time.perf_counter() - start:.1f} s)")
+    return output
+
+
+def quantize_for_openvino(cfg: DictConfig, onnx_path: Path, graph: onnx.ModelProto, digest: str, output: Path,
+                          exclusions, inputs: ModelInputs) -> Path:
+    """INT8 for OpenVINO's CPU plugin: NNCF's post-training quantization of the model as OpenVINO reads it,
+    over the same calibration pairs (both inputs fed), with NNCF's placement and ranges (OpenVINO cannot
+    compile the onnxruntime placement); the exclusion fields keep their nodes in FP32 (op types are resolved
+    to the ONNX node names, which OpenVINO keeps). Writes an OpenVINO IR (.xml + .bin) + sidecar."""
+    try:
+        import nncf
+        import openvino as ov
+    except ModuleNotFoundError:
+        raise SpecError("calibrate.target=openvino needs NNCF and OpenVINO: pip install 'changenet[openvino]'") from None
+    output = output.with_suffix(".xml")
+
+    pairs = calibration_pairs(cfg, say=say)
+    batch_size = inputs.batch_size or pairs.batch_size
+    batches = list(pairs.batches(batch_size, full=inputs.batch_size is not None))
+    first, second = inputs.names
+    dataset = nncf.Dataset(batches, lambda batch: {first: batch[0], second: batch[1]})
+    kept = set(exclusions.nodes) | {n.name for n in graph.graph.node if n.op_type in exclusions.op_types and n.name}
+    ignored = nncf.IgnoredScope(names=sorted(kept), validate=False)
+    start = time.perf_counter()
+    with console.status(f"NNCF quantization over {pairs.num_pairs} pairs"), _quiet_prints():
+        quantized = nncf.quantize(ov.Core().read_model(str(onnx_path)), dataset, subset_size=len(batches),
+                                  ignored_scope=ignored)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(quantized, str(output))  # .xml and .bin side by side
+    count = sum(1 for op in quantized.get_ops() if op.get_type_name() == "FakeQuantize")
+    write_sidecar(output, {
+        **read_sidecar(onnx_path), "precision": "int8", "int8_target": "openvino", "source_onnx": str(onnx_path),
+        "source_onnx_sha256": digest, "calibration": f"NNCF {nncf.__version__}, {pairs.num_pairs} pairs from {pairs.source}",
+        "quantized_activations": count, "excluded_op_types": list(exclusions.op_types),
+        "excluded_nodes": list(exclusions.nodes),
+    })
+    say(f"INT8 model for openvino: {output} ({count} tensors quantized by NNCF on {pairs.num_pairs} pairs; "
         f"{time.perf_counter() - start:.1f} s)")
     return output
 

@@ -28,6 +28,28 @@ REPORT_FILE = "calibration_report.json"
 SHOWN_METRICS = ("acc", "miou", "mf1")
 
 
+def report_predictors(cfg: DictConfig, fp32_onnx: Path, int8_onnx: Path, target: str):
+    """The FP32 and INT8 models on the runtime of the target's CPU stand-in: OpenVINO (FP32 arithmetic outside
+    the INT8 layers) for target openvino, else ONNX Runtime."""
+    if target == "openvino":
+        import copy
+
+        from changenet.deploy.openvino_predictor import OpenVinoPredictor
+
+        exact = copy.deepcopy(cfg)
+        exact.openvino.precision = "f32"
+        return OpenVinoPredictor.from_onnx(fp32_onnx, exact), OpenVinoPredictor.from_onnx(int8_onnx, exact)
+    from changenet.deploy.onnxruntime_predictor import OnnxRuntimePredictor
+
+    return OnnxRuntimePredictor.from_onnx(fp32_onnx, cfg), OnnxRuntimePredictor.from_onnx(int8_onnx, cfg)
+
+
+def runtime_name(predictor) -> str:
+    if predictor.backend == "openvino":
+        return f"openvino (CPU, {predictor.precision})"
+    return f"onnxruntime ({', '.join(predictor.providers)})"
+
+
 def validation_loader(cfg: DictConfig) -> Optional[DataLoader]:
     """The validation split in order, or None (said in one line) when the spec has none usable."""
     from changenet.data import build_dataset
@@ -44,7 +66,6 @@ def validation_loader(cfg: DictConfig) -> Optional[DataLoader]:
 
 def accuracy_report(cfg: DictConfig, fp32_onnx: Path, int8_onnx: Path, target: str) -> Optional[Dict[str, Any]]:
     """Compare the two models on the validation split; returns the report (None when there is no split)."""
-    from changenet.deploy.onnxruntime_predictor import OnnxRuntimePredictor
 
     if cfg.task == "classify":
         return classifier_report(cfg, fp32_onnx, int8_onnx, target)
@@ -53,8 +74,7 @@ def accuracy_report(cfg: DictConfig, fp32_onnx: Path, int8_onnx: Path, target: s
     if loader is None:
         return None
     dataset = loader.dataset
-    fp32 = OnnxRuntimePredictor.from_onnx(fp32_onnx, cfg)
-    int8 = OnnxRuntimePredictor.from_onnx(int8_onnx, cfg)
+    fp32, int8 = report_predictors(cfg, fp32_onnx, int8_onnx, target)
     metrics = {"fp32": ConfusionMatrix(seg.num_classes, seg.class_names),
                "int8": ConfusionMatrix(seg.num_classes, seg.class_names)}
     seconds = {"fp32": 0.0, "int8": 0.0}
@@ -83,7 +103,7 @@ def accuracy_report(cfg: DictConfig, fp32_onnx: Path, int8_onnx: Path, target: s
         "int8_onnx": str(int8_onnx),
         "split": str(dataset.split),
         "num_pairs": pairs,
-        "runtime": f"onnxruntime ({', '.join(int8.providers)})",
+        "runtime": runtime_name(int8),
         "argmax_agreement": agreeing / pixels if pixels else float("nan"),
         "miou_change_points": 100.0 * (scores["int8"]["miou"] - scores["fp32"]["miou"]),
         "mf1_change_points": 100.0 * (scores["int8"]["mf1"] - scores["fp32"]["mf1"]),
@@ -118,7 +138,6 @@ CLASSIFY_METRICS = ("total_accuracy", "false_alarm_rate", "miss_rate")
 def classifier_report(cfg: DictConfig, fp32_onnx: Path, int8_onnx: Path, target: str) -> Optional[Dict[str, Any]]:
     """Classification: both models' scores on the validation CSV; agreement of their decisions at the eval
     margin, the figures of each, and the largest score change."""
-    from changenet.deploy.onnxruntime_predictor import OnnxRuntimePredictor
     from changenet.evaluation.classify_metrics import decision_figures, decision_margin, defect_scores, threshold_sweep
 
     loader = validation_loader(cfg)
@@ -130,7 +149,7 @@ def classifier_report(cfg: DictConfig, fp32_onnx: Path, int8_onnx: Path, target:
     seconds = {"fp32": 0.0, "int8": 0.0}
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console)
-    fp32, int8 = OnnxRuntimePredictor.from_onnx(fp32_onnx, cfg), OnnxRuntimePredictor.from_onnx(int8_onnx, cfg)
+    fp32, int8 = report_predictors(cfg, fp32_onnx, int8_onnx, target)
     with fp32, int8, progress:
         task = progress.add_task("FP32 vs INT8 on the validation CSV", total=len(loader))
         for batch in loader:
@@ -146,7 +165,7 @@ def classifier_report(cfg: DictConfig, fp32_onnx: Path, int8_onnx: Path, target:
     same = (joined["fp32"] > margin) == (joined["int8"] > margin)
     report: Dict[str, Any] = {
         "target": target, "fp32_onnx": str(fp32_onnx), "int8_onnx": str(int8_onnx), "split": str(dataset.csv_path),
-        "num_pairs": len(labels), "runtime": f"onnxruntime ({', '.join(int8.providers)})", "margin": margin,
+        "num_pairs": len(labels), "runtime": runtime_name(int8), "margin": margin,
         "decision_agreement": float(same.mean()) if len(same) else float("nan"),
         "max_score_change": float(np.abs(joined["fp32"] - joined["int8"]).max()) if len(labels) else float("nan"),
         "seconds": {name: round(value, 3) for name, value in seconds.items()},

@@ -302,7 +302,8 @@ class TilingConfig:
 @dataclass
 class EvaluateConfig:
     checkpoint: Optional[str] = _f(None, "PyTorch checkpoint to evaluate")
-    onnx_file: Optional[str] = _f(None, "ONNX model to evaluate (ONNX Runtime)")
+    onnx_file: Optional[str] = _f(None, "ONNX model to evaluate (run by onnx_runtime)")
+    onnx_runtime: str = _f("onnxruntime", "what runs onnx_file: onnxruntime or openvino (CPU; settings in openvino.*)")
     trt_engine: Optional[str] = _f(None, "TensorRT engine to evaluate")
     num_gpus: int = _f(1, "number of GPUs")
     gpu_ids: List[int] = _f(factory=lambda: [0], help="GPU indices")
@@ -382,7 +383,7 @@ class GenTrtEngineConfig:
 @dataclass
 class CalibrateConfig:
     onnx_file: Optional[str] = _f(None, "FP32 ONNX to calibrate (default gen_trt_engine.onnx_file)")
-    target: str = _f("tensorrt", "Q/DQ placement: tensorrt (ModelOpt) or onnxruntime")
+    target: str = _f("tensorrt", "Q/DQ placement: tensorrt (ModelOpt), onnxruntime, or openvino (NNCF)")
     method: str = _f("entropy", "activation ranges: entropy, max (= minmax) or percentile")
     output_onnx: Optional[str] = _f(None, "Q/DQ ONNX to write (default <results_dir>/calibrate/model.<target>.int8.onnx)")
     exclude_op_types: List[str] = _f(factory=list, help="op types kept in higher precision")
@@ -395,18 +396,28 @@ class CalibrateConfig:
         False, "ViT-Adapters: keep the projections giving deformable attention's sampling offsets and weights out of INT8")
 
 
+# --------------------------------------------------------------------------- OpenVINO
+@dataclass
+class OpenVinoConfig:
+    precision: str = _f("auto", "inference precision on the CPU: auto (OpenVINO's choice: bf16 where the CPU has it), f32 or bf16")
+    performance_hint: str = _f("latency", "latency (one request at a time) or throughput (several streams, batch inference)")
+    cache_dir: Optional[str] = _f(None, "compiled-model cache (default ~/.cache/changenet/openvino)")
+
+
 # --------------------------------------------------------------------------- benchmark
 @dataclass
 class BenchmarkConfig:
     backends: List[str] = _f(
         factory=lambda: ["torch", "onnxruntime"],
-        help="torch, torch-bf16, torch-cudagraph, torch-bf16-cudagraph, onnxruntime, onnxruntime-int8, tensorrt")
+        help="torch, torch-bf16, torch-cudagraph, torch-bf16-cudagraph, onnxruntime, onnxruntime-int8, openvino "
+             "(openvino.precision), openvino-f32, openvino-bf16, openvino-int8, tensorrt")
     batch_sizes: List[int] = _f(factory=lambda: [1, 8], help="batch sizes to time")
     warmup: int = _f(3, "untimed iterations")
     iterations: int = _f(20, "timed iterations")
     checkpoint: Optional[str] = _f(None, "PyTorch checkpoint (torch backend)")
     onnx_file: Optional[str] = _f(None, "FP32 ONNX (onnxruntime backend)")
     int8_onnx_file: Optional[str] = _f(None, "INT8 ONNX (onnxruntime-int8 backend)")
+    openvino_int8_onnx_file: Optional[str] = _f(None, "INT8 ONNX of calibrate.target=openvino (openvino-int8 backend)")
     trt_engine: Optional[str] = _f(None, "engine (tensorrt backend)")
     end_to_end: bool = _f(False, "time the whole inference path over a folder of images")
     peak_tflops: Optional[float] = _f(None, "machine peak for utilisation (default: estimated)")
@@ -461,6 +472,7 @@ class ExperimentConfig:
     gen_trt_engine: GenTrtEngineConfig = _f(factory=GenTrtEngineConfig, help="TensorRT engine build")
     quantize: QuantizeConfig = _f(factory=QuantizeConfig, help="TAO 7 PyTorch quantization (see calibrate)")
     benchmark: BenchmarkConfig = _f(factory=BenchmarkConfig, help="throughput benchmark")
+    openvino: OpenVinoConfig = _f(factory=OpenVinoConfig, help="OpenVINO settings (onnx_runtime: openvino, openvino backends)")
 
 
 # Where evaluate/inference/benchmark find their model: spec field -> backend that runs it.

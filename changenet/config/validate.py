@@ -81,16 +81,20 @@ CHOICES = {
     "model.backbone.type": BACKBONE_TYPES,
     "gen_trt_engine.tensorrt.data_type": ("FP32", "FP16", "INT8"),
     "gen_trt_engine.tensorrt.builder": ("auto", "tensorrt", "tensorrt_rtx"),
-    "calibrate.target": ("tensorrt", "onnxruntime"),
+    "calibrate.target": ("tensorrt", "onnxruntime", "openvino"),
     "inference.tiling.stretch": ("auto", "percentile", "none"),
     "dataset.segment.stretch": ("auto", "percentile", "none"),
     "train.accelerator": ("auto", "gpu", "cpu"),
+    "evaluate.onnx_runtime": ("onnxruntime", "openvino"),
+    "inference.onnx_runtime": ("onnxruntime", "openvino"),
+    "openvino.precision": ("auto", "f32", "bf16"),
+    "openvino.performance_hint": ("latency", "throughput"),
 }
 # One calibration run serves both Q/DQ placements, so every method works for either target
 # ("max" is TensorRT's name, "minmax" ONNX Runtime's, for the same symmetric min-max ranges).
 CALIBRATION_METHODS = ("entropy", "max", "minmax", "percentile")
 BENCHMARK_BACKENDS = ("torch", "torch-bf16", "torch-cudagraph", "torch-bf16-cudagraph", "onnxruntime", "onnxruntime-int8",
-                      "tensorrt")
+                      "openvino", "openvino-f32", "openvino-bf16", "openvino-int8", "tensorrt")
 
 
 def _value(cfg: DictConfig, key: str) -> Any:

@@ -43,6 +43,10 @@ def predictor_from_spec(cfg: DictConfig, block: str) -> Predictor:
 
         return TorchPredictor.from_checkpoint(path, cfg)
     if key == "onnx_file":
+        if cfg[block].get("onnx_runtime") == "openvino":
+            from changenet.deploy.openvino_predictor import OpenVinoPredictor
+
+            return OpenVinoPredictor.from_onnx(path, cfg)
         from changenet.deploy.onnxruntime_predictor import OnnxRuntimePredictor
 
         return OnnxRuntimePredictor.from_onnx(path, cfg)
