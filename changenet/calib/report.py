@@ -28,6 +28,13 @@ REPORT_FILE = "calibration_report.json"
 SHOWN_METRICS = ("acc", "miou", "mf1")
 
 
+def write_report(cfg: DictConfig, report: Dict[str, Any]) -> Path:
+    """calibration_report.<target>.json (each target keeps its own) and calibration_report.json (the latest)."""
+    folder = Path(str(cfg.calibrate.results_dir))
+    write_json(folder / REPORT_FILE.replace(".json", f".{report['target']}.json"), report)
+    return write_json(folder / REPORT_FILE, report)
+
+
 def report_predictors(cfg: DictConfig, fp32_onnx: Path, int8_onnx: Path, target: str):
     """The FP32 and INT8 models on the runtime of the target's CPU stand-in: OpenVINO (FP32 arithmetic outside
     the INT8 layers) for target openvino, else ONNX Runtime."""
@@ -113,7 +120,7 @@ def accuracy_report(cfg: DictConfig, fp32_onnx: Path, int8_onnx: Path, target: s
         "fp32": scores["fp32"],
         "int8": scores["int8"],
     }
-    path = write_json(Path(str(cfg.calibrate.results_dir)) / REPORT_FILE, report)
+    path = write_report(cfg, report)
     print_report(report)
     say(f"report written to {path}")
     return report
@@ -176,7 +183,7 @@ def classifier_report(cfg: DictConfig, fp32_onnx: Path, int8_onnx: Path, target:
     for key in CLASSIFY_METRICS:
         fp, q = figures["fp32"][key], figures["int8"][key]
         report[f"{key}_change_points"] = None if fp is None or q is None else 100.0 * (q - fp)
-    path = write_json(Path(str(cfg.calibrate.results_dir)) / REPORT_FILE, report)
+    path = write_report(cfg, report)
     table = Table(title=f"INT8 ({target}) vs FP32, '{dataset.csv_path.name}', {len(labels)} objects, margin {margin:.4g}")
     table.add_column("model")
     for key in CLASSIFY_METRICS + ("roc_auc",):
