@@ -96,6 +96,11 @@ class OpenVinoPredictor(Predictor):
         return cls(onnx_path, block.num_classes, multi_scale_infer=block.multi_scale_infer,
                    align_corners=cfg.model.decode_head.align_corners, **options)
 
+    def close(self) -> None:
+        # Release OpenVINO's objects now, not whenever the garbage collector runs into them.
+        self.request = None
+        self.compiled = None
+
     def _forward(self, a: np.ndarray, b: np.ndarray) -> List[np.ndarray]:
         first, second = self.io.inputs
         results = self.request.infer({first: a, second: b})
