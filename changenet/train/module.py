@@ -32,6 +32,22 @@ class TrainingModule(L.LightningModule):
     def forward(self, image_a: torch.Tensor, image_b: torch.Tensor):
         return self.model(image_a, image_b)
 
+    # ----------------------------------------------------------------------- steps
+    def training_step(self, batch: Dict[str, Any], batch_idx: int) -> torch.Tensor:
+        total, parts = self.criterion(self.model(batch["A"], batch["B"]), batch["label"])
+        self.log_losses(total, parts, batch["A"].shape[0])
+        return total
+
+    def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
+        outputs = self.model(batch["A"], batch["B"])
+        total, _ = self.criterion(outputs, batch["label"])
+        self.log("val_loss", total, on_step=False, on_epoch=True, batch_size=batch["A"].shape[0], sync_dist=True)
+        self.update_val_metrics(outputs, batch["label"])
+
+    def update_val_metrics(self, outputs, labels: torch.Tensor) -> None:
+        """Add one validation batch to the task's metrics (computed over all processes at the epoch's end)."""
+        raise NotImplementedError
+
     def log_losses(self, total: torch.Tensor, parts: Dict[str, torch.Tensor], size: int) -> None:
         self.log("train_loss", total, on_step=True, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True)
         for name, value in parts.items():
@@ -80,18 +96,9 @@ class ChangeNetModule(TrainingModule):
         self.criterion = ChangeNetLoss(cfg)
         self.val_confusion = ConfusionMatrix(int(cfg.dataset.segment.num_classes), class_names(cfg))
 
-    def training_step(self, batch: Dict[str, Any], batch_idx: int) -> torch.Tensor:
-        outputs = self.model(batch["A"], batch["B"])
-        total, parts = self.criterion(outputs, batch["label"])
-        self.log_losses(total, parts, batch["A"].shape[0])
-        return total
-
-    def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
-        outputs = self.model(batch["A"], batch["B"])
-        total, _ = self.criterion(outputs, batch["label"])
-        self.log("val_loss", total, on_step=False, on_epoch=True, batch_size=batch["A"].shape[0], sync_dist=True)
+    def update_val_metrics(self, outputs, labels: torch.Tensor) -> None:
         # The metrics score the full-resolution output, as evaluation and inference do.
-        self.val_confusion.update(outputs[-1].argmax(dim=1), batch["label"])
+        self.val_confusion.update(outputs[-1].argmax(dim=1), labels)
 
     def on_validation_epoch_end(self) -> None:
         scores = self.val_confusion.compute()  # summed over all processes under DDP
@@ -114,19 +121,10 @@ class ClassifierModule(TrainingModule):
         self.margin = decision_margin(cfg)
         self.val_scores = ScoreCollector()
 
-    def training_step(self, batch: Dict[str, Any], batch_idx: int) -> torch.Tensor:
-        output = self.model(batch["A"], batch["B"])
-        total, parts = self.criterion(output, batch["label"])
-        self.log_losses(total, parts, batch["A"].shape[0])
-        return total
-
-    def validation_step(self, batch: Dict[str, Any], batch_idx: int) -> None:
+    def update_val_metrics(self, output, labels: torch.Tensor) -> None:
         from changenet.evaluation.classify_metrics import defect_scores
 
-        output = self.model(batch["A"], batch["B"])
-        total, _ = self.criterion(output, batch["label"])
-        self.log("val_loss", total, on_step=False, on_epoch=True, batch_size=batch["A"].shape[0], sync_dist=True)
-        self.val_scores.update(defect_scores(output), batch["label"])
+        self.val_scores.update(defect_scores(output), labels)
 
     def on_validation_epoch_end(self) -> None:
         figures = self.val_scores.figures(self.margin)
