@@ -13,6 +13,8 @@ $(BIN)/python:
 setup: $(BIN)/python
 	$(BIN)/pip install -q -c constraints-cpu.txt torch==2.13.0
 	$(BIN)/pip install -q -c constraints-cpu.txt -e ".[dev]"
+# TAO's schema for tests/test_tao_schema.py; --no-deps: the wheel declares TAO's whole service stack, the schema needs only omegaconf.
+	$(BIN)/pip install -q --no-deps nvidia-tao-core==7.3.0
 
 # The CI suite; tests marked slow (large-model integration builds) run in test-all.
 test: setup

@@ -7,9 +7,6 @@ ones. A backend that cannot run here is listed with the reason instead of being 
 from __future__ import annotations
 
 import copy
-import functools
-import os
-import platform
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,12 +17,15 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from changenet.console import console
+from rich.markup import escape
 from rich.table import Table
 
 from changenet.config import is_set
 from changenet.deploy.predictor import Predictor
 from changenet.errors import ChangenetError, SpecError
 from changenet.fileio import write_json
+# measured_matmul_tflops lives in changenet.machine; imported here too for callers that take it from benchmark
+from changenet.machine import describe_machine, estimate_cpu_peak_tflops, gpu_name, measured_matmul_tflops  # noqa: F401
 from changenet.task import input_size, num_classes, num_golden
 
 
@@ -81,44 +81,9 @@ def peak_rss_mib() -> Optional[float]:
     return int(match.group(1)) / 1024 if match else None
 
 
-@functools.lru_cache(maxsize=None)
-def measured_matmul_tflops(size: int = 2048, repeats: int = 5) -> float:
-    """FP32 TFLOP/s of a large matrix product on this CPU (oneDNN/MKL reach close to the machine's peak)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e12
-
-
-def estimate_cpu_peak_tflops(precision: str = "fp32") -> Tuple[float, str]:
-    """Peak of this CPU for `precision` (fp32, bf16, int8): cores x clock x FP32 FLOPs per cycle (two FMA units:
-    32 with AVX2, 64 with AVX-512), or a measured FP32 matrix product when that is higher (turbo clocks, which
-    /proc/cpuinfo does not show), times the reduced-precision units' rate over FP32 FMA: bf16 16 with AMX, 2 with
-    AVX512-BF16; int8 32 with AMX, 4 with AVX-512 VNNI (ops per core and cycle, Intel's figures)."""
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    mhz = [float(m) for m in re.findall(r"cpu MHz\s*:\s*([\d.]+)", text)] or [2500.0]
-    per_cycle = 64 if " avx512f" in text else 32 if " avx2" in text else 16
-    cores = os.cpu_count() or 1
-    estimated = cores * max(mhz) * 1e6 * per_cycle / 1e12
-    measured = measured_matmul_tflops()
-    fp32, source = (measured, f"measured FP32 matmul {measured:.3f} TFLOP/s") if measured > estimated else \
-        (estimated, f"estimated: {cores} cores x {max(mhz):.0f} MHz x {per_cycle} FP32 FLOP/cycle")
-    if precision == "bf16":  # per core and cycle: AMX tiles 1024 bf16 FLOPs, AVX512-BF16 128, FMA 64 fp32
-        factor = 16 if " amx_bf16" in text else 2 if " avx512_bf16" in text else 1
-    elif precision == "int8":  # AMX 2048 int8 ops, AVX-512 VNNI 256 (AVX-VNNI 128)
-        factor = 32 if " amx_int8" in text else 4 if (" avx512_vnni" in text or " avx_vnni" in text) else 2
-    else:
-        factor = 1
-    return fp32 * factor, source + (f" x {factor} for {precision}" if factor > 1 else "")
-
-
 def estimate_peak_tflops(backend: str, device: str) -> Tuple[Optional[float], str]:
     if device.startswith("cuda") or backend == "tensorrt":
-        name = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
+        name = gpu_name() or ""
         for key, (fp32, reduced) in GPU_PEAK_TFLOPS.items():
             if key in name:
                 peak = reduced if backend in REDUCED_PRECISION_BACKENDS else fp32
@@ -294,8 +259,7 @@ def run_benchmark(cfg: DictConfig, open_fn: Callable[[str, DictConfig], Predicto
     add_speedups(rows, list(bench.backends))
     report: Dict[str, object] = {
         "task": str(cfg.task), "image_size": list(size), "speedup_baseline": str(bench.backends[0]), "model_gflops_per_pair": round(gflops, 3) if gflops else None,
-        "backbone": cfg.model.backbone.type, "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                                                          "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+        "backbone": cfg.model.backbone.type, "machine": describe_machine(),
         "peak_tflops": {k: {"value": v[0], "source": v[1]} for k, v in peaks.items()},
         "results": [asdict(r) for r in rows],
     }
@@ -315,6 +279,22 @@ def run_benchmark(cfg: DictConfig, open_fn: Callable[[str, DictConfig], Predicto
     return report
 
 
+def caption_lines(machine: Dict[str, object], devices: List[str], width: int) -> List[str]:
+    """The table caption: CPU model and ISA, the GPU when there is one, the devices that ran, where the rest is;
+    joined by "; " into lines of at most `width` columns (a part longer than that gets a line of its own)."""
+    parts = [f"CPU: {machine.get('cpu_model') or 'unknown'} ({machine.get('cpu_isa') or '-'})"]
+    if machine.get("gpu"):
+        parts.append(f"GPU: {machine['gpu']}")
+    parts += [f"device: {', '.join(devices) or '-'}", "p90 latency and more in benchmark.json"]
+    lines = [parts[0]]
+    for part in parts[1:]:
+        if len(lines[-1]) + 2 + len(part) <= width:
+            lines[-1] += f"; {part}"
+        else:
+            lines.append(part)
+    return lines
+
+
 def print_report(report: Dict[str, object]) -> None:
     height, width = report["image_size"]  # type: ignore[misc]
     table = Table(title=f"benchmark: {report['backbone']} at {height}x{width} "
@@ -322,7 +302,6 @@ def print_report(report: Dict[str, object]) -> None:
     speedup_title = f"x {report['speedup_baseline']}"
     # Fits a 100-column terminal: p90 and the device are in benchmark.json.
     devices = sorted({row["device"] for row in report["results"] if row["status"] == "ok"})  # type: ignore[union-attr]
-    table.caption = f"device: {', '.join(devices) or '-'}; p90 latency and more in benchmark.json"
     for column in ("backend", "batch", "pairs/s", speedup_title, "p50 ms", "p99 ms", "RSS MiB", "util."):
         table.add_column(column, no_wrap=True)
     reasons: Dict[str, str] = {}
@@ -336,6 +315,9 @@ def print_report(report: Dict[str, object]) -> None:
         table.add_row(row["backend"], str(row["batch_size"]), f"{row['pairs_per_second']:.3g}", speedup,
                       f"{row['latency_ms_p50']:.1f}", f"{row['latency_ms_p99']:.1f}",
                       f"{row['peak_rss_mib'] or '-'}", util)
+    # The caption wraps at the table's width: pack its parts into lines of that width, so none breaks mid-part.
+    table_width = min(console.measure(table).maximum, console.width)
+    table.caption = escape("\n".join(caption_lines(report.get("machine") or {}, devices, table_width)))  # type: ignore[arg-type]
     console.print(table)
     for backend, reason in reasons.items():
         console.print(f"{backend}: {reason}", soft_wrap=True)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import importlib
+import os
 import sys
+import traceback
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 import typer
 
@@ -21,6 +25,24 @@ app = typer.Typer(
 )
 dataset_app = typer.Typer(help="Dataset tools.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(dataset_app, name="dataset")
+
+DEBUG_VARIABLE = "CHANGENET_DEBUG"
+BUG_EXIT_CODE = 1
+
+
+_debug_option = False  # `changenet --debug ...` of the current invocation
+
+
+@app.callback()
+def main_options(
+    debug: bool = typer.Option(False, "--debug", help=f"Print the traceback of any error (also {DEBUG_VARIABLE}=1)."),
+) -> None:
+    global _debug_option
+    _debug_option = debug
+
+
+def debugging() -> bool:
+    return _debug_option or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
 
 # action -> "module:function"; each function takes the loaded spec (DictConfig).
 ACTION_ENTRY_POINTS = {
@@ -50,6 +72,36 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _enable_faulthandler() -> None:
+    """A crash in native code (a segfault in a runtime) still leaves the Python stack on the process's stderr."""
+    if not faulthandler.is_enabled() and sys.__stderr__ is not None:
+        try:
+            faulthandler.enable(file=sys.__stderr__)
+        except (ValueError, OSError, AttributeError):  # no file descriptor behind it (embedded interpreters)
+            pass
+
+
+@contextlib.contextmanager
+def reported_errors() -> Iterator[None]:
+    """User mistakes (ChangenetError) become one line and their exit code (the traceback too with --debug);
+    any other exception is a bug: its traceback is the report, so it is always printed, with exit code 1."""
+    _enable_faulthandler()
+    try:
+        yield
+    except ChangenetError as exc:
+        if debugging():
+            traceback.print_exc()
+        _fail(str(exc), getattr(exc, "exit_code", 2))
+    except KeyboardInterrupt:
+        _fail("interrupted", code=130)
+    except (typer.Exit, SystemExit):
+        raise
+    except Exception:  # noqa: BLE001 - everything else is ours to fix
+        traceback.print_exc()
+        _fail("the traceback above is a bug in changenet, not a mistake in your spec or data; please report it "
+              "with the command line you ran", BUG_EXIT_CODE)
+
+
 def _load_entry_point(action: str) -> Callable:
     module_name, func_name = ACTION_ENTRY_POINTS[action].split(":")
     try:
@@ -68,14 +120,10 @@ def run_action(action: str, spec: Optional[Path], overrides: List[str]) -> None:
     from changenet.console import show_log_lines
 
     show_log_lines()
-    try:
+    with reported_errors():
         cfg = load_spec(spec, overrides, action=action)
         note_settings_without_effect(cfg, action)
         _load_entry_point(action)(cfg)
-    except ChangenetError as exc:
-        _fail(str(exc), getattr(exc, "exit_code", 2))
-    except KeyboardInterrupt:
-        _fail("interrupted", code=130)
 
 
 def _make_action_command(action: str) -> None:
@@ -126,7 +174,7 @@ def dataset_synth(
         return value if value is not None else (segment if task == "segment" else classify)
 
     counts = dict(num_train=pick(num_train, 64, 160), num_val=pick(num_val, 16, 48), num_test=pick(num_test, 16, 48))
-    try:
+    with reported_errors():
         if task == "classify":
             from changenet.data.synth_inspection import generate_inspection_dataset
 
@@ -138,8 +186,6 @@ def dataset_synth(
         generate_dataset(out, **counts, num_predict=pick(num_predict, 8, 16), img_size=pick(img_size, 256, 64),
                          num_classes=num_classes, seed=seed, scene_size=scene, bit_depth=bit_depth, bands=bands,
                          broken=broken)
-    except ChangenetError as exc:
-        _fail(str(exc))
 
 
 def main() -> None:  # pragma: no cover - console entry

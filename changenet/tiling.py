@@ -318,12 +318,13 @@ def tiled_inference(cfg: DictConfig) -> Dict[str, Any]:
     """
     from changenet.data import build_dataset
     from changenet.deploy.factory import predictor_from_spec
-    from changenet.evaluation.runner import note_skipped, raise_if_skipped
+    from changenet.evaluation.runner import OUTPUT_FOLDERS, note_skipped, raise_if_skipped, remove_output_leftovers
 
     fail_fast = bool(cfg.inference.fail_fast)
     # The split's file names; with fail_fast bad pairs are reported up front, else skipped one by one.
     dataset = build_dataset(cfg, "predict", skip_bad=not fail_fast)
     out_dir = Path(cfg.inference.results_dir)
+    remove_output_leftovers(out_dir, OUTPUT_FOLDERS)  # what a killed run left under temporary names
     scenes: List[Dict[str, Any]] = []
     skipped: List[Dict[str, str]] = []
     start = time.perf_counter()

@@ -16,6 +16,12 @@ inspection_root (session scope)
 classify_spec_factory
     Function `(*overrides) -> DictConfig`: a CPU-sized classification spec on inspection_root
     (fan_tiny, learnable head, decoder width 32, batch 4, workers 0, one epoch).
+test_seed
+    The seed of the tests whose outcome depends on training or quantization (marked `learning`):
+    $CHANGENET_TEST_SEED, default 1. scripts/learning_seeds.py runs them under seeds 1 to 5.
+record_figure
+    Function `(name, value, bar, relation)`: records an asserted figure and its bar (relation ">" or "<")
+    as a test property, so scripts/learning_seeds.py can tabulate the margins.
 tao_reference (session scope)
     Path of the TAO-made reference models (../shared/tao-reference, or $CHANGENET_TAO_REFERENCE). Tests
     that use it fail when it is missing and CHANGENET_REQUIRE_TAO_REFERENCE=1 (as .ci/run sets), else skip.
@@ -23,6 +29,7 @@ tao_reference (session scope)
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Callable
@@ -103,6 +110,26 @@ def classify_spec_factory(inspection_root: Path, tmp_path: Path) -> Callable[...
         return load_spec(None, base + list(overrides))
 
     return make
+
+
+# --------------------------------------------------------------------------- outcomes of learning
+TEST_SEED = int(os.environ.get("CHANGENET_TEST_SEED", "1"))
+# Subprocesses started by tests (CLI runs) leave their Python stack on stderr if they crash in native code.
+os.environ.setdefault("PYTHONFAULTHANDLER", "1")
+
+
+@pytest.fixture
+def test_seed() -> int:
+    return TEST_SEED
+
+
+@pytest.fixture
+def record_figure(record_property) -> Callable[[str, float, float, str], None]:
+    def record(name: str, value: float, bar: float, relation: str) -> None:
+        assert relation in (">", "<"), relation
+        record_property(f"figure {name}", json.dumps({"value": float(value), "bar": float(bar), "relation": relation}))
+
+    return record
 
 
 # --------------------------------------------------------------------------- TAO reference models

@@ -34,9 +34,10 @@ def spec(root, tmp_path, *extra):
                             f"openvino.cache_dir={tmp_path / 'ov_cache'}", *extra])
 
 
-def test_f32_matches_onnxruntime_and_bf16_stays_close(tmp_path):
-    onnx_path = export_tiny_onnx(tmp_path / "tiny.onnx")
-    a, b = pairs()
+@pytest.mark.learning
+def test_f32_matches_onnxruntime_and_bf16_stays_close(tmp_path, test_seed, record_figure):
+    onnx_path = export_tiny_onnx(tmp_path / "tiny.onnx", seed=test_seed)
+    a, b = pairs(seed=test_seed)
     with OnnxRuntimePredictor(onnx_path, num_classes=2) as reference:
         expected = reference.forward_all(a, b)
     with OpenVinoPredictor(onnx_path, num_classes=2, precision="f32", cache_dir=tmp_path / "cache") as f32:
@@ -49,6 +50,8 @@ def test_f32_matches_onnxruntime_and_bf16_stays_close(tmp_path):
     with OpenVinoPredictor(onnx_path, num_classes=2, precision="bf16", cache_dir=tmp_path / "cache") as bf16:
         final = bf16.forward_all(a, b)[-1]
     agreement = (final.argmax(1) == expected[-1].argmax(1)).mean()
+    # Random weights and inputs: classes change from pixel to pixel, so chance agreement would be about half.
+    record_figure("bf16 argmax agreement", agreement, 0.97, ">")
     assert agreement > 0.97 and np.abs(final - expected[-1]).max() < 0.1 * np.abs(expected[-1]).max()
 
 
@@ -64,13 +67,15 @@ def test_evaluate_on_openvino_gives_onnxruntime_metrics(synth_root, tmp_path):
     assert on_ov["miou"] == pytest.approx(on_ort["miou"], abs=1e-4)
 
 
-def test_calibrate_for_openvino_writes_an_ir_that_evaluates(synth_root, tmp_path):
+@pytest.mark.learning
+def test_calibrate_for_openvino_writes_an_ir_that_evaluates(synth_root, tmp_path, test_seed, record_figure):
     pytest.importorskip("nncf", reason="NNCF is not installed (pip install 'changenet[openvino]')")
     from changenet.calib.calibrate import calibrate
     from changenet.evaluation.runner import evaluate
 
-    onnx_path = export_tiny_onnx(tmp_path / "tiny.onnx")
+    onnx_path = export_tiny_onnx(tmp_path / "tiny.onnx", seed=test_seed)
     summary = calibrate(spec(synth_root, tmp_path, f"calibrate.onnx_file={onnx_path}", "calibrate.target=openvino",
+                             f"calibrate.seed={test_seed}",
                              "calibrate.exclude_op_types=[Softmax]",
                              "gen_trt_engine.tensorrt.calibration.cal_batch_size=4",
                              "gen_trt_engine.tensorrt.calibration.cal_batches=2"))
@@ -80,6 +85,7 @@ def test_calibrate_for_openvino_writes_an_ir_that_evaluates(synth_root, tmp_path
     model = ov.Core().read_model(str(ir))
     assert any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
     report = summary["report"]
+    record_figure("NNCF INT8 argmax agreement", report["argmax_agreement"], 0.9, ">")
     assert report["runtime"].startswith("openvino") and report["argmax_agreement"] > 0.9
     metrics = evaluate(spec(synth_root, tmp_path, f"evaluate.onnx_file={ir}", "evaluate.onnx_runtime=openvino",
                             f"evaluate.results_dir={tmp_path / 'int8'}"))
@@ -118,3 +124,29 @@ def test_cpu_peaks_follow_the_precision():
     int8, source = estimate_cpu_peak_tflops("int8")
     assert fp32 >= measured_matmul_tflops()  # never below what a matrix product reaches
     assert fp32 <= bf16 <= int8 and int8 >= 2 * fp32 and "int8" in source
+
+
+@pytest.mark.parametrize("name", ["avx2_only", "intel_amx", "amd_zen4"])
+def test_bf16_is_refused_exactly_on_a_faked_cpu_without_bf16(tmp_path, monkeypatch, name):
+    """openvino.precision=bf16 follows changenet.machine's CPU: refused on AVX2 only, compiled on AMX and Zen 4."""
+    from changenet.errors import UnsupportedError
+    from changenet.machine import CPUINFO_ENV, cpu_from_file
+    from test_machine import write_cpuinfo
+
+    onnx_path = export_tiny_onnx(tmp_path / "tiny.onnx")
+    cfg = spec(tmp_path, tmp_path, "openvino.precision=bf16")
+    monkeypatch.setenv(CPUINFO_ENV, str(write_cpuinfo(tmp_path, name)))
+    cpu_from_file.cache_clear()
+    try:
+        if name == "avx2_only":
+            with pytest.raises(UnsupportedError, match=r"^openvino\.precision=bf16 needs a CPU with AVX512-BF16 or "
+                                                       r"AMX; this one has neither \(use f32 or auto\)$"):
+                OpenVinoPredictor.from_onnx(onnx_path, cfg)
+            return
+        if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            pytest.skip("the real CPU has no bfloat16 arithmetic, so OpenVINO cannot compile the bf16 model here")
+        with OpenVinoPredictor.from_onnx(onnx_path, cfg) as predictor:
+            assert predictor.precision == "bf16"
+            assert predictor.forward_all(*pairs(2))[-1].shape == (2, 2, SIZE, SIZE)
+    finally:
+        cpu_from_file.cache_clear()

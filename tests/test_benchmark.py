@@ -6,6 +6,7 @@ import torch
 
 from changenet.benchmark import benchmark, estimate_cpu_peak_tflops
 from changenet.config import load_spec
+from changenet.machine import this_cpu
 
 ROW_KEYS = {"backend", "batch_size", "status", "reason", "pairs_per_second", "latency_ms_p50", "latency_ms_p90",
             "latency_ms_p99", "peak_rss_mib", "peak_gpu_mib", "utilisation", "speedup", "device"}
@@ -21,6 +22,9 @@ def test_report_lists_every_backend(tmp_path):
     benchmark(cfg)
     report = json.loads((tmp_path / "benchmark" / "benchmark.json").read_text())
     assert report["model_gflops_per_pair"] > 0 and report["speedup_baseline"] == "torch"
+    cpu = this_cpu()  # the machine entry names this machine's CPU (tests/test_machine.py fakes others)
+    assert (report["machine"]["cpu_model"], report["machine"]["cpu_isa"]) == (cpu.model, cpu.isa)
+    assert report["machine"]["gpu"] == (torch.cuda.get_device_name() if torch.cuda.is_available() else None)
     rows = report["results"]
     assert {(r["backend"], r["batch_size"]) for r in rows} == {
         (b, s) for b in ("torch", "onnxruntime", "onnxruntime-int8", "tensorrt", "torch-cudagraph") for s in (1, 2)}

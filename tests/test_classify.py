@@ -23,7 +23,7 @@ from changenet.model.loss import ClassifyLoss
 from changenet.train.checkpoint import latest_checkpoint_name, read_checkpoint
 from changenet.train.runner import read_status, train
 
-from conftest import INSPECTION_SIZE
+from conftest import TEST_SEED, INSPECTION_SIZE
 
 DATA = Path(__file__).parent / "data"
 EUCLIDEAN = ("model.classify.difference_module=euclidean", "train.classify.loss=contrastive",
@@ -166,21 +166,31 @@ def test_threshold_sweep_meets_the_target_miss_rate():
 
 
 # --------------------------------------------------------------------------- training
-def test_short_training_learns(tmp_path, classify_spec_factory):
+@pytest.mark.learning
+def test_short_training_learns(tmp_path, classify_spec_factory, test_seed, record_figure):
     from changenet.data.synth_inspection import generate_inspection_dataset, spec_overrides
 
+    # The clearest defect (a missing part) and enough objects for six short epochs: the loop must learn it
+    # under any seed. With all three kinds, 64 objects and 12 epochs, a seed in five failed to start learning.
     root = tmp_path / "data"
-    generate_inspection_dataset(root, num_train=64, num_val=48, num_test=0, num_infer=0, img_size=32, num_lights=2,
-                                seed=1, show_progress=False)
+    generate_inspection_dataset(root, num_train=128, num_val=48, num_test=0, num_infer=0, img_size=32, num_lights=2,
+                                seed=test_seed, show_progress=False, defects=("MISSING",))
     cfg = classify_spec_factory(*spec_overrides(root, 32, ["LowAngleLight", "SolderLight"], 1), "dataset.classify.batch_size=8",
-                                "train.num_epochs=12", "train.optim.lr=0.002", "dataset.classify.fpratio_sampling=1.0",
-                                "train.classify.cls_weight=[1.0,1.0]", "train.validation_interval=12",
-                                "train.checkpoint_interval=12")
+                                "train.num_epochs=6", "train.optim.lr=0.002", "dataset.classify.fpratio_sampling=1.0",
+                                "train.classify.cls_weight=[1.0,1.0]", "train.validation_interval=6",
+                                "train.checkpoint_interval=6", f"train.seed={test_seed}")
     train(cfg)
     last = read_status(Path(cfg.train.results_dir) / "status.json")[-1]
-    # Held-out objects. Chance (flagging at random) catches as many defects as it raises false alarms.
-    assert 1 - last["val_miss_rate"] > last["val_false_alarm_rate"] + 0.4, last
+    # Held-out objects. Flagging at random with any probability p catches a share p of the defects and raises
+    # false alarms on a share p of the good objects: chance scores (1 - miss rate) - false alarm rate = 0,
+    # and a ROC AUC of 0.5.
+    youden = 1 - last["val_miss_rate"] - last["val_false_alarm_rate"]
+    record_figure("1 - miss - false alarm", youden, 0.4, ">")
+    record_figure("false alarm rate", last["val_false_alarm_rate"], 0.25, "<")
+    record_figure("ROC AUC", last["val_roc_auc"], 0.8, ">")
+    assert youden > 0.4, last
     assert last["val_false_alarm_rate"] < 0.25, last
+    assert last["val_roc_auc"] > 0.8, last
 
 
 def test_checkpoint_is_tao_classification_layout(classify_spec_factory):
@@ -215,7 +225,7 @@ def trained(tmp_path_factory, inspection_root):
                  "model.backbone.type=fan_tiny_8_p4_hybrid", "model.decode_head.decoder_params.embed_dim=32",
                  "model.classify.difference_module=learnable", "train.classify.loss=ce", "model.classify.eval_margin=0.5",
                  "dataset.classify.batch_size=4", "dataset.classify.workers=0", "train.num_epochs=2",
-                 f"results_dir={results}"]
+                 f"train.seed={TEST_SEED}", f"results_dir={results}"]
     latest = train(load_spec(None, overrides))
     return overrides, latest, results
 
@@ -225,8 +235,16 @@ def test_evaluate_and_inference_write_tao_outputs(trained, inspection_root):
     from changenet.evaluation.runner import evaluate, inference
 
     overrides, latest, results = trained
-    metrics = evaluate(load_spec(None, overrides + [f"evaluate.checkpoint={latest}"]))
     out = results / "evaluate"
+    # What a killed earlier run left under temporary names goes; a user's own file stays.
+    planted = [out / ".metrics.json.abcd1234.tmp", out / "errors" / ".a.png.abcd1234.tmp",
+               results / "inference" / "flagged" / ".b.png.abcd1234.tmp"]
+    for leftover in planted:
+        leftover.parent.mkdir(parents=True, exist_ok=True)
+        leftover.write_bytes(b"half")
+    (out / "notes.txt").write_text("mine")
+    metrics = evaluate(load_spec(None, overrides + [f"evaluate.checkpoint={latest}"]))
+    assert not planted[0].exists() and not planted[1].exists() and (out / "notes.txt").is_file()
     written = json.loads((out / "metrics.json").read_text())
     assert written["num_objects"] == 8 and written["backend"] == "torch" and written["sweep"]["available"]
     assert (out / "roc_pr.png").read_bytes()[:4] == b"\x89PNG"
@@ -237,6 +255,7 @@ def test_evaluate_and_inference_write_tao_outputs(trained, inspection_root):
     assert len(rows) == 8 and float(rows[0]["siamese_score"]) >= 0 and metrics["margin"] == 0.5
 
     summary = inference(load_spec(None, overrides + [f"inference.checkpoint={latest}"]))
+    assert not planted[2].exists()
     with open(results / "inference" / "inference.csv", newline="") as handle:
         reader = csv.DictReader(handle)
         rows = list(reader)
@@ -247,7 +266,8 @@ def test_evaluate_and_inference_write_tao_outputs(trained, inspection_root):
     assert summary["flagged"] == flagged == len(list((results / "inference" / "flagged").glob("*.png")))
 
 
-def test_export_verify_calibrate_and_evaluate_onnx(trained):
+@pytest.mark.learning
+def test_export_verify_calibrate_and_evaluate_onnx(trained, record_figure):
     from changenet.calib.calibrate import build_int8_onnx
     from changenet.config import load_spec
     from changenet.deploy.export import export
@@ -280,7 +300,9 @@ def test_export_verify_calibrate_and_evaluate_onnx(trained):
     scales = read_cache(Path(calib.calibrate.results_dir) / "cal.cache").scales
     assert {"input_1", "input_2"} <= set(scales)
     report = accuracy_report(calib, onnx_path, int8, "onnxruntime")
-    assert report["num_pairs"] == 8 and 0.5 <= report["decision_agreement"] <= 1.0
+    # 8 validation objects of a briefly trained head; an INT8 model unrelated to FP32 would agree on about half.
+    record_figure("INT8 decision agreement", report["decision_agreement"], 0.75, ">")
+    assert report["num_pairs"] == 8 and report["decision_agreement"] > 0.75
     assert json.loads((Path(calib.calibrate.results_dir) / "calibration_report.json").read_text())["margin"] == 0.5
 
 

@@ -40,3 +40,25 @@ def test_missing_model_source_is_reported():
     result = runner.invoke(app, ["evaluate", "-e", "specs/train_fan_levir.yaml"])
     assert result.exit_code == 2
     assert "evaluate.checkpoint" in result.output
+
+
+def test_debug_shows_the_traceback_of_a_user_error(monkeypatch):
+    monkeypatch.delenv("CHANGENET_DEBUG", raising=False)
+    result = runner.invoke(app, ["--debug", "train", "-e", "specs/train_fan_levir.yaml", "train.num_epoch=2"])
+    assert result.exit_code == 2
+    assert "Traceback" in result.output and "did you mean 'train.num_epochs'" in result.output
+
+
+def test_a_bug_prints_its_traceback_and_exit_code_1(monkeypatch):
+    import changenet.cli as cli
+
+    monkeypatch.delenv("CHANGENET_DEBUG", raising=False)
+
+    def broken_action(cfg):
+        raise ZeroDivisionError("an internal mistake")
+
+    monkeypatch.setattr(cli, "_load_entry_point", lambda action: broken_action)
+    result = runner.invoke(app, ["export", "-e", "specs/train_fan_levir.yaml"])
+    assert result.exit_code == 1
+    assert "Traceback" in result.output and "ZeroDivisionError: an internal mistake" in result.output
+    assert "a bug in changenet" in result.output

@@ -69,6 +69,7 @@ def test_aliases_align_corner_and_enabled():
     ("train.num_epoch=3", ["train.num_epoch", "did you mean 'train.num_epochs'"]),
     ("dataset.segment.img_sise=128", ["dataset.segment.img_sise", "dataset.segment.img_size"]),
     ("train.num_epochs=abc", ["train.num_epochs", "expected int", "abc"]),
+    ("train.num_epochs=null", ["train.num_epochs", "cannot be null"]),
     ("dataset.segment.num_classes=1", ["dataset.segment.num_classes", "at least 2"]),
     ("train.optim.lr=-0.1", ["train.optim.lr", ">= 0"]),
     ("dataset.segment.augmentation.random_flip.vflip_probability=1.5", ["vflip_probability", "[0, 1]"]),

@@ -153,7 +153,10 @@ def test_opset12_fixed_batch(tiny, workdir):
 
 @pytest.mark.parametrize(
     "backbone, size, batch_size",
-    [("fan_small_12_p4_hybrid", 64, 1), ("c_radio_v2_vit_base_patch16_224", 32, -1)],
+    # C-RADIO ViT-B takes ~100 s here; CI exports C-RADIO at opset 17 with a dynamic batch on TAO's own reference
+    # (test_tao_reference.py::test_vit_adapter_references_reproduce_tao_outputs).
+    [("fan_small_12_p4_hybrid", 64, 1),
+     pytest.param("c_radio_v2_vit_base_patch16_224", 32, -1, marks=pytest.mark.slow)],
 )
 def test_other_backbones_export_at_opset17(backbone, size, batch_size, workdir):
     torch.manual_seed(0)

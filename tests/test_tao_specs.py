@@ -83,10 +83,21 @@ def run_action(action: str, spec: Path, *overrides: str) -> subprocess.Completed
     return done
 
 
-def test_tao_example_spec_trains_evaluates_and_exports(synth_root, tmp_path):
-    # fan_small at 256 x 256, TAO's settings, only the paths changed: train, evaluate, export (~90 s on 2 cores).
+# The TAO-sized runs take ~3 min each on 2 cores and run in `make test-all`; their CI twins change only the
+# image size (every other TAO setting, the backbone included, stays), which is what makes them cheap.
+SEGMENT_SIZES = [pytest.param([], id="tao-sized", marks=pytest.mark.slow),
+                 pytest.param(["dataset.segment.img_size=64", "export.input_height=64", "export.input_width=64"],
+                              id="ci-sized")]
+CLASSIFY_SIZES = [pytest.param([], (512, 128), id="tao-sized", marks=pytest.mark.slow),
+                  pytest.param(["dataset.classify.image_width=32", "dataset.classify.image_height=32",
+                                "export.input_width=32", "export.input_height=128"], (128, 32), id="ci-sized")]
+
+
+@pytest.mark.parametrize("size", SEGMENT_SIZES)
+def test_tao_example_spec_trains_evaluates_and_exports(size, synth_root, tmp_path):
+    # fan_small, TAO's settings, only the paths (and for CI the image size) changed: train, evaluate, export.
     spec = SPECS / "segment_levir.yaml"
-    overrides = paths("segment_levir.yaml", synth_root, tmp_path)
+    overrides = paths("segment_levir.yaml", synth_root, tmp_path) + size
     results = tmp_path / "results"
 
     def run(action, *extra):
@@ -123,11 +134,12 @@ def tao_inspection_root(tmp_path_factory) -> Path:
     return root
 
 
-def test_tao_classify_spec_trains_evaluates_and_exports(tao_inspection_root, tmp_path):
-    # fan_small, euclidean head, contrastive loss, 4 lights of 128 px stacked to 512 x 128, batch 16: TAO's
-    # settings with only the paths changed (~2 min on 2 cores).
+@pytest.mark.parametrize("size, stacked", CLASSIFY_SIZES)
+def test_tao_classify_spec_trains_evaluates_and_exports(size, stacked, tao_inspection_root, tmp_path):
+    # fan_small, euclidean head, contrastive loss, 4 lights stacked (TAO: 128 px each, 512 x 128), batch 16:
+    # TAO's settings with only the paths (and for CI the image size) changed.
     spec = SPECS / "classify.yaml"
-    overrides = classify_paths(tao_inspection_root, tmp_path)
+    overrides = classify_paths(tao_inspection_root, tmp_path) + size
     results = tmp_path / "results"
 
     def run(action, *extra):
@@ -141,7 +153,7 @@ def test_tao_classify_spec_trains_evaluates_and_exports(tao_inspection_root, tmp
     assert metrics["num_objects"] == 8 and metrics["margin"] == 0.005  # TAO's eval_margin for the distance
     done = run("export", f"export.checkpoint={latest}")
     sidecar = json.loads((results / "export" / "changenet-classify.onnx.json").read_text())
-    assert sidecar["input_height"] == 512 and sidecar["input_width"] == 128 and sidecar["batch_size"] == 16
+    assert (sidecar["input_height"], sidecar["input_width"]) == stacked and sidecar["batch_size"] == 16
     assert sidecar["verification"]["passed"] and "without effect" in done.stderr
 
 

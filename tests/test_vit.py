@@ -83,17 +83,43 @@ def test_c_radio_release_layouts_load(tmp_path, layout):
     assert torch.equal(target.trunk.blocks[1].attn.qkv.weight, trunk["blocks.1.attn.qkv.weight"])
 
 
-def test_export_takes_a_tao_layout_checkpoint_of_a_named_vit(tmp_path):
-    # A TAO-layout checkpoint of c_radio_v2_vit_base_patch16_224 (untrained weights), exported from a spec.
-    overrides = ["model.backbone.type=c_radio_v2_vit_base_patch16_224", "model.decode_head.feature_strides=[4,8,16,32]",
-                 "model.decode_head.use_summary_token=true", "model.decode_head.decoder_params.embed_dim=32",
-                 "dataset.segment.img_size=64", f"results_dir={tmp_path}"]
-    cfg = load_spec(None, overrides)
-    checkpoint = save_model_checkpoint(build_model(cfg, load_pretrained=False), cfg, tmp_path / "radio.pth")
+RADIO_OVERRIDES = ["model.backbone.type=c_radio_v2_vit_base_patch16_224", "model.decode_head.feature_strides=[4,8,16,32]",
+                   "model.decode_head.use_summary_token=true", "model.decode_head.decoder_params.embed_dim=32",
+                   "dataset.segment.img_size=64"]
+
+
+def tao_layout_radio_checkpoint(tmp_path):
+    """A TAO-layout checkpoint of c_radio_v2_vit_base_patch16_224 (untrained weights, no changenet entry), and
+    the model it was saved from."""
+    cfg = load_spec(None, RADIO_OVERRIDES + [f"results_dir={tmp_path}"])
+    model = build_model(cfg, load_pretrained=False)
+    checkpoint = save_model_checkpoint(model, cfg, tmp_path / "radio.pth")
     data = torch.load(checkpoint, map_location="cpu", weights_only=True)
     assert data["tao_model"] == "visual_changenet_segment" and data["tao_model_type"] == "radio"
-    del data["changenet"]  # as TAO writes it: no changenet entry
+    del data["changenet"]  # as TAO writes it
     torch.save(data, checkpoint)
+    return checkpoint, model
+
+
+def test_a_tao_layout_checkpoint_of_a_named_vit_loads_by_its_name(tmp_path):
+    # CI twin of the export test below (which exports ViT-B through the CLI): the same checkpoint, read as
+    # export reads it, gives back every weight; under another C-RADIO name it is refused, naming its backbone.
+    from changenet.errors import ModelError
+    from changenet.train.checkpoint import load_model_from_checkpoint
+
+    checkpoint, saved = tao_layout_radio_checkpoint(tmp_path)
+    loaded = load_model_from_checkpoint(checkpoint, load_spec(None, RADIO_OVERRIDES))
+    expected = saved.state_dict()
+    assert all(torch.equal(tensor, expected[name]) for name, tensor in loaded.state_dict().items())
+    wrong = load_spec(None, [o.replace("vit_base", "vit_large") for o in RADIO_OVERRIDES])
+    with pytest.raises(ModelError, match="holds a model with backbone c_radio_v2_vit_base_patch16_224"):
+        load_model_from_checkpoint(checkpoint, wrong)
+
+
+@pytest.mark.slow  # two CLI runs on ViT-B, ~2 min on 2 cores; CI runs the twin above
+def test_export_takes_a_tao_layout_checkpoint_of_a_named_vit(tmp_path):
+    overrides = RADIO_OVERRIDES + [f"results_dir={tmp_path}"]
+    checkpoint, _ = tao_layout_radio_checkpoint(tmp_path)
     onnx_path = tmp_path / "radio.onnx"
     result = subprocess.run([sys.executable, "-m", "changenet.cli", "export", *overrides,
                              f"export.checkpoint={checkpoint}", f"export.onnx_file={onnx_path}"],

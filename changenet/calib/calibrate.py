@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import onnx
@@ -28,7 +30,8 @@ from omegaconf import DictConfig
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from changenet.calib.cache import (
-    ALGORITHMS, CalibrationCache, check_cache_belongs, default_cache_path, read_cache, scale_from_amax, write_cache,
+    ALGORITHMS, CalibrationCache, check_cache_belongs, default_cache_path, read_checked_cache, scale_from_amax,
+    write_cache,
 )
 from changenet.calib.data import (
     CalibrationPairs, ModelInputs, PairFeed, calibration_pairs, check_input_size, model_inputs,
@@ -39,11 +42,12 @@ from changenet.calib.qdq import (
 from changenet.config import is_set, require_path
 from changenet.console import console
 from changenet.deploy.fp16 import load_graph, model_precision
-from changenet.deploy.sidecar import read_sidecar, write_sidecar
+from changenet.deploy.sidecar import read_sidecar, sidecar_path, write_sidecar_for
 from changenet.errors import ModelError, SpecError
-from changenet.fileio import atomic_path, sha256_file
+from changenet.fileio import atomic_group, remove_leftovers, sha256_file, temp_folder_beside
 
 TARGETS = ("tensorrt", "onnxruntime", "openvino")
+log = logging.getLogger(__name__)
 
 
 def say(message: str) -> None:
@@ -56,6 +60,10 @@ def calibrate(cfg: DictConfig) -> Dict[str, Any]:
     """`changenet calibrate -e spec.yaml`: Q/DQ ONNX + calibration cache, then the accuracy report."""
     onnx_path = source_onnx(cfg)
     target = str(cfg.calibrate.target)
+    if cfg.calibrate.report:
+        from changenet.calib.report import REPORT_FILE
+
+        remove_leftovers(str(cfg.calibrate.results_dir), REPORT_FILE, REPORT_FILE.replace(".json", f".{target}.json"))
     int8_path = build_int8_onnx(cfg, onnx_path, target)
     summary: Dict[str, Any] = {"source_onnx": str(onnx_path), "int8_onnx": str(int8_path), "target": target,
                                "calibration_cache": str(default_cache_path(cfg))}
@@ -105,27 +113,32 @@ def build_int8_onnx(cfg: DictConfig, onnx_path: str | Path, target: str) -> Path
         return quantize_for_openvino(cfg, onnx_path, graph, digest, output, exclusions, inputs)
 
     cache_path = default_cache_path(cfg)
+    remove_leftovers(output.parent, output.name, sidecar_path(output).name)
+    remove_leftovers(cache_path.parent, cache_path.name, sidecar_path(cache_path).name)
     scales = cached_or_calibrated_scales(cfg, onnx_path, graph, digest, cache_path, method, inputs)
     start = time.perf_counter()
-    with console.status(f"Placing Q/DQ for {target}"), atomic_path(output) as tmp:
+    # Model and sidecar are one group (fileio.atomic_group): a kill never leaves a new model beside an old sidecar.
+    with console.status(f"Placing Q/DQ for {target}"), \
+            atomic_group(output, sidecar_path(output)) as (tmp, sidecar_tmp):
         if target == "tensorrt":
             place_for_tensorrt(onnx_path, tmp, cache_path, method, exclusions, _input_shapes(cfg, inputs),
-                               str(cfg.calibrate.high_precision_dtype), log_file=results_dir / "modelopt.log")
+                               str(cfg.calibrate.high_precision_dtype), log_file=results_dir / "modelopt.log",
+                               work_beside=output)
         else:
-            place_for_onnxruntime(onnx_path, tmp, scales, exclusions)
+            place_for_onnxruntime(onnx_path, tmp, scales, exclusions, work_beside=output)
         quantized = verify_scales(tmp, scales, shown_as=output)
-    write_sidecar(output, {
-        **read_sidecar(onnx_path),  # the export's facts: classes, normalisation, input size
-        "precision": "int8",
-        "int8_target": target,
-        "source_onnx": str(onnx_path),
-        "source_onnx_sha256": digest,
-        "calibration_cache": str(cache_path),
-        "calibration_method": method,
-        "quantized_activations": quantized,
-        "excluded_op_types": list(exclusions.op_types),
-        "excluded_nodes": list(exclusions.nodes),
-    })
+        write_sidecar_for(sidecar_tmp, {
+            **read_sidecar(onnx_path),  # the export's facts: classes, normalisation, input size
+            "precision": "int8",
+            "int8_target": target,
+            "source_onnx": str(onnx_path),
+            "source_onnx_sha256": digest,
+            "calibration_cache": str(cache_path),
+            "calibration_method": method,
+            "quantized_activations": quantized,
+            "excluded_op_types": list(exclusions.op_types),
+            "excluded_nodes": list(exclusions.nodes),
+        }, tmp)
     say(f"INT8 model for {target}: {output} ({quantized} activations quantized, scales from {cache_path}; "
         f"{time.perf_counter() - start:.1f} s)")
     return output
@@ -143,6 +156,8 @@ def quantize_for_openvino(cfg: DictConfig, onnx_path: Path, graph: onnx.ModelPro
     except ModuleNotFoundError:
         raise SpecError("calibrate.target=openvino needs NNCF and OpenVINO: pip install 'changenet[openvino]'") from None
     output = output.with_suffix(".xml")
+    weights = output.with_suffix(".bin")  # OpenVINO reads the weights from the .xml's name with .bin
+    remove_leftovers(output.parent, output.name, weights.name, sidecar_path(output).name)
 
     pairs = calibration_pairs(cfg, say=say)
     batch_size = inputs.batch_size or pairs.batch_size
@@ -155,15 +170,21 @@ def quantize_for_openvino(cfg: DictConfig, onnx_path: Path, graph: onnx.ModelPro
     with console.status(f"NNCF quantization over {pairs.num_pairs} pairs"), _quiet_prints():
         quantized = nncf.quantize(ov.Core().read_model(str(onnx_path)), dataset, subset_size=len(batches),
                                   ignored_scope=ignored)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    ov.save_model(quantized, str(output))  # .xml and .bin side by side
     count = sum(1 for op in quantized.get_ops() if op.get_type_name() == "FakeQuantize")
-    write_sidecar(output, {
-        **read_sidecar(onnx_path), "precision": "int8", "int8_target": "openvino", "source_onnx": str(onnx_path),
-        "source_onnx_sha256": digest, "calibration": f"NNCF {nncf.__version__}, {pairs.num_pairs} pairs from {pairs.source}",
-        "quantized_activations": count, "excluded_op_types": list(exclusions.op_types),
-        "excluded_nodes": list(exclusions.nodes),
-    })
+    # .xml, .bin and sidecar are one group (fileio.atomic_group), saved in a private folder first because
+    # OpenVINO names the .bin after the .xml; the .xml, which readers open, is renamed last.
+    with atomic_group(output, sidecar_path(output), weights) as (xml_tmp, sidecar_tmp, weights_tmp), \
+            temp_folder_beside(output) as work:
+        ov.save_model(quantized, str(work / output.name))  # .xml and .bin side by side
+        os.replace(work / weights.name, weights_tmp)
+        os.replace(work / output.name, xml_tmp)
+        write_sidecar_for(sidecar_tmp, {
+            **read_sidecar(onnx_path), "precision": "int8", "int8_target": "openvino", "source_onnx": str(onnx_path),
+            "source_onnx_sha256": digest,
+            "calibration": f"NNCF {nncf.__version__}, {pairs.num_pairs} pairs from {pairs.source}",
+            "quantized_activations": count, "excluded_op_types": list(exclusions.op_types),
+            "excluded_nodes": list(exclusions.nodes),
+        }, xml_tmp)
     say(f"INT8 model for openvino: {output} ({count} tensors quantized by NNCF on {pairs.num_pairs} pairs; "
         f"{time.perf_counter() - start:.1f} s)")
     return output
@@ -184,15 +205,18 @@ def cached_or_calibrated_scales(cfg: DictConfig, onnx_path: Path, graph: onnx.Mo
     """The activation scales: from the cache when it was made for this model, else from a calibration
     over the spec's pairs (which then writes the cache)."""
     if cache_path.exists():
-        check_cache_belongs(cache_path, onnx_path, digest, method)
-        cache = read_cache(cache_path)
-        say(f"calibration cache '{cache_path}' matches '{onnx_path.name}': reusing its {len(cache.scales)} scales "
-            "without recalibrating")
-        return cache.scales
+        meta = check_cache_belongs(cache_path, onnx_path, digest, method)  # another model's cache is refused
+        cache, damage = read_checked_cache(cache_path, meta)
+        if cache is not None:
+            say(f"calibration cache '{cache_path}' matches '{onnx_path.name}': reusing its {len(cache.scales)} scales "
+                "without recalibrating")
+            return cache.scales
+        # This model's own cache, cut short or damaged: calibrating again gives it back (same pairs, same seed).
+        log.warning("calibration cache '%s' is damaged (%s); calibrating again and replacing it", cache_path, damage)
 
     pairs = calibration_pairs(cfg, say=say)
     start = time.perf_counter()
-    scales = collect_scales(onnx_path, graph, pairs, method, inputs)
+    scales = collect_scales(onnx_path, graph, pairs, method, inputs, work_beside=cache_path)
     write_cache(cache_path, CalibrationCache(scales, ALGORITHMS[method]), {
         "source_onnx": str(onnx_path),
         "source_onnx_sha256": digest,
@@ -216,20 +240,24 @@ def _ort_method(method: str):
 
 
 def collect_scales(onnx_path: Path, graph: onnx.ModelProto, pairs: CalibrationPairs, method: str,
-                   inputs: ModelInputs) -> Dict[str, np.float32]:
+                   inputs: ModelInputs, work_beside: Optional[Path] = None) -> Dict[str, np.float32]:
     """Run the FP32 model over the pairs with ONNX Runtime's calibrator (symmetric ranges) and return
     {tensor: amax / 127} for every float activation, in graph order.
 
     Batches go through one at a time so memory stays at one batch of activations whatever the number
     of pairs (ORT's histograms and min/max merge across calls). Softmax outputs are probabilities, so
-    their range is [0, 1] by definition; a histogram method would clip most of them away.
+    their range is [0, 1] by definition; a histogram method would clip most of them away. The calibrator's
+    copy of the model goes to a work folder beside `work_beside` (the cache), where the next run removes
+    one a kill left behind; without it, to the system's temporary folder.
     """
     from onnxruntime.quantization import create_calibrator
 
     batch_size = inputs.batch_size or pairs.batch_size
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console)
-    with tempfile.TemporaryDirectory(prefix="changenet-calib-") as work, progress:
+    work_folder = temp_folder_beside(work_beside) if work_beside is not None \
+        else tempfile.TemporaryDirectory(prefix="changenet-calib-")
+    with work_folder as work, progress:
         task = progress.add_task(f"calibrating ({method})", total=pairs.num_batches(batch_size))
         with _quiet_prints():
             calibrator = create_calibrator(onnx_path, None, augmented_model_path=str(Path(work) / "augmented.onnx"),

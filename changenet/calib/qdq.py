@@ -16,13 +16,15 @@ stores them, see `stored_scale`); `verify_scales` checks that after every placem
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import difflib
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Sequence
@@ -34,6 +36,9 @@ from omegaconf import DictConfig
 
 from changenet.calib.cache import INT8_MAX
 from changenet.errors import ModelError, SpecError
+from changenet.fileio import temp_folder_beside
+
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): the signal a process gets when its parent dies
 
 # Ops ONNX Runtime runs in int8 on the CPU (QLinearConv, QLinearMatMul, QGemm). Q/DQ around any
 # other op (LayerNormalization, Softmax, Erf, Resize, Add, and ConvTranspose, which ORT 1.32 leaves in
@@ -214,7 +219,8 @@ def verify_scales(model_path: Path, cached: Mapping[str, np.float32], shown_as: 
 
 
 # --------------------------------------------------------------------------- onnxruntime target
-def place_for_onnxruntime(source: Path, output: Path, scales: Mapping[str, np.float32], exclusions: Exclusions) -> None:
+def place_for_onnxruntime(source: Path, output: Path, scales: Mapping[str, np.float32], exclusions: Exclusions,
+                          work_beside: Path | None = None) -> None:
     """Q/DQ for ONNX Runtime's CPU kernels: symmetric activations, per-channel symmetric int8 weights,
     every activation scale from the cache.
 
@@ -234,7 +240,7 @@ def place_for_onnxruntime(source: Path, output: Path, scales: Mapping[str, np.fl
     overrides = {t: [{"scale": np.array(s, dtype=np.float32), "zero_point": np.array(ORT_ZERO_POINT, dtype=np.uint8)}]
                  for t, s in scales.items()}
     op_types = [t for t in ORT_CPU_OP_TYPES if t not in exclusions.op_types]
-    with tempfile.TemporaryDirectory(prefix="changenet-qdq-") as work:
+    with temp_folder_beside(work_beside or output) as work:
         ranges_file = Path(work) / "ranges.json"
         save_tensors_data(ranges, ranges_file)
         with _quiet_logging():
@@ -270,7 +276,8 @@ def _quiet_logging():
 
 # --------------------------------------------------------------------------- tensorrt target
 def place_for_tensorrt(source: Path, output: Path, cache_path: Path, method: str, exclusions: Exclusions,
-                       input_shapes: Dict[str, Sequence[int]], high_precision_dtype: str, log_file: Path) -> None:
+                       input_shapes: Dict[str, Sequence[int]], high_precision_dtype: str, log_file: Path,
+                       work_beside: Path | None = None) -> None:
     """ModelOpt's TensorRT placement with the cached scales, run in a child Python on a private copy.
 
     The child process: ModelOpt patches onnxruntime's quantization module for the whole process, and
@@ -278,8 +285,9 @@ def place_for_tensorrt(source: Path, output: Path, cache_path: Path, method: str
     shape inference in place on the file it is given (rewriting the user's export, whose hash the cache
     is checked against) and writes intermediate files beside its output. Its log goes to `log_file`."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="changenet-modelopt-") as work:
+    with temp_folder_beside(work_beside or output) as work:
         job = {
+            "parent": os.getpid(),
             "source": str(_private_copy(source, Path(work))), "output": str(Path(work) / "qdq.onnx"),
             "cache": str(cache_path), "method": method, "high_precision_dtype": high_precision_dtype,
             "op_types_to_exclude": list(exclusions.op_types),
@@ -308,8 +316,20 @@ def _private_copy(source: Path, folder: Path) -> Path:
     return copy
 
 
+def _die_with_parent(parent: int) -> None:
+    """A child that outlives a killed `calibrate` would go on writing into the next run's way: on Linux, ask the
+    kernel to end it with its parent (PR_SET_PDEATHSIG), then make sure the parent did not die before that."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the child finishes its one placement and exits
+        return
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 def _modelopt_child(job: Dict) -> None:
     """In the child: ModelOpt's quantize, told to take every activation scale from the cache."""
+    _die_with_parent(int(job.get("parent", os.getppid())))
     from modelopt.onnx.quantization import quantize
 
     # Any data of the right shape will do: it only runs the graph once for placement, and ModelOpt

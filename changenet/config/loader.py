@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 import yaml
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
 from changenet.config.schema import ACTIONS, MODEL_SOURCE_BLOCKS, MODEL_SOURCE_KEYS, ExperimentConfig
@@ -44,6 +44,7 @@ def load_spec(
         cfg = _merge(cfg, tree, source="the command line")
         _command_line_source_wins(cfg, tree)
     _resolve_aliases(cfg)
+    _empty_paths_unset(cfg)
     _check_task(cfg)
     _fill_results_dirs(cfg)
     _reconcile_gpus(cfg)
@@ -161,7 +162,7 @@ def _type_message(exc: ValidationError, source: str) -> str:
     wanted = re.search(r"converted to (\w+)", msg)
     got = re.search(r"Value '(.*)' of type '(\w+)'", msg) or re.search(r"Value '(.*)' (?:is not|could not)", msg)
     expected = (wanted.group(1) if wanted else "another type").lower().replace("integer", "int")
-    if "Non optional" in msg or "is not Optional" in msg:
+    if "Non optional" in msg or "is not Optional" in msg or msg.startswith("Incompatible value 'None'"):
         return f"spec key '{exc.full_key}' in {source} cannot be null; set a value"
     if "Invalid type assigned" in msg or "Cannot assign" in msg:
         return f"spec key '{exc.full_key}' in {source} has the wrong type: {msg}"
@@ -187,6 +188,15 @@ def _resolve_aliases(cfg: DictConfig) -> None:
     for block in ("evaluate", "inference"):
         if cfg[block].batch_size == -1:  # TAO's "use the dataset's batch size"
             cfg[block].batch_size = None
+
+
+def _empty_paths_unset(cfg: DictConfig) -> None:
+    """TAO's full default spec (its schema's defaults) writes '' for these two paths; '' means unset, not
+    the filesystem root (results_dir) or the working directory (root_dir)."""
+    if cfg.results_dir == "":
+        cfg.results_dir = ExperimentConfig.results_dir  # the schema's default
+    if OmegaConf.select(cfg, "dataset.segment.root_dir", throw_on_missing=False) == "":
+        cfg.dataset.segment.root_dir = MISSING  # required, as when the spec leaves it out
 
 
 def _command_line_source_wins(cfg: DictConfig, tree: dict) -> None:

@@ -93,7 +93,9 @@ class RandomFlipConfig:
 @dataclass
 class RandomRotateConfig:
     rotate_probability: float = _f(0.5, "probability of a rotation")
-    angle_list: List[int] = _f(factory=lambda: [90, 180, 270], help="angles to choose from (degrees)")
+    # List[float] as in TAO, whose full default spec writes 90.0, 180.0, 270.0.
+    angle_list: List[float] = _f(factory=lambda: [90.0, 180.0, 270.0],
+                                 help="angles to choose from (degrees; multiples of 90 turn exactly, others leave empty corners)")
     enable: bool = _f(True, "enable random rotation")
 
 

@@ -4,6 +4,7 @@ TAO's specs must run unchanged, so every field of TAO 7.3's Visual ChangeNet sch
 (config.schema). Most are honoured; those below are not (they belong to TAO's launcher, logging
 services or other tasks, or are waiting for their feature). A spec that sets one of them to something
 other than its default gets one line listing them, so nobody believes a setting took effect when it did not.
+TAO_DIFFERENCES says where our types and defaults differ from TAO's, and why.
 """
 
 from __future__ import annotations
@@ -57,6 +58,69 @@ CONDITIONAL: Dict[str, Tuple[Callable[[DictConfig], bool], str]] = {
     "dataset.classify.augmentation_config.with_scale_random_crop": (
         _classify, "TAO's classification augmentation has no scale crop either"),
 }
+
+# Where our schema's type or default differs from TAO 7.3's (nvidia-tao-core 7.3.0), dotted key -> why.
+# tests/test_tao_schema.py walks both schemas and fails on a difference missing here, or an entry here that no
+# longer differs. Types are compared as written, Optional, int vs float and list element types included: each
+# decides which values a spec may hold (an int field refuses 90.0, a non-Optional one refuses null). Defaults
+# are compared as the typed config holds them ("???" = required).
+TAO_DIFFERENCES: Dict[str, str] = {
+    # -- TAO allows null, we refuse it
+    "results_dir": "'/results', the default of TAO's documentation; TAO's schema default '' is read as unset "
+                   "('/results'), not as the filesystem root; null is refused",
+    "task": "segment or classify must be named (default segment, as in TAO); null is refused",
+    "train.tensorboard": "always a block (enabled: false, the default, writes no TensorBoard logs); null is refused",
+    "gen_trt_engine.tensorrt.layers_precision": "[] means no layer kept in higher precision; null is refused",
+    # -- we allow null where TAO does not
+    "dataset.segment.label_transform": "null means the same as TAO's 'None' (labels are class indices already)",
+    "model.decode_head.in_channels": "default null: the decoder takes the backbone's channels whatever the spec "
+                                     "says (as TAO); a value given is only checked, a mismatch named in a warning",
+    "model.decode_head.feature_strides": "default null: the decoder takes the backbone's strides whatever the spec "
+                                         "says (as TAO); a value given is only checked, a mismatch named in a warning",
+    "evaluate.checkpoint": "optional: evaluate runs one of checkpoint, onnx_file or trt_engine and asks for one when "
+                           "none is set",
+    "inference.checkpoint": "optional: inference runs one of checkpoint, onnx_file or trt_engine and asks for one "
+                            "when none is set",
+    "evaluate.batch_size": "default null: the dataset block's batch_size (TAO's -1, which means the same, is folded "
+                           "to null when loading)",
+    "inference.batch_size": "default null: the dataset block's batch_size (TAO's -1, which means the same, is folded "
+                            "to null when loading)",
+    "export.input_width": "default null: the data's input width (dataset.segment.img_size, or the joined tiles of "
+                          "task classify), so an export matches the input the model was trained at",
+    "export.input_height": "default null: the data's input height (dataset.segment.img_size, or the joined tiles of "
+                           "task classify), so an export matches the input the model was trained at",
+    "gen_trt_engine.trt_engine": "optional: default <gen_trt_engine.results_dir>/model.engine",
+    "gen_trt_engine.tensorrt.calibration.cal_cache_file": "optional: default <calibrate.results_dir>/cal.cache",
+    "gen_trt_engine.tensorrt.calibration.cal_image_dir": "optional ([]): with no folder named, calibration pairs "
+                                                         "come from dataset.<task>.quant_calibration_dataset.images_dir, "
+                                                         "else the training data",
+    "dataset.segment.root_dir": "required ('???') by the actions that read segmentation data, each saying so in one "
+                                "line; TAO's '' is read as unset too, not as the working directory",
+    # -- other types
+    "model.decode_head.decoder_params": "a block with one field, embed_dim (256, as TAO), so a misspelt key is "
+                                        "refused by name; TAO's Dict[str, int] takes any key",
+    "quantize.layers": "entries are not checked: quantize.* has no effect here (INT8 comes from calibrate)",
+    # -- other defaults
+    "dataset.segment.data_name": "'LEVIR-CD', the spelling of TAO's example specs; only LandSCD changes anything "
+                                 "(its class colours beyond two classes), so LEVIR and LEVIR-CD behave the same",
+    "dataset.segment.img_size": "256, the LEVIR-CD tile of TAO's example specs (TAO's schema: 224)",
+    "dataset.segment.predict_split": "'predict' (list/predict.txt, pairs without labels), as TAO's test example spec "
+                                     "names it (TAO's schema: 'test')",
+    "dataset.segment.batch_size": "32, the schema's default from the TAO documentation's table (TAO's schema: 8)",
+    "dataset.segment.workers": "2 worker processes, as TAO's example specs set (TAO's schema: 8)",
+    "train.optim.lr": "0.0005, the schema's default from the TAO documentation's table (TAO's schema: 0.0001, "
+                      "which TAO's FAN example spec sets)",
+    "train.optim.weight_decay": "0.1, the schema's default from the TAO documentation's table (TAO's schema: 0.01, "
+                                "which TAO's example specs set)",
+    "evaluate.vis_after_n_batches": "1: every batch gets its visualisations (TAO's schema: 16; its field metadata "
+                                    "says 1)",
+    "inference.vis_after_n_batches": "1: every batch gets its visualisations (TAO's schema: 16; its field metadata "
+                                     "says 1)",
+    "gen_trt_engine.tensorrt.max_batch_size": "1, as TAO's common TensorRT block (Visual ChangeNet's says 8): the "
+                                              "default profile is batch 1 throughout, min <= opt <= max",
+    "gen_trt_engine.tensorrt.data_type": "'FP32': data_type is stored upper-case, so TAO's 'fp32' means the same",
+}
+
 # Blocks named for every action (they belong to none of ours).
 ALWAYS_CHECKED = ("model_name", "encryption_key", "wandb", "quantize")
 # Dict-valued fields: compared as a whole.

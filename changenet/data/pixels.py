@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from changenet.data.io import open_image
-from changenet.errors import DataError
+from changenet.errors import ChangenetError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -223,17 +223,35 @@ def _first_readable(paths) -> Optional[Tuple[Path, np.ndarray]]:
     return None
 
 
-def _read_stored(path: Path) -> Optional[dict]:
+def _read_stored(path: Path, bands: int) -> Tuple[Optional[dict], Optional[str]]:
+    """The stored stretch record and None, or (None, what is wrong with it) when the file is there but
+    damaged (cut short, edited); (None, None) when there is none."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):  # absent or damaged: estimated again
-        return None
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, f"unreadable: {exc.strerror}"
+    except ValueError:
+        return None, "not valid JSON"
+    if not isinstance(record, dict):
+        return None, "not a JSON object"
+    for side in ("A", "B"):
+        limits = record.get(side)
+        try:
+            values = np.asarray(limits, dtype=np.float64)
+        except (TypeError, ValueError):
+            values = np.empty(0)
+        count = len(record["bands"]) if isinstance(record.get("bands"), list) else bands
+        if values.shape != (count, 2) or not np.isfinite(values).all():
+            return None, f"no valid {side} limits"
+    return record, None
 
 
 def dataset_mapping(cfg, root: Path, pairs: Sequence[Tuple[Path, Path]]) -> PixelMapping:
     """The PixelMapping of the dataset at `root` (dataset.segment.bands / stretch / percentiles), with stretch
     limits read from `<root>/changenet_stretch.json`, or estimated from a sample of `pairs` and stored there."""
-    from changenet.fileio import write_json
+    from changenet.fileio import remove_leftovers, write_json
 
     seg = cfg.dataset.segment
     bands = tuple(int(b) for b in seg.bands) if seg.bands else None
@@ -247,9 +265,13 @@ def dataset_mapping(cfg, root: Path, pairs: Sequence[Tuple[Path, Path]]) -> Pixe
     chosen = choose_bands(first[0], bands, first[1].shape[2], "dataset.segment.bands")
     wanted = {"bands": list(chosen), "percentiles": percentiles}
     stored_path = root / STRETCH_FILE
-    stored = _read_stored(stored_path)
+    remove_leftovers(root, STRETCH_FILE)  # a temporary file of a write that was killed
+    stored, damage = _read_stored(stored_path, len(chosen))
     if stored and {k: stored.get(k) for k in wanted} == wanted:
         return PixelMapping(bands, {side: np.asarray(stored[side], dtype=np.float64) for side in ("A", "B")})
+    if damage:
+        log.warning("stretch limits '%s' are damaged (%s); estimating them again from %d pairs and replacing the file",
+                    stored_path, damage, len(sample))
     limits = {}
     for index, side in enumerate(("A", "B")):
         values = []
@@ -265,9 +287,10 @@ def dataset_mapping(cfg, root: Path, pairs: Sequence[Tuple[Path, Path]]) -> Pixe
               **{side: limits[side].round(3).tolist() for side in ("A", "B")}}
     try:
         write_json(stored_path, record)
-        log.info("stretch limits from %d pairs written to '%s' (train, evaluate, calibrate and inference of this "
-                 "dataset use them)", len(sample), stored_path)
-    except OSError as exc:
+        if not damage:  # the warning above said it already
+            log.info("stretch limits from %d pairs written to '%s' (train, evaluate, calibrate and inference of "
+                     "this dataset use them)", len(sample), stored_path)
+    except (OSError, ChangenetError) as exc:  # a read-only dataset folder
         log.warning("cannot store the stretch limits next to the dataset (%s); they were estimated for this run only",
                     exc)
     return PixelMapping(bands, {side: np.asarray(record[side], dtype=np.float64) for side in ("A", "B")})

@@ -183,8 +183,10 @@ def generate_inspection_dataset(
     seed: int = 0,
     image_ext: str = ".png",
     show_progress: bool = True,
+    defects: Sequence[str] = DEFECTS,
 ) -> Dict:
-    """Write a synthetic inspection set to `out` (CSVs, images/, synth.json); complete or not at all."""
+    """Write a synthetic inspection set to `out` (CSVs, images/, synth.json); complete or not at all.
+    `defects`: the kinds of defect drawn (a share DEFECT_SHARE of the objects has one of them)."""
     out = Path(out).expanduser()
     counts = {"train": int(num_train), "val": int(num_val), "test": int(num_test), "infer": int(num_infer)}
     if int(img_size) < 32:
@@ -195,16 +197,19 @@ def generate_inspection_dataset(
         raise DataError("num_golden must be >= 1 and the object counts >= 0")
     if image_ext not in IMAGE_EXTS:
         raise DataError(f"image_ext must be one of {', '.join(IMAGE_EXTS)}, got '{image_ext}'")
+    defects = tuple(str(d) for d in defects)
+    if not defects or not set(defects) <= set(DEFECTS):
+        raise DataError(f"defects must be some of {', '.join(DEFECTS)}, got {', '.join(defects) or 'none'}")
     lights = LIGHTS[: int(num_lights)]
     manifest = write_dataset_folder(out, lambda work: _write_all(
-        work, counts, int(img_size), lights, int(num_golden), int(seed), image_ext, show_progress))
+        work, counts, int(img_size), lights, int(num_golden), int(seed), image_ext, show_progress, defects))
     if show_progress:
         _print_summary(out, manifest)
     return manifest
 
 
 def _write_all(work: Path, counts: Dict[str, int], side: int, lights: Sequence[str], num_golden: int, seed: int,
-               ext: str, show_progress: bool) -> Dict:
+               ext: str, show_progress: bool, kinds: Sequence[str] = DEFECTS) -> Dict:
     splits: Dict[str, Dict] = {}
     with progress_bar() as progress:
         if not show_progress:
@@ -214,7 +219,7 @@ def _write_all(work: Path, counts: Dict[str, int], side: int, lights: Sequence[s
             task = progress.add_task(split, total=count, note="")
             rows, defects = [], {name: 0 for name in DEFECTS}
             for index in range(count):
-                rows.append(_write_object(work, split, index, side, lights, num_golden, seed, ext))
+                rows.append(_write_object(work, split, index, side, lights, num_golden, seed, ext, kinds))
                 if rows[-1]["label"] != "PASS":
                     defects[rows[-1]["label"]] += 1
                 progress.update(task, advance=1, note=f"defects {sum(defects.values()) / (index + 1):5.1%}")
@@ -248,10 +253,10 @@ def _write_image(path: Path, image: np.ndarray, ext: str) -> None:
 
 
 def _write_object(work: Path, split: str, index: int, side: int, lights: Sequence[str], num_golden: int,
-                  seed: int, ext: str) -> Dict[str, str]:
+                  seed: int, ext: str, kinds: Sequence[str] = DEFECTS) -> Dict[str, str]:
     rng = _rng(seed, split, index)
     part = _sample_part(rng)
-    defect = str(rng.choice(DEFECTS)) if rng.random() < DEFECT_SHARE else "PASS"
+    defect = str(rng.choice(list(kinds))) if rng.random() < DEFECT_SHARE else "PASS"
     board = f"{split}/board_{index // PARTS_PER_BOARD:03d}"
     name = f"{'RCU'[list(_BODIES).index(part.kind)]}{index % PARTS_PER_BOARD + 1}"
     test_dir = work / "images" / board / "test"

@@ -11,6 +11,7 @@ Next to the engine, `<engine>.json` records what the runtime checks before runni
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -28,7 +29,7 @@ from rich.table import Table
 from changenet.config import require_path, to_container
 from changenet.deploy.fp16 import convert_to_fp16, load_graph, model_precision, parse_layers_precision
 from changenet.deploy.contract import ModelIO, io_from_names
-from changenet.deploy.sidecar import read_sidecar, sidecar_path, write_sidecar
+from changenet.deploy.sidecar import read_sidecar, sidecar_path
 from changenet.deploy.tensorrt_api import (
     LOG,
     TRT_MSDA_PLUGIN,
@@ -41,7 +42,7 @@ from changenet.deploy.tensorrt_api import (
     set_build_targets,
 )
 from changenet.errors import ModelError, SpecError
-from changenet.fileio import atomic_path, sha256_file
+from changenet.fileio import atomic_group, atomic_path, remove_leftovers, sha256_file
 
 DATA_TYPES = ("FP32", "FP16", "INT8")
 # Fields of the export sidecar that the engine sidecar carries on for evaluation and inference.
@@ -194,6 +195,10 @@ def build_engine(
         if not path.is_file():
             raise ModelError(f"ONNX file '{path}' does not exist")
     parse_layers_precision(options.layers_precision)  # spec mistakes surface before any work
+    # Temporary files a killed build left beside the engine (and the timing cache) go first.
+    remove_leftovers(engine_path.parent, engine_path.name, sidecar_path(engine_path).name, _fp16_path(engine_path).name)
+    if options.timing_cache is not None:
+        remove_leftovers(options.timing_cache.parent, options.timing_cache.name)
 
     trt = load_tensorrt(options.builder)
     gpus = gpu_compute_capabilities()
@@ -233,27 +238,28 @@ def build_engine(
         raise ModelError(f"TensorRT could not build an engine from '{network_onnx}': {logger.first_error()}")
     for message in logger.errors:  # errors TensorRT recovered from: still worth seeing
         LOG.warning("TensorRT: %s", message)
-    with atomic_path(engine_path) as tmp:
-        with open(tmp, "wb") as handle:
+    # Engine and sidecar are one group (fileio.atomic_group): a kill never leaves an engine without its
+    # sidecar, which would pass for a TAO Deploy engine and skip every check.
+    with atomic_group(engine_path, sidecar_path(engine_path)) as (engine_tmp, sidecar_tmp):
+        with open(engine_tmp, "wb") as handle:
             handle.write(serialized)
+        seconds = time.perf_counter() - start
+        metadata = _engine_metadata(
+            trt,
+            options,
+            targets,
+            profile,
+            io,
+            input_shape,
+            info,
+            source,
+            network_onnx,
+            engine_bytes=engine_tmp.stat().st_size,
+            seconds=seconds,
+        )
+        sidecar_tmp.write_text(json.dumps(metadata, indent=2) + "\n")
     if cache_loaded is not None:
         _save_timing_cache(config, options.timing_cache)
-    seconds = time.perf_counter() - start
-
-    metadata = _engine_metadata(
-        trt,
-        options,
-        targets,
-        profile,
-        io,
-        input_shape,
-        info,
-        source,
-        network_onnx,
-        engine_bytes=engine_path.stat().st_size,
-        seconds=seconds,
-    )
-    write_sidecar(engine_path, metadata)
     return BuildResult(engine_path, metadata, seconds)
 
 
@@ -276,12 +282,17 @@ def _onnx_for_precision(onnx_path: Path, engine_path: Path, options: BuildOption
             f"'{onnx_path}' is an FP16 model; set gen_trt_engine.tensorrt.data_type=FP16 or give the FP32 export"
         )
     if wanted == "FP16" and carried == "fp32":
-        fp16_path = engine_path.with_name(engine_path.stem + ".fp16.onnx")
+        fp16_path = _fp16_path(engine_path)
         LOG.info("converting '%s' to FP16 (LayerNormalization and Softmax kept in FP32) -> '%s'", onnx_path, fp16_path)
         return convert_to_fp16(onnx_path, fp16_path, options.layers_precision, options.verbose)
     if options.layers_precision and wanted == "FP32":
         LOG.warning("gen_trt_engine.tensorrt.layers_precision is ignored by an FP32 build: every layer is FP32 already")
     return onnx_path
+
+
+def _fp16_path(engine_path: Path) -> Path:
+    """Where an FP16 build keeps the converted ONNX it built (named in the engine sidecar)."""
+    return engine_path.with_name(engine_path.stem + ".fp16.onnx")
 
 
 def _parse(parser: Any, onnx_path: Path) -> None:
@@ -360,11 +371,30 @@ def _load_timing_cache(trt: TensorRT, config: Any, path: Optional[Path]) -> Opti
             "(its timing-cache calls are no-ops), so there is nothing to cache"
         )
         return None
-    blob = path.read_bytes() if path.is_file() else b""
+    try:
+        blob = path.read_bytes() if path.is_file() else b""
+    except OSError as exc:
+        raise ModelError(f"cannot read timing cache '{path}' ({exc.strerror}); fix its permissions or delete it") from None
     LOG.info("timing cache '%s': %s", path, f"read {len(blob)} bytes" if blob else "new")
-    cache = config.create_timing_cache(blob)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if not _use_timing_cache(config, blob):
+        if not blob:
+            raise ModelError(f"TensorRT could not create a timing cache for '{path}'")
+        # A cut-short or foreign cache only costs build time: start a new one, which replaces it after the build.
+        LOG.warning("timing cache '%s' is damaged or was written by another TensorRT version or GPU; building "
+                    "with a new one, which replaces it", path)
+        if not _use_timing_cache(config, b""):
+            raise ModelError(f"TensorRT could not create a timing cache for '{path}'")
     return blob
+
+
+def _use_timing_cache(config: Any, blob: bytes) -> bool:
+    """Give the builder config the timing cache in `blob`; False where TensorRT rejects it (by version it
+    raises or returns None from create_timing_cache, or set_timing_cache returns False on a mismatch)."""
+    try:
+        cache = config.create_timing_cache(blob)
+        return cache is not None and config.set_timing_cache(cache, ignore_mismatch=False) is not False
+    except Exception:  # noqa: BLE001 - TensorRT's bindings raise their own types for a bad blob
+        return False
 
 
 def _save_timing_cache(config: Any, path: Path) -> None:

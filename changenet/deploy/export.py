@@ -18,7 +18,6 @@ import contextlib
 import logging
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -50,7 +49,8 @@ from changenet.deploy.torch_predictor import output_list
 from changenet.deploy.tensorrt_api import TRT_MSDA_PLUGIN, TRT_PLUGIN_DOMAIN
 from changenet.model.deformable import tensorrt_plugin_form
 from changenet.errors import ModelError, SpecError
-from changenet.fileio import atomic_path, sha256_file
+from changenet.deploy.sidecar import sidecar_path, write_sidecar_for
+from changenet.fileio import atomic_group, remove_leftovers, sha256_file, temp_folder_beside
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 12
@@ -79,6 +79,7 @@ class ExportResult:
     external_data: Optional[Path] = None
     split_transposed_convs: int = 0  # transposed convolutions written as phase convolutions
     io: ModelIO = SEGMENT_IO
+    sidecar: Optional[Dict[str, object]] = None  # what was written to <onnx_path>.json, if anything
 
 
 # --------------------------------------------------------------------------- Python API
@@ -141,11 +142,15 @@ def export_onnx(
     external = _parameter_bytes(model) > EXTERNAL_DATA_BYTES
     data_path = onnx_path.with_name(onnx_path.name + ".data") if external else None
 
-    with atomic_path(onnx_path) as final_tmp, tempfile.TemporaryDirectory(
-        prefix=f".{onnx_path.name}.", dir=onnx_path.parent
-    ) as work:
+    # The ONNX, its sidecar and its external weights are published as one group (fileio.atomic_group):
+    # a kill leaves the old export, no export, or the new one; never a new model beside old weights.
+    sidecar_file = sidecar_path(onnx_path)
+    weights_file = onnx_path.with_name(onnx_path.name + ".data")
+    remove_leftovers(onnx_path.parent, onnx_path.name, sidecar_file.name, weights_file.name)
+    with atomic_group(onnx_path, sidecar_file, weights_file) as (final_tmp, sidecar_tmp, weights_tmp), \
+            temp_folder_beside(onnx_path) as work:
         # The exporters name external weight files after the model file, so they write into a private
-        # folder under the real file name; the finished model is renamed into place at the end.
+        # folder under the real file name; the finished files are moved into place at the end.
         work_file = Path(work) / onnx_path.name
         graph_model, split = to_inference_form(model) if split_transposed_conv else (model, 0)
         with tensorrt_plugin_form() if plugin else contextlib.nullcontext():
@@ -170,18 +175,20 @@ def export_onnx(
                                        min_agreement)
             require_pass(verification, onnx_path)
         if data_path is not None:
-            shutil.move(str(Path(work) / data_path.name), data_path)
+            os.replace(Path(work) / data_path.name, weights_tmp)
+        else:
+            weights_tmp.unlink()  # no external weights this time: an old model's file of that name goes
         os.replace(work_file, final_tmp)
 
-    result = ExportResult(
-        onnx_path=onnx_path, exporter=used, opset_version=opset, input_height=height, input_width=width,
-        batch_size=batch_size, verification=verification, seconds=time.perf_counter() - start, notes=notes,
-        external_data=data_path, split_transposed_convs=split, io=io,
-    )
-    if sidecar is not None:
-        from changenet.deploy.sidecar import write_sidecar
-
-        write_sidecar(onnx_path, sidecar_record(result, sidecar))
+        result = ExportResult(
+            onnx_path=onnx_path, exporter=used, opset_version=opset, input_height=height, input_width=width,
+            batch_size=batch_size, verification=verification, seconds=time.perf_counter() - start, notes=notes,
+            external_data=data_path, split_transposed_convs=split, io=io,
+        )
+        if sidecar is not None:
+            result.sidecar = write_sidecar_for(sidecar_tmp, sidecar_record(result, sidecar), final_tmp)
+        else:
+            sidecar_tmp.unlink()  # an old sidecar would describe another model
     return result
 
 
@@ -262,7 +269,7 @@ def export(cfg: DictConfig) -> Dict[str, object]:
         deformable_attention=str(spec.deformable_attention),
     )
     print_export_table(result, console)
-    return sidecar_record(result, fields)
+    return result.sidecar
 
 
 # --------------------------------------------------------------------------- checks

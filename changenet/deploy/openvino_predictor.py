@@ -8,27 +8,33 @@ twice as fast; OpenVINO's own default on such CPUs, `auto`). Compiled models are
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import shutil
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 from changenet.deploy.contract import io_from_names
 from changenet.deploy.predictor import Predictor
 from changenet.deploy.sidecar import read_sidecar
-from changenet.errors import ModelError, UnsupportedError
+from changenet.errors import ChangenetError, ModelError, UnsupportedError
+from changenet.fileio import is_leftover, remove_leftovers, sha256_file, write_json
+from changenet.machine import bf16_native, this_cpu
 
 PRECISIONS = ("auto", "f32", "bf16")
 PERFORMANCE_HINTS = ("latency", "throughput")
 DEFAULT_CACHE = Path.home() / ".cache" / "changenet" / "openvino"
+CACHE_RECORD = "changenet_cache.json"  # per cache folder: size and SHA-256 of each file OpenVINO wrote
+log = logging.getLogger(__name__)
 
 
 def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), as OpenVINO reports it."""
-    import openvino as ov
-
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), from changenet.machine (which honours
+    $CHANGENET_CPUINFO)."""
+    return bf16_native(this_cpu())
 
 
 class OpenVinoPredictor(Predictor):
@@ -50,7 +56,6 @@ class OpenVinoPredictor(Predictor):
             raise UnsupportedError("openvino.precision=bf16 needs a CPU with AVX512-BF16 or AMX; this one has neither "
                                    "(use f32 or auto)")
         core = ov.Core()
-        core.set_property({"CACHE_DIR": str(Path(cache_dir or DEFAULT_CACHE).expanduser())})
         try:
             model = core.read_model(str(path))
         except RuntimeError as exc:
@@ -68,10 +73,7 @@ class OpenVinoPredictor(Predictor):
             precision = "f32"
         if precision != "auto":
             config["INFERENCE_PRECISION_HINT"] = precision
-        try:
-            self.compiled = core.compile_model(model, "CPU", config)
-        except RuntimeError as exc:
-            raise ModelError(f"OpenVINO cannot compile '{path}' for the CPU: {str(exc).strip().splitlines()[0]}") from None
+        self.compiled = compile_cached(core, model, config, Path(cache_dir or DEFAULT_CACHE).expanduser(), path)
         self.request = self.compiled.create_infer_request()
         shape = inputs[io.inputs[0]].get_partial_shape()
         fixed_batch = shape[0].get_length() if shape[0].is_static else None
@@ -106,3 +108,106 @@ class OpenVinoPredictor(Predictor):
         results = self.request.infer({first: a, second: b})
         by_name = {name: value for port, value in results.items() for name in port.get_names()}
         return [np.asarray(by_name[name]) for name in self.io.outputs]
+
+
+# --------------------------------------------------------------------------- compiled-model cache
+def compile_cached(core: Any, model: Any, config: Dict[str, str], cache_root: Path, model_path: Path) -> Any:
+    """`core.compile_model` for the CPU with OpenVINO's compiled-model cache, checked before it is used.
+
+    Each model file and setting gets a cache folder of its own under `cache_root`, holding OpenVINO's blob
+    and a record of its size and SHA-256. Measured with OpenVINO 2026.4: a blob cut short, emptied or
+    overwritten with noise is compiled again silently, but a blob with changed bytes inside loads without
+    any check and computes wrong outputs. So a folder whose files do not match the record (or that has
+    none: a run killed while the blob was written) is cleared with one warning line and the model compiled
+    again; a compilation that fails with a cache entry present is retried once after clearing it.
+    """
+    folder = cache_root / _cache_folder_name(model_path, config)
+    damage = _cache_damage(folder)
+    if damage:
+        log.warning("OpenVINO compiled-model cache '%s' is damaged (%s); compiling '%s' again and replacing it",
+                    folder, damage, model_path)
+        shutil.rmtree(folder, ignore_errors=True)
+    core.set_property({"CACHE_DIR": str(folder)})
+    try:
+        compiled = core.compile_model(model, "CPU", config)
+    except RuntimeError as exc:
+        if not _cache_files(folder):
+            raise ModelError(f"OpenVINO cannot compile '{model_path}' for the CPU: {_first_line(exc)}") from None
+        log.warning("OpenVINO could not use its compiled-model cache '%s' (%s); compiling '%s' again and replacing it",
+                    folder, _first_line(exc), model_path)
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            compiled = core.compile_model(model, "CPU", config)
+        except RuntimeError as again:
+            raise ModelError(f"OpenVINO cannot compile '{model_path}' for the CPU: {_first_line(again)}") from None
+    if not _loaded_from_cache(compiled):
+        _record_cache(folder)
+    return compiled
+
+
+def _loaded_from_cache(compiled: Any) -> bool:
+    try:
+        return bool(compiled.get_property("LOADED_FROM_CACHE"))
+    except RuntimeError:  # a plugin without the property: record what is there again
+        return False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _cache_folder_name(model_path: Path, config: Dict[str, str]) -> str:
+    """<model file name>-<hash of the file's identity, the settings and OpenVINO's version>: a new export, other
+    settings or another OpenVINO get a folder of their own, so each folder holds one model's entry."""
+    import hashlib
+
+    import openvino as ov
+
+    stat = model_path.stat()
+    identity = json.dumps([str(model_path.resolve()), stat.st_size, stat.st_mtime_ns, sorted(config.items()),
+                           ov.__version__])
+    return f"{model_path.name}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
+
+
+def _cache_files(folder: Path) -> List[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_file() and p.name != CACHE_RECORD and not is_leftover(p))
+    except OSError:
+        return []
+
+
+def _cache_damage(folder: Path) -> Optional[str]:
+    """What is wrong with the cache folder's files against its record; None when they match (or it is empty)."""
+    files = _cache_files(folder)
+    if not files:
+        return None
+    try:
+        recorded = json.loads((folder / CACHE_RECORD).read_text())["files"]
+        if not isinstance(recorded, dict):
+            raise ValueError
+    except (OSError, ValueError, KeyError, TypeError):
+        return "no record of its files, as a run stopped while writing them leaves it"
+    for file in files:
+        entry = recorded.get(file.name)
+        if not isinstance(entry, dict):
+            return f"'{file.name}' is not in its record"
+        if file.stat().st_size != entry.get("bytes"):
+            return f"'{file.name}' has {file.stat().st_size} bytes, written with {entry.get('bytes')}"
+        if sha256_file(file) != entry.get("sha256"):
+            return f"'{file.name}' does not match its SHA-256"
+    missing = sorted(set(recorded) - {f.name for f in files})
+    return f"'{missing[0]}' is missing" if missing else None
+
+
+def _record_cache(folder: Path) -> None:
+    """Record what OpenVINO just wrote to the cache folder (a failure to write it only costs a compilation)."""
+    files = _cache_files(folder)
+    if not files:
+        return
+    try:
+        remove_leftovers(folder, CACHE_RECORD)
+        write_json(folder / CACHE_RECORD, {"files": {f.name: {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
+                                                     for f in files}})
+    except (OSError, ChangenetError):
+        pass

@@ -26,7 +26,7 @@ from changenet.deploy.factory import model_source, predictor_from_spec
 from changenet.evaluation.classify_metrics import (
     decision_figures, decision_margin, defect_scores, plot_sweep, summary_rows, threshold_sweep,
 )
-from changenet.fileio import atomic_path, write_json
+from changenet.fileio import atomic_path, remove_leftovers, write_json
 
 SCORE_COLUMN = "siamese_score"  # TAO's inference.csv column
 
@@ -97,9 +97,17 @@ def _picture_writer(cfg: DictConfig, folder: Path, margin: float, keep, labelled
     return on_batch, writer
 
 
+def _remove_output_leftovers(out_dir: Path, pictures: str) -> None:
+    """Temporary files a killed run left beside its outputs (every file here is written under a temporary
+    name first, see fileio.atomic_path)."""
+    remove_leftovers(out_dir)
+    remove_leftovers(out_dir / pictures)
+
+
 def evaluate_classifier(cfg: DictConfig) -> Dict[str, Any]:
     source_key, source_path = model_source(cfg, "evaluate")
     out_dir = Path(cfg.evaluate.results_dir)
+    _remove_output_leftovers(out_dir, "errors")
     margin = decision_margin(cfg)
     # A wrong decision: a defect not flagged, or a good object flagged.
     on_batch, writer = _picture_writer(cfg, out_dir / "errors", margin,
@@ -142,6 +150,7 @@ def print_classifier_metrics(results: Dict[str, Any]) -> None:
 def infer_classifier(cfg: DictConfig) -> Dict[str, Any]:
     model_source(cfg, "inference")
     out_dir = Path(cfg.inference.results_dir)
+    _remove_output_leftovers(out_dir, "flagged")
     margin = decision_margin(cfg)
     on_batch, writer = _picture_writer(cfg, out_dir / "flagged", margin, lambda score, _: score > margin,
                                        labelled=False)

@@ -137,8 +137,14 @@ class ScoreCollector(Metric):
         return {"scores": joined(self.scores), "labels": joined(self.labels)}
 
     def figures(self, margin: float) -> Dict[str, Any]:
+        """decision_figures at `margin`, plus the threshold-free ROC AUC (None without both kinds of object)."""
         data = self.compute()
-        return decision_figures(data["scores"], data["labels"], margin)
+        figures = decision_figures(data["scores"], data["labels"], margin)
+        labels = data["labels"]
+        both = len(labels) > 1 and labels.min() != labels.max()
+        figures["roc_auc"] = float(binary_auroc(torch.as_tensor(data["scores"], dtype=torch.float64),
+                                                torch.as_tensor(labels))) if both else None
+        return figures
 
 
 def plot_sweep(sweep: Dict[str, Any], margin: float, path) -> Optional[Any]:

@@ -11,7 +11,7 @@ import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List
+from typing import Callable, Dict, Iterable, List, Sequence
 
 import numpy as np
 import torch
@@ -27,9 +27,10 @@ from changenet.deploy.predictor import Predictor
 from changenet.errors import SkippedInputs
 from changenet.evaluation.metrics import SUMMARY_KEYS, ConfusionMatrix
 from changenet.evaluation.visualize import colorize, comparison_image
-from changenet.fileio import write_json
+from changenet.fileio import remove_leftovers, write_json
 
 log = logging.getLogger(__name__)
+OUTPUT_FOLDERS = ("mask", "color", "vis")  # what inference writes under its results_dir
 
 
 
@@ -107,6 +108,7 @@ def evaluate(cfg: DictConfig) -> Dict[str, object]:
 
     seg = cfg.dataset.segment
     out_dir = Path(cfg.evaluate.results_dir)
+    remove_output_leftovers(out_dir, ("pred", "vis"))
     loader = _loader(cfg, "evaluate", "test")
     metric = ConfusionMatrix(seg.num_classes, class_names(cfg))
     colours = class_palette(cfg)
@@ -178,6 +180,7 @@ def inference(cfg: DictConfig) -> Dict[str, object]:
     from changenet.data import class_palette, denormalize, write_png
 
     out_dir = Path(cfg.inference.results_dir)
+    remove_output_leftovers(out_dir, OUTPUT_FOLDERS)
     loader = _loader(cfg, "inference", "predict", skip_bad=not cfg.inference.fail_fast)
     colours = class_palette(cfg)
     align = cfg.model.decode_head.align_corners
@@ -211,6 +214,14 @@ def inference(cfg: DictConfig) -> Dict[str, object]:
     console.print(f"{pairs} masks written to {out_dir / 'mask'} ({summary['pairs_per_second']} pairs/s, {backend})")
     raise_if_skipped(skipped, pairs, out_dir)
     return summary
+
+
+def remove_output_leftovers(out_dir: Path, folders: Sequence[str]) -> None:
+    """Temporary files a killed run left in the action's folder and its picture folders (every file there is
+    written to a temporary name first, see fileio.atomic_path)."""
+    remove_leftovers(out_dir)
+    for folder in folders:
+        remove_leftovers(out_dir / folder)
 
 
 def note_skipped(batch: Dict) -> List[Dict[str, str]]:

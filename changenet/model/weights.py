@@ -19,6 +19,7 @@ it; a tensor of the right name and the wrong shape is an error naming it.
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import os
 import pickle
@@ -61,6 +62,8 @@ STRIP_PREFIXES = ("module.", "_orig_mod.", "model.", "backbone.", "encoder.")
 # Parts of an ImageNet FAN checkpoint that the segmentation backbone does not have (TAO deletes `norm`).
 CLASSIFIER_EXTRAS = ("norm.", "head.")
 ENCRYPTED_KEY = "state_dict_encrypted"
+# How torch's weights-only unpickler words a refused object (as opposed to bytes it cannot parse).
+REFUSED_OBJECT_MARKS = ("unsupported global", "allowlisted", "is blocked", "unrecognized function")
 _SHOWN_NAMES = 3  # names listed per category in one line
 
 
@@ -72,12 +75,15 @@ def load_torch_file(path: str | os.PathLike, what: str = "weights file") -> Any:
         raise ModelError(f"{what} '{path}' does not exist")
     if path.suffix == ".safetensors":
         return _load_safetensors(path, what)
+    # mmap: tensors are read when used, so a look at the metadata of a large checkpoint is cheap. Only
+    # torch's zip format maps; its older pickle format (and a cut-short zip, which is no zip) is read whole.
+    mmap = zipfile.is_zipfile(path)
     try:
         with torch.serialization.safe_globals(safe_checkpoint_types()):
-            # mmap: tensors are read when used, so a look at the metadata of a large checkpoint is cheap.
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
-        if "weights only load failed" in str(exc).lower():
+        # Objects the weights-only unpickler refuses are named; its other errors are damaged bytes.
+        if any(mark in str(exc).lower() for mark in REFUSED_OBJECT_MARKS):
             raise ModelError(_refused_types_message(path, what)) from None
         raise _unreadable(path, what, exc) from None
     except Exception as exc:  # noqa: BLE001 - any read failure is the same user-facing problem
@@ -109,7 +115,11 @@ def _refused_types_message(path: Path, what: str) -> str:
 
 
 def _unreadable(path: Path, what: str, exc: Exception) -> ModelError:
-    if isinstance(exc, (zipfile.BadZipFile, EOFError)) or "zip" in str(exc).lower():
+    """One line for a file torch cannot load; a cut-short file (a copy or download that stopped) is the
+    usual case, and torch's own message for it ("Invalid argument", "invalid load key") says nothing."""
+    truncated = isinstance(exc, (zipfile.BadZipFile, EOFError, pickle.UnpicklingError)) or (
+        isinstance(exc, OSError) and exc.errno == errno.EINVAL)  # torch reading past the end of a cut zip
+    if truncated or "zip" in str(exc).lower() or not zipfile.is_zipfile(path):
         reason = "truncated or not a PyTorch file"
     else:
         text = str(exc).strip()

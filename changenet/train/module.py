@@ -110,7 +110,8 @@ class ClassifierModule(TrainingModule):
     """Trains a ChangeNetClassifier with `ClassifyLoss(cfg)`; validates TAO's decision figures at the eval
     margin (TAO's own training logs use a fixed margin of 2.0, which a learnable head never exceeds)."""
 
-    VAL_METRICS = ("total_accuracy", "false_alarm_rate", "miss_rate")
+    # ROC AUC: how well the scores rank defects above good objects, whatever the margin (chance: 0.5).
+    VAL_METRICS = ("total_accuracy", "false_alarm_rate", "miss_rate", "roc_auc")
 
     def __init__(self, cfg: DictConfig, load_pretrained: bool = True) -> None:
         from changenet.evaluation.classify_metrics import ScoreCollector, decision_margin

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -19,7 +20,7 @@ from omegaconf import DictConfig
 
 from changenet.config.loader import is_set, require, require_path
 from changenet.errors import SpecError
-from changenet.fileio import atomic_path
+from changenet.fileio import atomic_path, remove_leftovers
 from changenet.model import count_parameters
 from changenet.errors import ModelError
 from changenet.model.weights import safe_checkpoint_types
@@ -37,6 +38,7 @@ from changenet.train.module import training_module
 from changenet.train.trainer import STATUS_FILE, build_trainer, format_epoch_line, plan_devices
 
 RESUME_KEY = "train.resume_training_checkpoint_path"
+EPOCH_FILE = re.compile(r"^model_epoch_(\d+)\.pth$")  # the end-of-epoch checkpoints (not step or best ones)
 
 
 def train(cfg: DictConfig) -> Path:
@@ -137,13 +139,37 @@ def find_resume_checkpoint(cfg: DictConfig, results_dir: Path) -> Optional[Tuple
     """
     if is_set(cfg, RESUME_KEY):
         path = require_path(cfg, RESUME_KEY, "train")
+        checkpoint = read_checkpoint(path)
     else:
         path = results_dir / latest_checkpoint_name(str(cfg.task))
         if not path.is_file():
             return None
-    checkpoint = read_checkpoint(path)
+        try:
+            checkpoint = read_checkpoint(path)
+        except ModelError as unreadable:
+            path, checkpoint = _newest_epoch_checkpoint(results_dir, path, unreadable)
     check_matches_spec(checkpoint, cfg)
     return path, checkpoint
+
+
+def _newest_epoch_checkpoint(results_dir: Path, latest: Path, unreadable: ModelError) -> Tuple[Path, Checkpoint]:
+    """The newest readable model_epoch_NNN.pth, for when the latest checkpoint cannot be read (damaged after
+    it was written: saves are atomic); one warning line says so. None readable: the error, with what to do."""
+    numbered = []
+    for candidate in results_dir.glob("model_epoch_*.pth"):
+        match = EPOCH_FILE.match(candidate.name)
+        if match:
+            numbered.append((int(match.group(1)), candidate))
+    for _, candidate in sorted(numbered, reverse=True):
+        try:
+            checkpoint = read_checkpoint(candidate)
+        except ModelError:
+            continue
+        _say(f"warning: {unreadable}; resuming from '{candidate}', the newest readable epoch checkpoint, instead "
+             f"(the latest is written again after the next epoch)", err=True)
+        return candidate, checkpoint
+    raise ModelError(f"{unreadable}, and no readable model_epoch_*.pth is there to resume from: delete it to train "
+                     f"from the start in '{results_dir}', or set {RESUME_KEY}") from None
 
 
 def check_resumable(checkpoint: Checkpoint, model: torch.nn.Module, cfg: DictConfig) -> None:
@@ -180,9 +206,8 @@ def keep_status_before(path: Path, epoch: int) -> None:
 
 
 def remove_unfinished_saves(results_dir: Path) -> None:
-    """Delete temporary files of checkpoint saves that a killed run left behind (see fileio.atomic_path)."""
-    for leftover in results_dir.glob(".*.pth.*.tmp"):
-        leftover.unlink(missing_ok=True)
+    """Delete the temporary files (checkpoint saves, status.json) a killed run left behind (fileio.remove_leftovers)."""
+    remove_leftovers(results_dir)
 
 
 # --------------------------------------------------------------------------- console
