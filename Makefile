@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= demo
 
-.PHONY: setup test test-all demo clean
+.PHONY: setup lint test test-all demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,12 +16,18 @@ setup: $(BIN)/python
 # TAO's schema for tests/test_tao_schema.py; --no-deps: the wheel declares TAO's whole service stack, the schema needs only omegaconf.
 	$(BIN)/pip install -q --no-deps nvidia-tao-core==7.3.0
 
-# The CI suite; tests marked slow (large-model integration builds) run in test-all.
-test: setup
-	$(BIN)/python -m pytest -q -m "not slow" tests
+# The CI suite: the linter, then the tests on two pytest-xdist workers (one per core; an idle worker takes
+# queued tests from the busy one), slowest 30 listed. Tests marked slow run in test-all.
+PYTEST = $(BIN)/python -m pytest -q -n 2 --dist worksteal --durations=30
 
-test-all: setup
-	$(BIN)/python -m pytest -q tests
+lint: setup
+	$(BIN)/ruff check changenet tests scripts
+
+test: lint
+	$(PYTEST) -m "not slow" tests
+
+test-all: lint
+	$(PYTEST) tests
 
 demo: setup
 	bash scripts/demo.sh $(DEMO)

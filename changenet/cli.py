@@ -13,6 +13,7 @@ from typing import Callable, Iterator, List, Optional
 
 import typer
 
+from changenet.actions import ACTIONS
 from changenet.config.help import action_help
 from changenet.errors import ChangenetError
 
@@ -43,29 +44,6 @@ def main_options(
 
 def debugging() -> bool:
     return _debug_option or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
-
-# action -> "module:function"; each function takes the loaded spec (DictConfig).
-ACTION_ENTRY_POINTS = {
-    "train": "changenet.train.runner:train",
-    "evaluate": "changenet.evaluation.runner:evaluate",
-    "inference": "changenet.evaluation.runner:inference",
-    "export": "changenet.deploy.export:export",
-    "calibrate": "changenet.calib.calibrate:calibrate",
-    "gen_trt_engine": "changenet.deploy.engine_builder:gen_trt_engine",
-    "benchmark": "changenet.benchmark:benchmark",
-}
-
-ACTION_SUMMARIES = {
-    "train": "Train a change segmentation or classification model (Lightning); resumes automatically.",
-    "evaluate": "Metrics of a checkpoint, ONNX model or TensorRT engine (segment: OA, mIoU, mF1, per class; "
-                "classify: accuracy, false alarm and miss rates, ROC/PR sweep).",
-    "inference": "Change masks (segment) or defect scores (classify, inference.csv) with pictures.",
-    "export": "Export a checkpoint to ONNX, verified against PyTorch.",
-    "calibrate": "INT8 calibration over image pairs: Q/DQ ONNX and TensorRT cache.",
-    "gen_trt_engine": "Build a FP32/FP16/INT8 TensorRT engine from an ONNX model.",
-    "benchmark": "Measure throughput and latency of the chosen backends.",
-}
-
 
 def _fail(message: str, code: int = 2) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
@@ -103,7 +81,7 @@ def reported_errors() -> Iterator[None]:
 
 
 def _load_entry_point(action: str) -> Callable:
-    module_name, func_name = ACTION_ENTRY_POINTS[action].split(":")
+    module_name, func_name = ACTIONS[action][0].split(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -135,7 +113,7 @@ def _make_action_command(action: str) -> None:
     ) -> None:
         run_action(action, experiment_spec_file, list(ctx.args))
 
-    command.__doc__ = ACTION_SUMMARIES[action]
+    command.__doc__ = ACTIONS[action][1]
     app.command(
         name=action,
         context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
@@ -143,7 +121,7 @@ def _make_action_command(action: str) -> None:
     )(command)
 
 
-for _action in ACTION_ENTRY_POINTS:
+for _action in ACTIONS:
     _make_action_command(_action)
 
 
@@ -167,25 +145,12 @@ def dataset_synth(
     broken: bool = typer.Option(False, "--broken", help="segment: add near-equal and broken pairs, as real archives have."),
 ) -> None:
     """Generate a deterministic synthetic dataset: change pairs (segment) or inspected parts (classify)."""
-    if task not in ("segment", "classify"):
-        _fail(f"--task must be segment or classify, got '{task}'")
+    from changenet.actions.dataset import synth
 
-    def pick(value: Optional[int], segment: int, classify: int) -> int:
-        return value if value is not None else (segment if task == "segment" else classify)
-
-    counts = dict(num_train=pick(num_train, 64, 160), num_val=pick(num_val, 16, 48), num_test=pick(num_test, 16, 48))
     with reported_errors():
-        if task == "classify":
-            from changenet.data.synth_inspection import generate_inspection_dataset
-
-            generate_inspection_dataset(out, **counts, num_infer=pick(num_predict, 8, 16), img_size=pick(img_size, 256, 64),
-                                        num_lights=lights, num_golden=num_golden, seed=seed, image_ext=image_ext)
-            return
-        from changenet.data.synth import generate_dataset
-
-        generate_dataset(out, **counts, num_predict=pick(num_predict, 8, 16), img_size=pick(img_size, 256, 64),
-                         num_classes=num_classes, seed=seed, scene_size=scene, bit_depth=bit_depth, bands=bands,
-                         broken=broken)
+        synth(out, task, num_train=num_train, num_val=num_val, num_test=num_test, num_predict=num_predict,
+              img_size=img_size, num_classes=num_classes, lights=lights, num_golden=num_golden, image_ext=image_ext,
+              seed=seed, scene=scene, bit_depth=bit_depth, bands=bands, broken=broken)
 
 
 def main() -> None:  # pragma: no cover - console entry

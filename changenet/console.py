@@ -1,12 +1,24 @@
-"""The one rich console every action prints through, and where changenet's log lines go."""
+"""The consoles every action prints through (results on stdout, the steps of long work on stderr), the one
+progress-bar factory, and where changenet's log lines go."""
 
 import logging
 import sys
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 
 # Piped output (CI logs, `| tee`) has no terminal width; 80 columns would squeeze the tables.
 console = Console(width=None if sys.stdout.isatty() else 140)
+# Steps and build logs of export and gen_trt_engine: stderr, so stdout stays the result.
+status_console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+
+
+def progress_bar(*extra: ProgressColumn, on: Console = console, transient: bool = False,
+                 disable: bool = False) -> Progress:
+    """A progress bar of changenet's shape: description, bar, done/total, elapsed; `extra` columns go
+    between the count and the time."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *extra, TimeElapsedColumn(),
+                    console=on, transient=transient, disable=disable)
 
 
 class _LineFormatter(logging.Formatter):

@@ -23,11 +23,18 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from changenet.errors import DataError
 from changenet.data.io import PngStripWriter, StripWriter
 from changenet.data.pixels import (
-    NEAR_EQUAL_PIXELS, DEFAULT_PERCENTILES, STRETCH_MODES, as_rgb, read_failure, choose_bands, percentile_limits, stretch_to_uint8,
+    DEFAULT_PERCENTILES,
+    NEAR_EQUAL_PIXELS,
+    STRETCH_MODES,
+    as_rgb,
+    choose_bands,
+    percentile_limits,
+    read_failure,
+    stretch_to_uint8,
 )
+from changenet.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -144,11 +144,17 @@ def report(root: Path) -> Dict[str, object]:
     # Importing a submodule runs its package's __init__: edges to a package's own __init__ are not circles.
     module_graph = {m: {t for t in targets if not m.startswith(t + ".")} for m, targets in graph.items() if m}
     package_graph: Dict[str, Set[str]] = defaultdict(set)
+    package_edges: Dict[str, List[str]] = defaultdict(list)  # "a -> b": the module imports behind it
     for source, targets in module_graph.items():
         for target in targets:
             a, b = subpackage(source), subpackage(target)
             if a != b:
                 package_graph[a].add(b)
+                package_edges[f"{a} -> {b}"].append(f"{source} -> {target}")
+    circles = strongly_connected(dict(package_graph))
+    in_circle = {part: number for number, circle in enumerate(circles) for part in circle}
+    circle_edges = {edge: sorted(found) for edge, found in sorted(package_edges.items())
+                    if edge.split(" -> ")[0] in in_circle and in_circle.get(edge.split(" -> ")[0]) == in_circle.get(edge.split(" -> ")[1])}
 
     spec_functions: List[str] = []
     task_branches: List[str] = []
@@ -169,14 +175,15 @@ def report(root: Path) -> Dict[str, object]:
         "lines": lines,
         "modules": len(modules),
         "module_circles": strongly_connected(module_graph),
-        "subpackage_circles": strongly_connected(dict(package_graph)),
+        "subpackage_circles": circles,
         "functions_taking_the_spec_below_actions": len(spec_functions),
         "task_branches_outside_task_py": len(task_branches),
         "task_branch_files": len({b.split(":")[0] for b in task_branches}),
         "raise_from_none": raise_from_none,
         "console_constructions": consoles,
         "progress_constructions": progresses,
-        "details": {"functions_taking_the_spec": spec_functions, "task_branches": task_branches},
+        "details": {"functions_taking_the_spec": spec_functions, "task_branches": task_branches,
+                    "subpackage_circle_edges": [f"{edge}: {', '.join(found)}" for edge, found in circle_edges.items()]},
     }
 
 

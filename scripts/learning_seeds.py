@@ -1,12 +1,14 @@
 """The margins of the tests that assert an outcome of training or quantization, under several seeds.
 
-    python scripts/learning_seeds.py [--seeds 1 2 3 4 5] [--kernels native|no-amx|avx2] [--out table.md]
+    python scripts/learning_seeds.py [--seeds 1 2 3 4 5] [--kernels native|no-amx|avx2] [--threads 1] [--out table.md]
 
 Runs the tests marked `learning` (and the OpenVINO checks, which run in a process of their own) once per
 seed with CHANGENET_TEST_SEED set, reads the figures each test recorded (conftest's record_figure) from
 pytest's JUnit XML, and prints one table row per figure: its value under every seed, the bar, and the
 smallest margin to the bar.
 
+`--threads` is the intra-op thread count of each test process (default 1: `make test` runs one pytest-xdist
+worker per core, each with one thread; rounding, hence the figures, can depend on it).
 `--kernels` changes which CPU kernels compute the same arithmetic, so a run on one CPU also shows how the
 tests fare under another CPU's rounding: `no-amx` caps oneDNN at AVX512_CORE_BF16 and MKL at AVX2 (the
 kernels a CPU without AMX, or a non-Intel one, gets), `avx2` caps both at AVX2.
@@ -85,16 +87,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     parser.add_argument("--kernels", choices=sorted(KERNELS), default="native")
+    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each test process")
     parser.add_argument("--out", type=Path, help="also write the table (Markdown) here")
     args = parser.parse_args()
     results, failures = {}, {}
     with tempfile.TemporaryDirectory(prefix="changenet-seeds-") as work:
         for seed in args.seeds:
-            results[seed], failures[seed] = run_seed(seed, KERNELS[args.kernels], Path(work))
+            env = {**KERNELS[args.kernels], "OMP_NUM_THREADS": str(args.threads)}
+            results[seed], failures[seed] = run_seed(seed, env, Path(work))
     text = table(args.seeds, results)
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
-    text = f"CPU: {cpu}; kernels: {args.kernels} {KERNELS[args.kernels] or ''}\n\n{text}"
+    text = f"CPU: {cpu}; kernels: {args.kernels} {KERNELS[args.kernels] or ''}; {args.threads} thread(s)\n\n{text}"
     failed = {seed: tests for seed, tests in failures.items() if tests}
     if failed:
         text += "\n\nfailed: " + "; ".join(f"seed {s}: {', '.join(t)}" for s, t in failed.items())

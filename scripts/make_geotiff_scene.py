@@ -56,7 +56,7 @@ def write_noise_pair(out: Path, size: int, dtype: str, bands: int, pixel_size: f
 
 
 def write_png_pair(out: Path, png_a: Path, png_b: Path, pixel_size: float) -> None:
-    from changenet.data.io import read_image
+    from changenet.data.pixels import read_image
 
     for source, name in ((png_a, "A.tif"), (png_b, "B.tif")):
         image = read_image(source)

@@ -24,8 +24,8 @@ from rich.table import Table
 
 from changenet.config import load_spec
 from changenet.deploy.predictor import Predictor
+from changenet.evaluation.tiling import predict_scene
 from changenet.fileio import write_json
-from changenet.tiling import predict_scene
 
 
 class DifferencePredictor(Predictor):
@@ -62,12 +62,13 @@ def main() -> None:
     if args.predictor == "difference":
         predictor: Predictor = DifferencePredictor()
     else:
+        from changenet.deploy.options import PredictorOptions, open_predictor
         from changenet.deploy.torch_predictor import TorchPredictor
         from changenet.model import build_model
 
         cfg = load_spec(overrides=["model.backbone.type=fan_tiny_8_p4_hybrid", f"dataset.segment.img_size={args.tile}"])
         if args.checkpoint:
-            predictor = TorchPredictor.from_checkpoint(args.checkpoint, cfg)
+            predictor = open_predictor(PredictorOptions.for_model(cfg, "checkpoint", args.checkpoint))
         else:
             torch.manual_seed(0)
             predictor = TorchPredictor(build_model(cfg, load_pretrained=False), 2)

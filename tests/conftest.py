@@ -117,6 +117,15 @@ TEST_SEED = int(os.environ.get("CHANGENET_TEST_SEED", "1"))
 # Subprocesses started by tests (CLI runs) leave their Python stack on stderr if they crash in native code.
 os.environ.setdefault("PYTHONFAULTHANDLER", "1")
 
+# `make test` runs two pytest-xdist workers on this kind's two cores: each gets its share of them, so the
+# thread pools of torch and OpenMP do not oversubscribe the cores; CLI subprocesses inherit the setting.
+XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if XDIST_WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // XDIST_WORKERS))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 
 @pytest.fixture
 def test_seed() -> int:

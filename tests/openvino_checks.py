@@ -13,14 +13,15 @@ import json
 import numpy as np
 import pytest
 from rich.console import Console
+from tiny_change_onnx import SIZE, export_tiny_onnx
 
 from changenet.config import load_spec
-from tiny_change_onnx import SIZE, export_tiny_onnx
 
 ov = pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'changenet[openvino]')")
 
 from changenet.deploy.onnxruntime_predictor import OnnxRuntimePredictor  # noqa: E402
 from changenet.deploy.openvino_predictor import OpenVinoPredictor, cpu_has_bf16  # noqa: E402
+from changenet.deploy.options import PredictorOptions, open_predictor  # noqa: E402
 
 
 def pairs(batch: int = 4, seed: int = 0):
@@ -56,7 +57,7 @@ def test_f32_matches_onnxruntime_and_bf16_stays_close(tmp_path, test_seed, recor
 
 
 def test_evaluate_on_openvino_gives_onnxruntime_metrics(synth_root, tmp_path):
-    from changenet.evaluation.runner import evaluate
+    from changenet.actions.evaluate import evaluate
 
     onnx_path = export_tiny_onnx(tmp_path / "tiny.onnx")
     on_ort = evaluate(spec(synth_root, tmp_path, f"evaluate.onnx_file={onnx_path}",
@@ -70,8 +71,8 @@ def test_evaluate_on_openvino_gives_onnxruntime_metrics(synth_root, tmp_path):
 @pytest.mark.learning
 def test_calibrate_for_openvino_writes_an_ir_that_evaluates(synth_root, tmp_path, test_seed, record_figure):
     pytest.importorskip("nncf", reason="NNCF is not installed (pip install 'changenet[openvino]')")
-    from changenet.calib.calibrate import calibrate
-    from changenet.evaluation.runner import evaluate
+    from changenet.actions.calibrate import calibrate
+    from changenet.actions.evaluate import evaluate
 
     onnx_path = export_tiny_onnx(tmp_path / "tiny.onnx", seed=test_seed)
     summary = calibrate(spec(synth_root, tmp_path, f"calibrate.onnx_file={onnx_path}", "calibrate.target=openvino",
@@ -93,7 +94,7 @@ def test_calibrate_for_openvino_writes_an_ir_that_evaluates(synth_root, tmp_path
 
 
 def test_benchmark_rows_for_openvino_fit_100_columns(tmp_path):
-    from changenet.benchmark import print_report, run_benchmark
+    from changenet.actions.benchmark import print_report, run_benchmark
 
     onnx_path = export_tiny_onnx(tmp_path / "tiny.onnx")
     cfg = spec(tmp_path, tmp_path, "model.backbone.type=fan_tiny_8_p4_hybrid", "model.decode_head.decoder_params.embed_dim=16",
@@ -104,7 +105,7 @@ def test_benchmark_rows_for_openvino_fit_100_columns(tmp_path):
     assert rows["openvino-f32"]["status"] == "ok" and rows["openvino"]["status"] == "ok"
     assert "benchmark.openvino_int8_onnx_file" in rows["openvino-int8"]["reason"]
     out = io.StringIO()
-    import changenet.benchmark as bench
+    import changenet.actions.benchmark as bench
 
     saved, bench.console = bench.console, Console(file=out, width=100)
     try:
@@ -117,7 +118,7 @@ def test_benchmark_rows_for_openvino_fit_100_columns(tmp_path):
 
 
 def test_cpu_peaks_follow_the_precision():
-    from changenet.benchmark import estimate_cpu_peak_tflops, measured_matmul_tflops
+    from changenet.actions.benchmark import estimate_cpu_peak_tflops, measured_matmul_tflops
 
     fp32, _ = estimate_cpu_peak_tflops("fp32")
     bf16, _ = estimate_cpu_peak_tflops("bf16")
@@ -129,9 +130,10 @@ def test_cpu_peaks_follow_the_precision():
 @pytest.mark.parametrize("name", ["avx2_only", "intel_amx", "amd_zen4"])
 def test_bf16_is_refused_exactly_on_a_faked_cpu_without_bf16(tmp_path, monkeypatch, name):
     """openvino.precision=bf16 follows changenet.machine's CPU: refused on AVX2 only, compiled on AMX and Zen 4."""
+    from test_machine import write_cpuinfo
+
     from changenet.errors import UnsupportedError
     from changenet.machine import CPUINFO_ENV, cpu_from_file
-    from test_machine import write_cpuinfo
 
     onnx_path = export_tiny_onnx(tmp_path / "tiny.onnx")
     cfg = spec(tmp_path, tmp_path, "openvino.precision=bf16")
@@ -141,11 +143,11 @@ def test_bf16_is_refused_exactly_on_a_faked_cpu_without_bf16(tmp_path, monkeypat
         if name == "avx2_only":
             with pytest.raises(UnsupportedError, match=r"^openvino\.precision=bf16 needs a CPU with AVX512-BF16 or "
                                                        r"AMX; this one has neither \(use f32 or auto\)$"):
-                OpenVinoPredictor.from_onnx(onnx_path, cfg)
+                open_predictor(PredictorOptions.for_model(cfg, "onnx_file", onnx_path, runtime="openvino"))
             return
         if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
             pytest.skip("the real CPU has no bfloat16 arithmetic, so OpenVINO cannot compile the bf16 model here")
-        with OpenVinoPredictor.from_onnx(onnx_path, cfg) as predictor:
+        with open_predictor(PredictorOptions.for_model(cfg, "onnx_file", onnx_path, runtime="openvino")) as predictor:
             assert predictor.precision == "bf16"
             assert predictor.forward_all(*pairs(2))[-1].shape == (2, 2, SIZE, SIZE)
     finally:

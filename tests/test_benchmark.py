@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from changenet.benchmark import benchmark, estimate_cpu_peak_tflops
+from changenet.actions.benchmark import benchmark, estimate_cpu_peak_tflops
 from changenet.config import load_spec
 from changenet.machine import this_cpu
 

@@ -10,17 +10,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tiny_change_onnx import export_tiny_onnx
 from torch import nn
 
+from changenet.actions.calibrate import calibrate
 from changenet.calib.cache import read_cache, scale_from_amax
-from changenet.calib.calibrate import build_int8_onnx, calibrate
+from changenet.calib.calibrate import build_int8_onnx
 from changenet.calib.data import calibration_pairs
 from changenet.calib.qdq import activation_scales, resolve_exclusions
 from changenet.data import preprocess_image, read_image
-from changenet.deploy.contract import SEGMENT_IO
 from changenet.errors import DataError, SpecError
 from changenet.fileio import sha256_file
-from tiny_change_onnx import export_tiny_onnx
+from changenet.model.contract import SEGMENT_IO
 
 SIZE = 32  # the test models take 32x32 pairs; the synthetic 64x64 images are resized by preprocessing
 

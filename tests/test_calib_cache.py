@@ -6,17 +6,22 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from tiny_change_onnx import SIZE, export_tiny_onnx
 
 import changenet.calib.calibrate as calibrate_module
 from changenet.calib.cache import (
-    CalibrationCache, check_cache_belongs, read_cache, scale_to_hex, trt_version_number, write_cache,
+    CalibrationCache,
+    check_cache_belongs,
+    read_cache,
+    scale_to_hex,
+    trt_version_number,
+    write_cache,
 )
 from changenet.calib.calibrate import build_int8_onnx
 from changenet.calib.qdq import activation_scales
 from changenet.deploy.sidecar import read_sidecar
 from changenet.errors import ModelError
 from changenet.fileio import sha256_file
-from tiny_change_onnx import SIZE, export_tiny_onnx
 
 
 def test_scales_round_trip_bit_exact(tmp_path):

@@ -13,17 +13,16 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import INSPECTION_SIZE, TEST_SEED
 
-from changenet.deploy.contract import CLASSIFY_IO
+from changenet.actions.train import read_status, train
 from changenet.errors import ModelError, SpecError
 from changenet.evaluation.classify_metrics import decision_figures, decision_margin, defect_scores, threshold_sweep
 from changenet.model import build_model
+from changenet.model.checkpoint import latest_checkpoint_name, read_checkpoint
 from changenet.model.classifier import ClassifierDecoder
+from changenet.model.contract import CLASSIFY_IO
 from changenet.model.loss import ClassifyLoss
-from changenet.train.checkpoint import latest_checkpoint_name, read_checkpoint
-from changenet.train.runner import read_status, train
-
-from conftest import TEST_SEED, INSPECTION_SIZE
 
 DATA = Path(__file__).parent / "data"
 EUCLIDEAN = ("model.classify.difference_module=euclidean", "train.classify.loss=contrastive",
@@ -203,7 +202,7 @@ def test_checkpoint_is_tao_classification_layout(classify_spec_factory):
     assert checkpoint.metadata["input_size"] == [64, 32] and checkpoint.metadata["lights"] == ["LowAngleLight", "SolderLight"]
     # Another head or task in the spec: one line saying which keys to set.
     with pytest.raises(ModelError, match="difference_module learnable.*model.classify.difference_module=euclidean"):
-        from changenet.train.checkpoint import check_matches_spec
+        from changenet.model.checkpoint import check_matches_spec
 
         check_matches_spec(checkpoint, classify_spec_factory(*EUCLIDEAN))
     with pytest.raises(ModelError, match="is a classification model but the spec says task=segment"):
@@ -231,8 +230,9 @@ def trained(tmp_path_factory, inspection_root):
 
 
 def test_evaluate_and_inference_write_tao_outputs(trained, inspection_root):
+    from changenet.actions.evaluate import evaluate
+    from changenet.actions.inference import inference
     from changenet.config import load_spec
-    from changenet.evaluation.runner import evaluate, inference
 
     overrides, latest, results = trained
     out = results / "evaluate"
@@ -268,12 +268,11 @@ def test_evaluate_and_inference_write_tao_outputs(trained, inspection_root):
 
 @pytest.mark.learning
 def test_export_verify_calibrate_and_evaluate_onnx(trained, record_figure):
+    from changenet.actions.evaluate import evaluate
+    from changenet.actions.export import export
     from changenet.calib.calibrate import build_int8_onnx
     from changenet.config import load_spec
-    from changenet.deploy.export import export
-    from changenet.deploy.onnxruntime_predictor import OnnxRuntimePredictor
-    from changenet.deploy.torch_predictor import TorchPredictor
-    from changenet.evaluation.runner import evaluate
+    from changenet.deploy.options import PredictorOptions, open_predictor
 
     overrides, latest, results = trained
     onnx_path = results / "export" / "model.onnx"
@@ -285,7 +284,7 @@ def test_export_verify_calibrate_and_evaluate_onnx(trained, record_figure):
     # The ONNX model scores as the checkpoint does.
     cfg = load_spec(None, overrides)
     a, b = np.random.default_rng(0).standard_normal((2, 3, 3, 64, 32), dtype=np.float32)
-    with OnnxRuntimePredictor.from_onnx(onnx_path, cfg) as ort, TorchPredictor.from_checkpoint(latest, cfg) as pt:
+    with open_predictor(PredictorOptions.for_model(cfg, "onnx_file", onnx_path)) as ort, open_predictor(PredictorOptions.for_model(cfg, "checkpoint", latest)) as pt:
         np.testing.assert_allclose(ort.forward_all(a, b)[0], pt.forward_all(a, b)[0], atol=1e-4)
     onnx_metrics = evaluate(load_spec(None, overrides + [f"evaluate.onnx_file={onnx_path}",
                                                          f"evaluate.results_dir={results / 'evaluate_onnx'}"]))
@@ -344,7 +343,7 @@ def test_engine_layout_of_a_classifier():
 
 
 def test_benchmark_times_a_classifier(classify_spec_factory):
-    from changenet.benchmark import run_benchmark
+    from changenet.actions.benchmark import run_benchmark
 
     cfg = classify_spec_factory("benchmark.backends=[torch]", "benchmark.batch_sizes=[2]", "benchmark.warmup=1",
                                 "benchmark.iterations=2")

@@ -11,16 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import INSPECTION_LIGHTS, INSPECTION_SIZE
 
 from changenet.data import build_dataset
 from changenet.data.inspection import InspectionDataset, defect_sampler, join_tiles, parse_label
-from changenet.data.io import read_image
+from changenet.data.pixels import read_image
 from changenet.data.synth_inspection import DEFECTS, LIGHTS, _sample_part, generate_inspection_dataset, render_object
 from changenet.data.transforms import normalize
 from changenet.errors import DataError, SpecError
 from changenet.task import input_size, lighting_conditions
-
-from conftest import INSPECTION_LIGHTS, INSPECTION_SIZE
 
 
 def rows_of(path: Path) -> list:

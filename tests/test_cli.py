@@ -3,7 +3,8 @@
 import pytest
 from typer.testing import CliRunner
 
-from changenet.cli import ACTION_ENTRY_POINTS, app
+from changenet.actions import ACTIONS
+from changenet.cli import app
 
 runner = CliRunner()
 
@@ -11,11 +12,11 @@ runner = CliRunner()
 def test_help_lists_every_action():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for action in list(ACTION_ENTRY_POINTS) + ["dataset"]:
+    for action in list(ACTIONS) + ["dataset"]:
         assert action in result.output
 
 
-@pytest.mark.parametrize("action", list(ACTION_ENTRY_POINTS))
+@pytest.mark.parametrize("action", list(ACTIONS))
 def test_action_help_shows_spec_fields(action):
     result = runner.invoke(app, [action, "-e", "specs/train_fan_levir.yaml", "--help"])
     assert result.exit_code == 0

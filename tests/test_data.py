@@ -8,14 +8,15 @@ from typing import Dict, Optional
 import numpy as np
 import pytest
 import torch
+from conftest import NO_AUGMENTATION
 from PIL import Image
 
 from changenet.config import load_spec
 from changenet.data import CNDataset, build_dataset, class_names, class_palette, preprocess_image
-from changenet.data.io import PngStripWriter, read_image, read_label, write_png
+from changenet.data.io import PngStripWriter, read_label, write_png
+from changenet.data.pixels import read_image
 from changenet.data.transforms import denormalize
 from changenet.errors import DataError
-from conftest import NO_AUGMENTATION
 
 SIZE = 32
 
@@ -388,3 +389,20 @@ def test_png_strip_writer_incomplete_leaves_nothing(tmp_path):
     with pytest.raises(ValueError, match="2 of 4 rows"):
         writer.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_large_images_read_without_lifting_the_pixel_limit_for_everyone(tmp_path):
+    # Pillow's decompression-bomb limit is lifted only while changenet reads a user's image.
+    from changenet.data.io import open_image
+
+    path = tmp_path / "wide.png"
+    write_png(path, np.zeros((40, 60, 3), dtype=np.uint8))
+    before = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = 1000  # a limit the 2400-pixel image exceeds more than twice
+    try:
+        assert open_image(path, "image").size == (60, 40)
+        assert Image.MAX_IMAGE_PIXELS == 1000
+        with pytest.raises(Image.DecompressionBombError):
+            Image.open(path)
+    finally:
+        Image.MAX_IMAGE_PIXELS = before

@@ -8,11 +8,13 @@ from pathlib import Path
 import onnx
 import onnx.helper as oh
 import pytest
+from tiny_change_onnx import SIZE, export_tiny_onnx
 from typer.testing import CliRunner
 
+from changenet.actions.gen_trt_engine import gen_trt_engine
 from changenet.cli import app
 from changenet.config import load_spec
-from changenet.deploy.engine_builder import BuildOptions, build_engine, gen_trt_engine
+from changenet.deploy.engine_builder import BuildOptions, build_engine
 from changenet.deploy.fp16 import convert_to_fp16, load_graph, model_precision, parse_layers_precision
 from changenet.deploy.sidecar import read_sidecar
 from changenet.deploy.tensorrt_api import (
@@ -24,7 +26,6 @@ from changenet.deploy.tensorrt_api import (
 )
 from changenet.errors import ChangenetError, ModelError, SpecError, UnsupportedError
 from changenet.fileio import sha256_file
-from tiny_change_onnx import SIZE, export_tiny_onnx
 
 HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -325,7 +326,7 @@ def test_layers_precision_entries_are_checked(tmp_path, models):
 def test_build_from_exported_fan_tiny(tmp_path):
     """export -> gen_trt_engine on a real (untrained) fan_tiny ChangeNet at 64x64 (about 45 s on 2 CPU cores)."""
     from changenet.deploy.export import export_onnx
-    from changenet.model.changenet import build_model
+    from changenet.model import build_model
 
     cfg = _spec(
         tmp_path,

@@ -15,16 +15,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from changenet.actions.export import export
 from changenet.cli import app
 from changenet.config import load_spec
-from changenet.deploy.export import export, export_onnx
-from changenet.deploy.torch_predictor import TorchPredictor
-from changenet.deploy.contract import SEGMENT_IO
+from changenet.deploy.export import export_onnx
+from changenet.deploy.options import PredictorOptions, open_predictor
 from changenet.deploy.verify import check_graph, sample_pairs
 from changenet.errors import ModelError, SpecError
 from changenet.fileio import sha256_file
 from changenet.model import build_model
-from changenet.train.checkpoint import save_model_checkpoint
+from changenet.model.checkpoint import save_model_checkpoint
+from changenet.model.contract import SEGMENT_IO
 
 SIZE = 64
 SIDECAR_KEYS = {
@@ -238,7 +239,7 @@ def test_input_size_must_fit_the_stride(tiny, tmp_path):
 
 def test_torch_predictor_matches_the_model(tiny):
     cfg, model, checkpoint = tiny
-    predictor = TorchPredictor.from_checkpoint(checkpoint, cfg)
+    predictor = open_predictor(PredictorOptions.for_model(cfg, "checkpoint", checkpoint))
     assert predictor.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     a, b, _ = sample_pairs(cfg, 2, SIZE, SIZE)
     scores = predictor.predict_scores(a, b)

@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 import pytest
 from PIL import Image
+from tiny_change_onnx import SIZE, export_tiny_onnx
 from typer.testing import CliRunner
 
 from changenet.calib.cache import read_checked_cache
@@ -35,10 +36,14 @@ from changenet.cli import app
 from changenet.deploy.sidecar import read_sidecar, sidecar_path
 from changenet.errors import ModelError
 from changenet.fileio import (
-    atomic_group, is_leftover, publish_group, remove_leftovers, temp_beside, temp_folder_beside,
+    atomic_group,
+    is_leftover,
+    publish_group,
+    remove_leftovers,
+    temp_beside,
+    temp_folder_beside,
 )
-from changenet.train.checkpoint import epoch_checkpoint_name, latest_checkpoint_name, read_checkpoint
-from tiny_change_onnx import SIZE, export_tiny_onnx
+from changenet.model.checkpoint import epoch_checkpoint_name, latest_checkpoint_name, read_checkpoint
 
 CLI = [sys.executable, "-m", "changenet.cli"]
 # One torch thread per run: on a shared 2-core machine a second multi-threaded torch process slows an
@@ -292,7 +297,7 @@ def test_a_model_beside_a_sidecar_of_another_size_is_refused_in_one_line(tmp_pat
 
 def test_an_engine_beside_a_stale_sidecar_is_refused_before_it_is_loaded(tmp_path):
     from changenet.config import load_spec
-    from changenet.deploy.trt_predictor import TensorRTPredictor
+    from changenet.deploy.options import PredictorOptions, open_predictor
 
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"a newer engine" * 100)
@@ -300,7 +305,7 @@ def test_an_engine_beside_a_stale_sidecar_is_refused_before_it_is_loaded(tmp_pat
                                                 "input_height": SIZE, "input_width": SIZE}))
     cfg = load_spec(None, [f"dataset.segment.img_size={SIZE}"])
     with pytest.raises(ModelError, match=r"has 1400 bytes but its sidecar .* records 999"):
-        TensorRTPredictor.from_engine(engine, cfg)
+        open_predictor(PredictorOptions.for_model(cfg, "trt_engine", engine))
 
 
 # --------------------------------------------------------------------------- kill tests, one per action
@@ -400,7 +405,7 @@ def fan_checkpoint(tmp_path_factory, synth_root) -> Path:
 
     from changenet.config import load_spec
     from changenet.model import build_model
-    from changenet.train.checkpoint import save_model_checkpoint
+    from changenet.model.checkpoint import save_model_checkpoint
 
     cfg = load_spec(None, [f"dataset.segment.root_dir={synth_root}", *SMALL_FAN])
     torch.manual_seed(0)

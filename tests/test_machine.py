@@ -121,7 +121,7 @@ def test_peak_estimate_is_fp32_times_the_factor_unless_the_matmul_measures_more(
 
 
 def test_benchmark_takes_its_cpu_peak_from_machine(fake_cpu, monkeypatch):
-    from changenet.benchmark import estimate_peak_tflops
+    from changenet.actions.benchmark import estimate_peak_tflops
 
     fake_cpu("amd_zen4")
     monkeypatch.setattr(machine, "measured_matmul_tflops", lambda: 1e-6)
@@ -160,7 +160,7 @@ def test_text_without_cpu_fields_gives_an_unknown_cpu():
 
 def report_without_backends(cfg):
     """A benchmark report that runs no backend (each one refused), so it costs the FLOP count only."""
-    from changenet.benchmark import run_benchmark
+    from changenet.actions.benchmark import run_benchmark
 
     def refuse(backend, cfg):
         raise ChangenetError(f"{backend} not run in this test")
@@ -170,7 +170,7 @@ def report_without_backends(cfg):
 
 @pytest.mark.parametrize("gpu", [None, "NVIDIA H200"])
 def test_benchmark_report_and_caption_name_the_cpu(fake_cpu, monkeypatch, tmp_path, gpu):
-    import changenet.benchmark as bench
+    import changenet.actions.benchmark as bench
     from changenet.config import load_spec
 
     fake_cpu("amd_zen4")
@@ -198,7 +198,7 @@ def test_benchmark_report_and_caption_name_the_cpu(fake_cpu, monkeypatch, tmp_pa
 
 
 def test_caption_packs_its_parts_into_lines_of_the_table_width():
-    from changenet.benchmark import caption_lines
+    from changenet.actions.benchmark import caption_lines
 
     cpu = "CPU: Intel(R) Xeon(R) Platinum 8488C (AVX-512, VNNI, AVX512-BF16, AMX)"
     entry = {"cpu_model": "Intel(R) Xeon(R) Platinum 8488C", "cpu_isa": "AVX-512, VNNI, AVX512-BF16, AMX",

@@ -158,16 +158,16 @@ def test_vit_position_embeddings_follow_the_input_grid():
 
 
 # --------------------------------------------------------------------------- training
-def test_gradient_step_fan_tiny_256():
+def test_gradient_step_fan_tiny():
     torch.manual_seed(0)
-    cfg = fan_tiny_spec("dataset.segment.img_size=256")
+    cfg = fan_tiny_spec("dataset.segment.img_size=128")
     model = build_model(cfg).train()
-    a, b = pair(2, 256)
-    label = torch.zeros(2, 256, 256, dtype=torch.long)
-    label[:, 64:160, 96:200] = 1
-    label[:, :8] = 255
+    a, b = pair(2, 128)
+    label = torch.zeros(2, 128, 128, dtype=torch.long)
+    label[:, 32:80, 48:100] = 1
+    label[:, :8] = 255  # ignored pixels
     outputs = model(a, b)
-    assert [tuple(o.shape) for o in outputs] == expected_shapes(2, 2, 256, [4, 8, 16, 16])
+    assert [tuple(o.shape) for o in outputs] == expected_shapes(2, 2, 128, [4, 8, 16, 16])
     total, parts = ChangeNetLoss(cfg)(outputs, label)
     assert torch.isfinite(total) and set(parts) == {f"loss_{n}" for n in OUTPUT_NAMES}
     total.backward()
@@ -429,3 +429,24 @@ def test_model_flops_matches_a_real_count():
         model(image, image)  # the math kernel makes attention visible to the counter
     assert model_flops(cfg, img_size=64) == pytest.approx(counter.get_total_flops() / 1e9)
     assert model_flops(cfg, img_size=128) > 3.5 * model_flops(cfg, img_size=64)
+
+
+# --------------------------------------------------------------------------- export forms
+@pytest.mark.parametrize("name", ["fan_tiny_8_p4_hybrid", "vit_large_nvdinov2"])
+def test_explicit_attention_form_computes_the_same_and_ends_with_the_export(name):
+    from changenet.model.forms import export_forms
+
+    torch.manual_seed(0)
+    extra = SMALL_VIT if name.startswith("vit") else {}
+    model = build_model(spec(f"model.backbone.type={name}", "dataset.segment.img_size=64",
+                             "model.decode_head.decoder_params.embed_dim=16"), load_pretrained=False, **extra).eval()
+    a, b = pair(1, 64)
+    fused_sdpa = torch.nn.functional.scaled_dot_product_attention
+    with torch.no_grad():
+        fused = model(a, b)
+        with export_forms(model, explicit_attention=True):
+            switched = [m for m in model.modules() if getattr(m, "explicit_attention", False)]
+            assert switched and torch.nn.functional.scaled_dot_product_attention is fused_sdpa  # nothing global
+            explicit = model(a, b)
+    assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(fused, explicit))
+    assert not [m for m in model.modules() if getattr(m, "explicit_attention", False)]

@@ -16,12 +16,11 @@ import torch
 
 from changenet.config.loader import load_spec
 from changenet.data import build_dataset
-from changenet.data.io import read_image
-from changenet.data.pixels import STRETCH_FILE, read_pixels
+from changenet.data.pixels import STRETCH_FILE, read_image, read_pixels
 from changenet.data.synth import generate_dataset
 from changenet.errors import DataError
 from changenet.model import build_model
-from changenet.train.checkpoint import save_model_checkpoint
+from changenet.model.checkpoint import save_model_checkpoint
 
 SIZE = 32
 BAD = ("predict_truncated", "predict_missing_b", "predict_too_small")

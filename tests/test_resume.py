@@ -12,13 +12,13 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from changenet.train.checkpoint import (
+from changenet.actions.train import train
+from changenet.model.checkpoint import (
     LATEST_CHECKPOINT_NAME,
     epoch_checkpoint_name,
     load_model_from_checkpoint,
     read_checkpoint,
 )
-from changenet.train.runner import train
 from changenet.train.trainer import STATUS_FILE
 
 # A narrow decoder at 32 x 32: what is tested here does not depend on the size, and it is 4x cheaper.

@@ -10,8 +10,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from changenet.data import build_dataset
-from changenet.data import synth
+from changenet.data import build_dataset, synth
 from changenet.data.synth import generate_dataset
 from changenet.errors import DataError
 from changenet.fileio import sha256_file

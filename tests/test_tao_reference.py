@@ -19,15 +19,15 @@ import pytest
 import torch
 
 from changenet.config.loader import load_spec
-from changenet.deploy.contract import SEGMENT_IO
 from changenet.errors import ModelError
 from changenet.model import build_model, count_parameters
-from changenet.model.weights import load_backbone_weights
-from changenet.train.checkpoint import (
+from changenet.model.checkpoint import (
     LATEST_CHECKPOINT_NAME,
     load_model_from_checkpoint,
     save_model_checkpoint,
 )
+from changenet.model.contract import SEGMENT_IO
+from changenet.model.weights import load_backbone_weights
 
 REFERENCE = "fan_tiny_8_p4_hybrid_d64_k2"
 TOLERANCE = 1e-4  # max |difference| of every output (float32, CPU); the README of the references says so
@@ -79,6 +79,7 @@ def test_tao_checkpoint_loads_strictly_and_reproduces_tao_outputs(tao_reference)
 
 def test_exported_tao_checkpoint_reproduces_tao_outputs_on_onnxruntime(tao_reference, tmp_path):
     from changenet.deploy.onnxruntime_predictor import OnnxRuntimePredictor
+    from changenet.deploy.options import PredictorOptions, open_predictor
 
     files = reference_files(tao_reference)
     onnx_path = tmp_path / "tao.onnx"
@@ -92,10 +93,10 @@ def test_exported_tao_checkpoint_reproduces_tao_outputs_on_onnxruntime(tao_refer
     # Without its sidecar (an ONNX made elsewhere) the file still runs, and its class count is still checked.
     Path(f"{onnx_path}.json").unlink()
     cfg = reference_spec(tao_reference)
-    with OnnxRuntimePredictor.from_onnx(onnx_path, cfg) as predictor:
+    with open_predictor(PredictorOptions.for_model(cfg, "onnx_file", onnx_path)) as predictor:
         assert_matches_tao(predictor.forward_all(io["input0"], io["input1"]), io)
     with pytest.raises(ModelError, match="predicts 2 classes but the spec says dataset.segment.num_classes=3"):
-        OnnxRuntimePredictor.from_onnx(onnx_path, reference_spec(tao_reference, "dataset.segment.num_classes=3"))
+        open_predictor(PredictorOptions.for_model(reference_spec(tao_reference, "dataset.segment.num_classes=3"), "onnx_file", onnx_path))
 
 
 def test_cli_evaluate_takes_the_tao_checkpoint(tao_reference, synth_root, tmp_path):
@@ -139,7 +140,7 @@ def test_all_fan_sizes_have_tao_names_at_any_class_count_and_width(tao_reference
 
 # --------------------------------------------------------------------------- checkpoints both ways
 def test_changenet_checkpoints_have_the_reference_layout(tao_reference, tiny_spec_factory, tmp_path):
-    from changenet.train.runner import train
+    from changenet.actions.train import train
 
     tao_shapes = {key: tuple(value.shape) for key, value in reference_state(tao_reference).items()}
     # The reference's architecture (fan_tiny, D=64, K=2), trained one step on the small synthetic pairs.
@@ -166,7 +167,7 @@ def test_pretrained_model_path_takes_a_tao_checkpoint(tao_reference):
 
 
 def test_resuming_a_tao_checkpoint_without_optimizer_state_says_what_to_do(tao_reference, synth_root, tmp_path):
-    from changenet.train.runner import train
+    from changenet.actions.train import train
 
     files = reference_files(tao_reference)
     cfg = reference_spec(tao_reference, f"results_dir={tmp_path}", f"dataset.segment.root_dir={synth_root}",
@@ -310,9 +311,9 @@ def classify_reference_spec(folder: Path):
 
 
 def test_tao_classifier_checkpoint_reproduces_tao_outputs_in_pytorch_and_onnx(tao_reference, tmp_path):
-    from changenet.deploy.contract import CLASSIFY_IO
     from changenet.deploy.export import export_onnx
     from changenet.deploy.onnxruntime_predictor import OnnxRuntimePredictor
+    from changenet.model.contract import CLASSIFY_IO
 
     checkpoint = tao_reference / f"{CLASSIFY_REFERENCE}.tao.pth"
     cfg = classify_reference_spec(tao_reference)

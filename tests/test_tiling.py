@@ -15,9 +15,9 @@ from changenet.data.io import write_png
 from changenet.data.transforms import normalize
 from changenet.deploy.predictor import Predictor
 from changenet.errors import DataError, SpecError
+from changenet.evaluation.tiling import TileGrid, blend_ramp, blended_strips, predict_scene, window_starts
 from changenet.evaluation.visualize import colorize
 from changenet.geo import ArrayScene, RasterioScene
-from changenet.tiling import TileGrid, blend_ramp, blended_strips, predict_scene, window_starts
 
 rasterio = pytest.importorskip("rasterio")
 from rasterio.transform import from_origin  # noqa: E402
@@ -361,7 +361,7 @@ def test_unsupported_output_format_and_fixed_model_size(tmp_path):
 
 # --------------------------------------------------------------------------- CLI route
 def test_inference_action_routes_to_tiling(tmp_path, monkeypatch):
-    from changenet.evaluation import runner
+    from changenet.actions.inference import inference
 
     root = tmp_path / "data"
     for folder in ("A", "B", "list"):
@@ -374,12 +374,12 @@ def test_inference_action_routes_to_tiling(tmp_path, monkeypatch):
     (root / "list" / "predict.txt").write_text("scene.tif\nphoto.png\n")
 
     predictor = ConvPredictor(kernel=1)
-    monkeypatch.setattr("changenet.deploy.factory.predictor_from_spec", lambda cfg, block: predictor)
+    monkeypatch.setattr("changenet.deploy.options.open_predictor", lambda options: predictor)
     cfg = load_spec(overrides=[
         f"dataset.segment.root_dir={root}", f"results_dir={tmp_path / 'results'}", "inference.checkpoint=model.pth",
         "inference.tiling.enable=true", "inference.tiling.tile_size=32", "inference.tiling.overlap=8",
     ])
-    summary = runner.inference(cfg)
+    summary = inference(cfg)
 
     out = tmp_path / "results" / "inference"
     with rasterio.open(out / "mask" / "scene.tif") as src:

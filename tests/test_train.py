@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import NO_AUGMENTATION
 
+from changenet.actions.train import train
 from changenet.data import build_dataset
 from changenet.errors import DataError, ModelError, SpecError
-from changenet.train.checkpoint import (
+from changenet.model.checkpoint import (
     LATEST_CHECKPOINT_NAME,
     METADATA_KEY,
     epoch_checkpoint_name,
@@ -19,9 +21,7 @@ from changenet.train.checkpoint import (
     save_model_checkpoint,
 )
 from changenet.train.module import ChangeNetModule, linear_lr_factor, lr_scheduler
-from changenet.train.runner import train
 from changenet.train.trainer import STATUS_FILE, plan_devices, precision_for
-from conftest import NO_AUGMENTATION
 
 # A narrow decoder at 32 x 32 (the synthetic pairs resized) keeps each run to seconds on a CPU.
 SMALL_MODEL = ("model.decode_head.decoder_params.embed_dim=32", "dataset.segment.img_size=32")

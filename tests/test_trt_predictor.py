@@ -5,11 +5,12 @@ import logging
 
 import numpy as np
 import pytest
+from tiny_change_onnx import SIZE, export_tiny_onnx, random_pairs
 
 from changenet.config import load_spec
 from changenet.deploy.engine_builder import BuildOptions, build_engine
-from changenet.deploy.contract import SEGMENT_IO
 from changenet.deploy.onnxruntime_predictor import OnnxRuntimePredictor
+from changenet.deploy.options import PredictorOptions, open_predictor
 from changenet.deploy.predictor import Predictor
 from changenet.deploy.sidecar import read_sidecar, sidecar_path
 from changenet.deploy.tensorrt_api import gpu_compute_capabilities, load_tensorrt
@@ -24,7 +25,7 @@ from changenet.deploy.trt_predictor import (
     ordered_outputs,
 )
 from changenet.errors import ModelError, UnsupportedError
-from tiny_change_onnx import SIZE, export_tiny_onnx, random_pairs
+from changenet.model.contract import SEGMENT_IO
 
 HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
 GPUS = gpu_compute_capabilities()
@@ -179,15 +180,15 @@ def _cfg(*extra):
 @pytest.mark.skipif(bool(GPUS), reason="this machine has a GPU; the no-GPU error cannot be seen here")
 def test_without_gpu_the_error_is_one_clear_line(rtx_engine):
     with pytest.raises(UnsupportedError) as exc_info:
-        TensorRTPredictor.from_engine(rtx_engine, _cfg())
+        open_predictor(PredictorOptions.for_model(_cfg(), "trt_engine", rtx_engine))
     assert str(exc_info.value) == NO_GPU_MESSAGE
 
 
 def test_spec_mismatch_is_reported_before_looking_for_a_gpu(rtx_engine, tmp_path):
     with pytest.raises(ModelError, match="predicts 2 classes but the spec says dataset.segment.num_classes=3"):
-        TensorRTPredictor.from_engine(rtx_engine, _cfg("dataset.segment.num_classes=3"))
+        open_predictor(PredictorOptions.for_model(_cfg("dataset.segment.num_classes=3"), "trt_engine", rtx_engine))
     with pytest.raises(ModelError, match="engine '.*nothing.engine' does not exist"):
-        TensorRTPredictor.from_engine(tmp_path / "nothing.engine", _cfg())
+        open_predictor(PredictorOptions.for_model(_cfg(), "trt_engine", tmp_path / "nothing.engine"))
 
 
 @pytest.mark.skipif(bool(GPUS), reason="this machine has a GPU; the no-GPU error cannot be seen here")
@@ -197,7 +198,7 @@ def test_engine_without_sidecar_is_accepted_and_said_so(rtx_engine, tmp_path, ca
     lonely.write_bytes(rtx_engine.read_bytes())
     with caplog.at_level(logging.WARNING, logger="changenet.deploy.trt_predictor"):
         with pytest.raises(UnsupportedError, match="this engine needs an NVIDIA GPU"):
-            TensorRTPredictor.from_engine(lonely, _cfg())
+            open_predictor(PredictorOptions.for_model(_cfg(), "trt_engine", lonely))
     assert ["has no changenet sidecar" in r.getMessage() for r in caplog.records] == [True]
 
 

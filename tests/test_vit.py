@@ -12,8 +12,8 @@ import torch
 
 from changenet.config.loader import load_spec
 from changenet.model import build_model, create_backbone
+from changenet.model.checkpoint import save_model_checkpoint
 from changenet.model.weights import load_backbone_weights
-from changenet.train.checkpoint import save_model_checkpoint
 
 SMALL = {"depth": 4, "embed_dim": 64, "num_heads": 2, "deform_num_heads": 2, "conv_inplane": 16,
          "interaction_indexes": [[0, 0], [1, 1], [2, 2], [3, 3]]}
@@ -105,7 +105,7 @@ def test_a_tao_layout_checkpoint_of_a_named_vit_loads_by_its_name(tmp_path):
     # CI twin of the export test below (which exports ViT-B through the CLI): the same checkpoint, read as
     # export reads it, gives back every weight; under another C-RADIO name it is refused, naming its backbone.
     from changenet.errors import ModelError
-    from changenet.train.checkpoint import load_model_from_checkpoint
+    from changenet.model.checkpoint import load_model_from_checkpoint
 
     checkpoint, saved = tao_layout_radio_checkpoint(tmp_path)
     loaded = load_model_from_checkpoint(checkpoint, load_spec(None, RADIO_OVERRIDES))
@@ -139,7 +139,7 @@ def test_deformable_attention_exports_as_tensorrt_plugin_on_request(tmp_path):
 
     from changenet.deploy.export import export_onnx
     from changenet.errors import ModelError
-    from changenet.model.deformable import tensorrt_plugin_form
+    from changenet.model.forms import export_forms
 
     cfg = load_spec(None, ["model.backbone.type=vit_large_nvdinov2", "dataset.segment.img_size=64",
                            "model.decode_head.decoder_params.embed_dim=16"])
@@ -147,7 +147,7 @@ def test_deformable_attention_exports_as_tensorrt_plugin_on_request(tmp_path):
     pair = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         plain = model(*pair)
-        with tensorrt_plugin_form():  # the plugin's op, run in PyTorch, computes the same
+        with export_forms(model, deformable_plugin=True):  # the plugin's op, run in PyTorch, computes the same
             through_op = model(*pair)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, through_op))
 

@@ -22,25 +22,37 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import onnx
 from omegaconf import DictConfig
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from changenet.calib.cache import (
-    ALGORITHMS, CalibrationCache, check_cache_belongs, default_cache_path, read_checked_cache, scale_from_amax,
+    ALGORITHMS,
+    CalibrationCache,
+    check_cache_belongs,
+    default_cache_path,
+    read_checked_cache,
+    scale_from_amax,
     write_cache,
 )
 from changenet.calib.data import (
-    CalibrationPairs, ModelInputs, PairFeed, calibration_pairs, check_input_size, model_inputs,
+    CalibrationPairs,
+    ModelInputs,
+    PairFeed,
+    calibration_pairs,
+    check_input_size,
+    model_inputs,
 )
 from changenet.calib.qdq import (
-    HIGH_PRECISION_DTYPES, place_for_onnxruntime, place_for_tensorrt, resolve_exclusions, verify_scales,
+    HIGH_PRECISION_DTYPES,
+    place_for_onnxruntime,
+    place_for_tensorrt,
+    resolve_exclusions,
+    verify_scales,
 )
-from changenet.config import is_set, require_path
-from changenet.console import console
+from changenet.console import console, progress_bar
 from changenet.deploy.fp16 import load_graph, model_precision
 from changenet.deploy.sidecar import read_sidecar, sidecar_path, write_sidecar_for
 from changenet.errors import ModelError, SpecError
@@ -53,33 +65,6 @@ log = logging.getLogger(__name__)
 def say(message: str) -> None:
     """One plain line (no markup, no wrapping): file names may hold characters rich would interpret."""
     console.print(message, markup=False, highlight=False, soft_wrap=True)
-
-
-# --------------------------------------------------------------------------- CLI action
-def calibrate(cfg: DictConfig) -> Dict[str, Any]:
-    """`changenet calibrate -e spec.yaml`: Q/DQ ONNX + calibration cache, then the accuracy report."""
-    onnx_path = source_onnx(cfg)
-    target = str(cfg.calibrate.target)
-    if cfg.calibrate.report:
-        from changenet.calib.report import REPORT_FILE
-
-        remove_leftovers(str(cfg.calibrate.results_dir), REPORT_FILE, REPORT_FILE.replace(".json", f".{target}.json"))
-    int8_path = build_int8_onnx(cfg, onnx_path, target)
-    summary: Dict[str, Any] = {"source_onnx": str(onnx_path), "int8_onnx": str(int8_path), "target": target,
-                               "calibration_cache": str(default_cache_path(cfg))}
-    if cfg.calibrate.report:
-        from changenet.calib.report import accuracy_report
-
-        summary["report"] = accuracy_report(cfg, onnx_path, int8_path, target)
-    return summary
-
-
-def source_onnx(cfg: DictConfig) -> Path:
-    """calibrate.onnx_file, else gen_trt_engine.onnx_file (TAO specs name the model there)."""
-    for key in ("calibrate.onnx_file", "gen_trt_engine.onnx_file"):
-        if is_set(cfg, key):
-            return require_path(cfg, key, "calibrate")
-    raise SpecError("`changenet calibrate` needs the FP32 ONNX model: set calibrate.onnx_file (or gen_trt_engine.onnx_file)")
 
 
 # --------------------------------------------------------------------------- Python API
@@ -253,8 +238,7 @@ def collect_scales(onnx_path: Path, graph: onnx.ModelProto, pairs: CalibrationPa
     from onnxruntime.quantization import create_calibrator
 
     batch_size = inputs.batch_size or pairs.batch_size
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=console)
+    progress = progress_bar()
     work_folder = temp_folder_beside(work_beside) if work_beside is not None \
         else tempfile.TemporaryDirectory(prefix="changenet-calib-")
     with work_folder as work, progress:

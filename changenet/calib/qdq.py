@@ -31,8 +31,8 @@ from typing import Dict, List, Mapping, Sequence
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 from omegaconf import DictConfig
+from onnx import numpy_helper
 
 from changenet.calib.cache import INT8_MAX
 from changenet.errors import ModelError, SpecError

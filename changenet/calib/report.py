@@ -14,12 +14,11 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from torch.utils.data import DataLoader
 
 from changenet.calib.calibrate import say
-from changenet.console import console
+from changenet.console import console, progress_bar
 from changenet.errors import DataError, SpecError
 from changenet.evaluation.metrics import ConfusionMatrix
 from changenet.fileio import write_json
@@ -38,17 +37,12 @@ def write_report(cfg: DictConfig, report: Dict[str, Any]) -> Path:
 def report_predictors(cfg: DictConfig, fp32_onnx: Path, int8_onnx: Path, target: str):
     """The FP32 and INT8 models on the runtime of the target's CPU stand-in: OpenVINO (FP32 arithmetic outside
     the INT8 layers) for target openvino, else ONNX Runtime."""
+    from changenet.deploy.options import PredictorOptions, open_predictor
+
+    options = PredictorOptions.for_model(cfg, "onnx_file", str(fp32_onnx), runtime="openvino" if target == "openvino" else "onnxruntime")
     if target == "openvino":
-        import copy
-
-        from changenet.deploy.openvino_predictor import OpenVinoPredictor
-
-        exact = copy.deepcopy(cfg)
-        exact.openvino.precision = "f32"
-        return OpenVinoPredictor.from_onnx(fp32_onnx, exact), OpenVinoPredictor.from_onnx(int8_onnx, exact)
-    from changenet.deploy.onnxruntime_predictor import OnnxRuntimePredictor
-
-    return OnnxRuntimePredictor.from_onnx(fp32_onnx, cfg), OnnxRuntimePredictor.from_onnx(int8_onnx, cfg)
+        options = options.with_openvino_precision("f32")
+    return open_predictor(options), open_predictor(options.with_path(str(int8_onnx)))
 
 
 def runtime_name(predictor) -> str:
@@ -86,8 +80,7 @@ def accuracy_report(cfg: DictConfig, fp32_onnx: Path, int8_onnx: Path, target: s
                "int8": ConfusionMatrix(seg.num_classes, seg.class_names)}
     seconds = {"fp32": 0.0, "int8": 0.0}
     agreeing = pixels = pairs = 0
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=console)
+    progress = progress_bar()
     with fp32, int8, progress:
         task = progress.add_task("FP32 vs INT8 on the validation split", total=len(loader))
         for batch in loader:
@@ -154,8 +147,7 @@ def classifier_report(cfg: DictConfig, fp32_onnx: Path, int8_onnx: Path, target:
     margin = decision_margin(cfg)
     scores: Dict[str, list] = {"fp32": [], "int8": []}
     seconds = {"fp32": 0.0, "int8": 0.0}
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=console)
+    progress = progress_bar()
     fp32, int8 = report_predictors(cfg, fp32_onnx, int8_onnx, target)
     with fp32, int8, progress:
         task = progress.add_task("FP32 vs INT8 on the validation CSV", total=len(loader))

@@ -15,7 +15,7 @@ _EXPORTS = {
     "IGNORE_INDEX": "changenet.data.transforms",
     "denormalize": "changenet.data.transforms",
     "preprocess_image": "changenet.data.transforms",
-    "read_image": "changenet.data.io",
+    "read_image": "changenet.data.pixels",
     "read_label": "changenet.data.io",
     "write_png": "changenet.data.io",
     "generate_dataset": "changenet.data.synth",

@@ -24,10 +24,21 @@ from torch.utils.data import Dataset, default_collate
 from changenet.config import is_set
 from changenet.data.io import read_label
 from changenet.data.pixels import (
-    NEAR_EQUAL_PIXELS, dataset_mapping, fit_to_first, image_size, sample_pairs, sizes_problem,
+    NEAR_EQUAL_PIXELS,
+    dataset_mapping,
+    fit_to_first,
+    image_size,
+    sample_pairs,
+    sizes_problem,
 )
 from changenet.data.transforms import (
-    PairAugmentation, normalize, preprocess_image, resize_image, resize_label, segment_config, to_class_indices,
+    PairAugmentation,
+    normalize,
+    preprocess_image,
+    resize_image,
+    resize_label,
+    segment_config,
+    to_class_indices,
 )
 from changenet.errors import DataError, SpecError
 

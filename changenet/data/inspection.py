@@ -34,7 +34,7 @@ from omegaconf import DictConfig
 from torch.utils.data import Dataset, WeightedRandomSampler
 
 from changenet.config import is_set
-from changenet.data.io import read_image
+from changenet.data.pixels import read_image
 from changenet.data.transforms import ObjectAugmentation, normalize, resize_image
 from changenet.errors import DataError, SpecError
 from changenet.task import lighting_conditions, normalisation, tile_grid

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+import threading
 import zlib
 from pathlib import Path
 from typing import BinaryIO, Iterator, List, Optional
@@ -20,35 +21,42 @@ from PIL import Image, UnidentifiedImageError
 from changenet.errors import DataError
 from changenet.fileio import atomic_path
 
-# Remote-sensing scenes routinely exceed Pillow's decompression-bomb limit (89 megapixels); the files
-# read here are the user's own data, so the limit only gets in the way.
-Image.MAX_IMAGE_PIXELS = None
+# Remote-sensing scenes routinely exceed Pillow's decompression-bomb limit (89 megapixels); the files read
+# here are the user's own data, so open_image lifts the limit while it reads (and only then: Pillow keeps
+# it in a module global, so readers in several threads count themselves in and out).
+_pixel_limit_lock = threading.Lock()
+_unlimited_readers = 0
+_saved_pixel_limit: Optional[int] = None
+
+
+@contextlib.contextmanager
+def _without_pixel_limit() -> Iterator[None]:
+    global _unlimited_readers, _saved_pixel_limit
+    with _pixel_limit_lock:
+        if _unlimited_readers == 0:
+            _saved_pixel_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        _unlimited_readers += 1
+    try:
+        yield
+    finally:
+        with _pixel_limit_lock:
+            _unlimited_readers -= 1
+            if _unlimited_readers == 0:
+                Image.MAX_IMAGE_PIXELS = _saved_pixel_limit
 
 def open_image(path: Path, what: str, decode: bool = True) -> Image.Image:
     """The Pillow image at `path` (decoded unless `decode` is False: then only its header is read)."""
     if not path.is_file():
         raise DataError(f"{what} '{path}' does not exist; check the dataset folder and the split list")
     try:
-        image = Image.open(path)
-        if decode:
-            image.load()
+        with _without_pixel_limit():
+            image = Image.open(path)
+            if decode:
+                image.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"cannot read {what} '{path}' ({reason}); replace it with a valid PNG/JPEG/TIFF") from None
     return image
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """The 8-bit image at `path` as uint8 RGB [H, W, 3] (grey, palette and RGBA images are converted).
-    Deeper images are refused here; the segmentation dataset maps them (data/pixels.py)."""
-    from changenet.data.pixels import as_rgb, choose_bands, read_pixels
-
-    path = Path(path)
-    pixels = read_pixels(path)
-    if pixels.dtype != np.uint8:
-        raise DataError(f"image '{path}' has {pixels.dtype} pixels, not 8-bit; convert it to 8-bit RGB")
-    bands = choose_bands(path, None, pixels.shape[2], "bands")
-    return np.ascontiguousarray(as_rgb(pixels[..., [b - 1 for b in bands]]))
 
 
 def read_label(path: str | os.PathLike) -> np.ndarray:

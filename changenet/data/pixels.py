@@ -105,6 +105,17 @@ def read_pixels(path: str | os.PathLike) -> np.ndarray:
     return pixels[..., None] if pixels.ndim == 2 else pixels
 
 
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """The 8-bit image at `path` as uint8 RGB [H, W, 3] (grey, palette and RGBA images are converted).
+    Deeper images are refused here; the segmentation dataset maps them (data/pixels.py)."""
+    path = Path(path)
+    pixels = read_pixels(path)
+    if pixels.dtype != np.uint8:
+        raise DataError(f"image '{path}' has {pixels.dtype} pixels, not 8-bit; convert it to 8-bit RGB")
+    bands = choose_bands(path, None, pixels.shape[2], "bands")
+    return np.ascontiguousarray(as_rgb(pixels[..., [b - 1 for b in bands]]))
+
+
 def image_size(path: str | os.PathLike) -> Tuple[int, int]:
     """(height, width) from the file's header, without decoding the pixels."""
     path = Path(path)

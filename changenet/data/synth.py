@@ -32,9 +32,8 @@ import cv2
 import numpy as np
 
 from changenet.data.io import PngStripWriter, strip_writer_group, write_png
-from changenet.fileio import DIR_MODE, FILE_MODE
 from changenet.errors import DataError
-from changenet.fileio import write_json
+from changenet.fileio import DIR_MODE, FILE_MODE, write_json
 
 REFERENCE_SIZE = 128  # object sizes below are given at this image size and scale with img_size
 MARGIN = 3  # canvas border (px) so that a misregistered B never shows an empty edge
@@ -509,10 +508,11 @@ def prepare_output(out: Path) -> None:
 
 
 def progress_bar():
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-    return Progress(SpinnerColumn(), TextColumn("[bold]{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[note]}"), TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
+    from rich.progress import TextColumn, TimeRemainingColumn
+
+    from changenet.console import progress_bar as changenet_progress
+
+    return changenet_progress(TextColumn("{task.fields[note]}"), TimeRemainingColumn())
 
 
 def write_dataset_folder(out: Path, write: Callable[[Path], Dict]) -> Dict:
@@ -741,8 +741,9 @@ def _write_scene(folder: Path, scene_size: int, img_size: int, num_classes: int,
 
 
 def _print_summary(out: Path, manifest: Dict) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from changenet.console import console
 
     table = Table(title=f"synthetic dataset: {out}")
     table.add_column("split")
@@ -753,7 +754,6 @@ def _print_summary(out: Path, manifest: Dict) -> None:
     if manifest["scene"]:
         scene = manifest["scene"]
         table.add_row("scene", f"{scene['size']}x{scene['size']}", f"{scene['changed_fraction']:.1%}")
-    console = Console()
     console.print(table)
     transform = "norm" if manifest["label_transform"] == "norm" else "null"
     console.print(f"spec: dataset.segment.root_dir={out} dataset.segment.img_size={manifest['img_size']} "

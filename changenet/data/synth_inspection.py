@@ -296,15 +296,15 @@ def spec_overrides(out: Path, side: int, lights: Sequence[str], num_golden: int,
 
 
 def _print_summary(out: Path, manifest: Dict) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from changenet.console import console
 
     table = Table(title=f"synthetic inspection set: {out}")
     for column in ("split", "objects", *DEFECTS):
         table.add_column(column, justify="right" if column != "split" else "left")
     for split, info in manifest["splits"].items():
         table.add_row(split, str(info["objects"]), *(str(info["defects"][d]) for d in DEFECTS))
-    console = Console()
     console.print(table)
     lights = manifest["lights"]
     console.print(f"{len(lights)} lighting conditions ({', '.join(lights)}) of {manifest['image_size']} px, "

@@ -23,12 +23,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
-from changenet.config import require_path, to_container
+from changenet.console import progress_bar, status_console
 from changenet.deploy.fp16 import convert_to_fp16, load_graph, model_precision, parse_layers_precision
-from changenet.deploy.contract import ModelIO, io_from_names
 from changenet.deploy.sidecar import read_sidecar, sidecar_path
 from changenet.deploy.tensorrt_api import (
     LOG,
@@ -43,6 +42,7 @@ from changenet.deploy.tensorrt_api import (
 )
 from changenet.errors import ModelError, SpecError
 from changenet.fileio import atomic_group, atomic_path, remove_leftovers, sha256_file
+from changenet.model.contract import ModelIO, io_from_names
 
 DATA_TYPES = ("FP32", "FP16", "INT8")
 # Fields of the export sidecar that the engine sidecar carries on for evaluation and inference.
@@ -99,49 +99,10 @@ class BuildResult:
         return sidecar_path(self.engine_path)
 
 
-# --------------------------------------------------------------------------- the CLI action
-def gen_trt_engine(cfg: DictConfig) -> Dict[str, Any]:
-    """`changenet gen_trt_engine -e spec.yaml`: build the engine named by the spec's gen_trt_engine block."""
-    spec = cfg.gen_trt_engine
-    options = BuildOptions.from_spec(cfg)
-    _show_tensorrt_log(options.verbose)
-    onnx_path = require_path(cfg, "gen_trt_engine.onnx_file", "gen_trt_engine")
-    engine_path = Path(spec.trt_engine).expanduser() if spec.trt_engine else Path(spec.results_dir) / "model.engine"
-
-    build_from = onnx_path
-    if options.data_type == "INT8" and model_precision(load_graph(onnx_path)) != "int8":
-        build_from = _calibrated_onnx(cfg, onnx_path)
-    result = build_engine(build_from, engine_path, options, model_info=model_info_from_spec(cfg), source_onnx=onnx_path)
-    print_build_table(result, Console(stderr=True))
-    return result.metadata
-
-
-def _calibrated_onnx(cfg: DictConfig, onnx_path: Path) -> Path:
-    """The Q/DQ model for an INT8 build of an FP32 export, made by changenet's calibration."""
-    from changenet.calib.calibrate import build_int8_onnx  # ModelOpt and the data pipeline: load only when needed
-
-    LOG.info("'%s' has no Q/DQ nodes: calibrating it for TensorRT first", onnx_path)
-    return Path(build_int8_onnx(cfg, onnx_path, target="tensorrt"))
-
-
-def model_info_from_spec(cfg: DictConfig) -> Dict[str, Any]:
-    """Class and normalisation facts from the spec, used where the ONNX has no export sidecar."""
-    from changenet.task import normalisation, num_classes
-
-    mean, std = normalisation(cfg)
-    info = {"task": str(cfg.task), "num_classes": num_classes(cfg), "mean": mean, "std": std,
-            "backbone": str(cfg.model.backbone.type)}
-    if cfg.task == "segment":
-        seg = cfg.dataset.segment
-        info.update(class_names=to_container(seg.class_names), color_map=to_container(seg.color_map),
-                    align_corners=bool(cfg.model.decode_head.align_corners))
-    return info
-
-
-def _show_tensorrt_log(verbose: bool) -> None:
+def show_tensorrt_log(verbose: bool) -> None:
     """CLI runs: TensorRT's log lines on the terminal (warnings; everything when verbose)."""
     if not any(isinstance(h, RichHandler) for h in LOG.handlers):
-        LOG.addHandler(RichHandler(console=Console(stderr=True), show_time=False, show_path=False))
+        LOG.addHandler(RichHandler(console=status_console, show_time=False, show_path=False))
         LOG.propagate = False  # TensorRT's lines are shown here, not again by the changenet handler
     LOG.setLevel(logging.DEBUG if verbose else logging.WARNING)
 
@@ -409,17 +370,8 @@ class _BuildProgress:
     """Shows TensorRT's build phases (IProgressMonitor) as rich progress bars while the build runs."""
 
     def __init__(self, trt: TensorRT, config: Any, enabled: bool) -> None:
-        console = Console(stderr=True)
-        enabled = enabled and console.is_terminal  # bars that redraw make no sense in a log file
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-            disable=not enabled,
-        )
+        enabled = enabled and status_console.is_terminal  # bars that redraw make no sense in a log file
+        self.progress = progress_bar(on=status_console, transient=True, disable=not enabled)
         self.monitor = _make_progress_monitor(trt, self.progress) if enabled else None
         self.config = config
 

@@ -27,12 +27,16 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import onnx
 import torch
-from omegaconf import DictConfig
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from torch import nn
 
+from changenet.console import status_console
+from changenet.deploy.inference_layers import to_inference_form
+from changenet.deploy.sidecar import sidecar_path, write_sidecar_for
+from changenet.deploy.tensorrt_api import TRT_MSDA_PLUGIN, TRT_PLUGIN_DOMAIN
+from changenet.deploy.torch_predictor import output_list
 from changenet.deploy.verify import (
     MIN_AGREEMENT,
     Pairs,
@@ -41,16 +45,11 @@ from changenet.deploy.verify import (
     compare,
     random_pairs,
     require_pass,
-    sample_pairs,
 )
-from changenet.deploy.contract import SEGMENT_IO, ModelIO
-from changenet.deploy.inference_layers import to_inference_form
-from changenet.deploy.torch_predictor import output_list
-from changenet.deploy.tensorrt_api import TRT_MSDA_PLUGIN, TRT_PLUGIN_DOMAIN
-from changenet.model.deformable import tensorrt_plugin_form
 from changenet.errors import ModelError, SpecError
-from changenet.deploy.sidecar import sidecar_path, write_sidecar_for
-from changenet.fileio import atomic_group, remove_leftovers, sha256_file, temp_folder_beside
+from changenet.fileio import atomic_group, remove_leftovers, temp_folder_beside
+from changenet.model.contract import SEGMENT_IO, ModelIO
+from changenet.model.forms import export_forms
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 12
@@ -113,7 +112,7 @@ def export_onnx(
     MultiscaleDeformableAttnPlugin_TRT nodes (full TensorRT only; ONNX Runtime cannot run them, so
     that file is not verified).
     """
-    console = console or Console(stderr=True)
+    console = console or status_console
     onnx_path = Path(onnx_path)
     _check_export_args(model, height, width, batch_size, opset, exporter)
     plugin = _check_deformable_form(deformable_attention, opset, exporter)
@@ -153,7 +152,7 @@ def export_onnx(
         # folder under the real file name; the finished files are moved into place at the end.
         work_file = Path(work) / onnx_path.name
         graph_model, split = to_inference_form(model) if split_transposed_conv else (model, 0)
-        with tensorrt_plugin_form() if plugin else contextlib.nullcontext():
+        with export_forms(graph_model, deformable_plugin=plugin):
             used, notes = _export_graph(graph_model, sample, work_file, opset, dynamic, "dynamo" if plugin else exporter,
                                         external, console, plugin, io)
         if split:
@@ -164,13 +163,13 @@ def export_onnx(
                          "not verified: ONNX Runtime and TensorRT-RTX have no such op)")
             verify = False
         del graph_model
-        with _step(console, "Finishing and checking the graph (onnx.checker, shape inference)"):
+        with step(console, "Finishing and checking the graph (onnx.checker, shape inference)"):
             _finish_graph(work_file, reference, dynamic, external)
             checked = check_graph(work_file)
         if verbose:
             print_graph_summary(checked, work_file, console)
         if verify:
-            with _step(console, f"Verifying against PyTorch at batch {', '.join(map(str, check_batches))}"):
+            with step(console, f"Verifying against PyTorch at batch {', '.join(map(str, check_batches))}"):
                 verification = _verify(work_file, model, num_classes, device, a, b, check_batches, inputs_note,
                                        min_agreement)
             require_pass(verification, onnx_path)
@@ -209,69 +208,6 @@ def sidecar_record(result: ExportResult, fields: Dict[str, object]) -> Dict[str,
     return record
 
 
-# --------------------------------------------------------------------------- CLI action
-def export(cfg: DictConfig) -> Dict[str, object]:
-    """`changenet export -e spec.yaml export.checkpoint=... export.onnx_file=...`"""
-    from changenet.config import require, require_path
-    from changenet.data import class_names, class_palette
-    from changenet.deploy.torch_predictor import pick_device
-    from changenet.model import build_model
-    from changenet.task import (
-        input_size, is_classify, lighting_conditions, normalisation, num_classes, num_golden, size_keys,
-    )
-    from changenet.train.checkpoint import load_model_from_checkpoint
-
-    spec = cfg.export
-    if spec.input_channel != 3:
-        raise SpecError(
-            f"spec key 'export.input_channel' is {spec.input_channel} but ChangeNet takes RGB image pairs; "
-            "set export.input_channel=3"
-        )
-    checkpoint = require_path(cfg, "export.checkpoint", "export")
-    onnx_path = Path(str(require(cfg, "export.onnx_file", "export"))).expanduser()
-    data_height, data_width = input_size(cfg)
-    height = int(spec.input_height if spec.input_height is not None else data_height)
-    width = int(spec.input_width if spec.input_width is not None else data_width)
-    if is_classify(cfg) and (height, width) != (data_height, data_width):
-        raise SpecError(f"export.input_height/input_width are {height}x{width} but the classifier's head is sized for "
-                        f"the data's {data_height}x{data_width} ({size_keys(cfg)}); leave them unset or set "
-                        f"export.input_height={data_height} export.input_width={data_width}")
-    device = pick_device(spec.gpu_id, spec.on_cpu)
-    # A shapes-only model on the meta device checks the input size before the (slow) checkpoint load.
-    with torch.device("meta"):
-        _check_input_size(build_model(cfg, load_pretrained=False), height, width, str(cfg.model.backbone.type))
-
-    console = Console(stderr=True)
-    with _step(console, f"Loading checkpoint '{checkpoint}' (export on {device})"):
-        model = load_model_from_checkpoint(checkpoint, cfg)
-        checkpoint_sha256 = sha256_file(checkpoint)
-    with _step(console, "Preparing verification inputs"):
-        pairs = sample_pairs(cfg, 2 if spec.batch_size == -1 else spec.batch_size, height, width)
-    mean, std = normalisation(cfg)
-    fields = {
-        "task": str(cfg.task),
-        "num_classes": num_classes(cfg),
-        "backbone": str(cfg.model.backbone.type),
-        "mean": mean,
-        "std": std,
-        "checkpoint": str(checkpoint),
-        "checkpoint_sha256": checkpoint_sha256,
-    }
-    if is_classify(cfg):
-        fields.update(difference_module=str(cfg.model.classify.difference_module), num_golden=num_golden(cfg),
-                      lights=lighting_conditions(cfg), eval_margin=float(cfg.model.classify.eval_margin))
-    else:
-        fields.update(class_names=class_names(cfg), align_corners=bool(cfg.model.decode_head.align_corners),
-                      color_map={str(i): [int(c) for c in rgb] for i, rgb in enumerate(class_palette(cfg))})
-    result = export_onnx(
-        model, onnx_path, height, width, spec.batch_size, spec.opset_version, device=device, pairs=pairs,
-        sidecar=fields, verbose=spec.verbose, console=console, split_transposed_conv=spec.split_transposed_conv,
-        deformable_attention=str(spec.deformable_attention),
-    )
-    print_export_table(result, console)
-    return result.sidecar
-
-
 # --------------------------------------------------------------------------- checks
 def _check_export_args(model: nn.Module, height: int, width: int, batch_size: int, opset: int, exporter: str) -> None:
     if opset < MIN_OPSET:
@@ -280,12 +216,12 @@ def _check_export_args(model: nn.Module, height: int, width: int, batch_size: in
         raise SpecError(f"spec key 'export.batch_size' must be -1 (dynamic) or >= 1, got {batch_size}")
     if exporter not in EXPORTERS:
         raise SpecError(f"exporter must be one of {', '.join(EXPORTERS)}, got '{exporter}'")
-    _check_input_size(model, height, width)
+    check_model_input_size(model, height, width)
 
 
-def _check_input_size(model: nn.Module, height: int, width: int, name: Optional[str] = None) -> None:
+def check_model_input_size(model: nn.Module, height: int, width: int, name: Optional[str] = None) -> None:
     """Both sides must be multiples of the backbone's largest stride (and of its patch stride)."""
-    from changenet.model.changenet import check_input_size
+    from changenet.model.siamese import check_input_size
 
     backbone = getattr(model, "backbone", None)
     if backbone is None or not hasattr(backbone, "strides"):
@@ -313,7 +249,7 @@ def _export_graph(model: nn.Module, sample: Tuple[torch.Tensor, ...], path: Path
     for attempt in order:
         label = "torch.export" if attempt == "dynamo" else "TorchScript"
         try:
-            with _step(console, f"Exporting to ONNX (opset {opset}, {label} exporter)"):
+            with step(console, f"Exporting to ONNX (opset {opset}, {label} exporter)"):
                 _run_exporter(model, sample, path, opset, dynamic, attempt, external, plugin, io)
                 _require_opset(path, opset)
             return attempt, notes
@@ -346,7 +282,7 @@ def _run_exporter(model: nn.Module, sample: Tuple[torch.Tensor, ...], path: Path
                 _convert_opset(path, opset)
         else:
             axes = {name: {0: BATCH_AXIS} for name in io.inputs + io.outputs} if dynamic else None
-            with _explicit_attention(opset):
+            with export_forms(model, explicit_attention=opset < SDPA_OPSET):
                 torch.onnx.export(model, sample, str(path), dynamo=False, dynamic_axes=axes, opset_version=opset,
                                   do_constant_folding=True, **names)
 
@@ -406,29 +342,6 @@ def _convert_opset(path: Path, opset: int) -> None:
             del node.attribute[:]
             node.attribute.extend(kept)
     onnx.save_model(model, str(path))
-
-
-@contextlib.contextmanager
-def _explicit_attention(opset: int) -> Iterator[None]:
-    """The TorchScript exporter has no ONNX form of scaled_dot_product_attention before opset 14: while
-    tracing, compute attention as softmax(q k^T * scale) v, the same maths in plain ops."""
-    if opset >= SDPA_OPSET:
-        yield
-        return
-    fused = torch.nn.functional.scaled_dot_product_attention
-
-    def explicit(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **extra):
-        if attn_mask is not None or is_causal or dropout_p or extra:
-            return fused(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                         scale=scale, **extra)
-        scale = query.shape[-1] ** -0.5 if scale is None else scale
-        return torch.softmax((query * scale) @ key.transpose(-2, -1), dim=-1) @ value
-
-    torch.nn.functional.scaled_dot_product_attention = explicit
-    try:
-        yield
-    finally:
-        torch.nn.functional.scaled_dot_product_attention = fused
 
 
 @contextlib.contextmanager
@@ -522,7 +435,7 @@ def _exact_fp32() -> Iterator[None]:
 
 # --------------------------------------------------------------------------- reporting
 @contextlib.contextmanager
-def _step(console: Console, text: str) -> Iterator[None]:
+def step(console: Console, text: str) -> Iterator[None]:
     """A spinner while the step runs, then a tick line with its duration."""
     start = time.perf_counter()
     with console.status(text):

@@ -8,10 +8,9 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from changenet.deploy.contract import io_from_names
 from changenet.deploy.predictor import Predictor
-from changenet.deploy.sidecar import read_sidecar
 from changenet.errors import ModelError
+from changenet.model.contract import io_from_names
 
 # Preferred execution providers, fastest first; only those this onnxruntime build has are used.
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -68,21 +67,6 @@ class OnnxRuntimePredictor(Predictor):
                          multi_scale_infer=multi_scale_infer, align_corners=align_corners, io=io)
         self.path = path
         self.providers = self.session.get_providers()
-
-    @classmethod
-    def from_onnx(cls, onnx_path: str | os.PathLike, cfg) -> "OnnxRuntimePredictor":
-        """Build from a spec; the model's sidecar (when present) must agree on num_classes."""
-        block = cfg.dataset[cfg.task]
-        meta = read_sidecar(onnx_path)
-        if meta.get("num_classes") not in (None, block.num_classes):
-            raise ModelError(
-                f"'{onnx_path}' was exported for {meta['num_classes']} classes but the spec says "
-                f"dataset.{cfg.task}.num_classes={block.num_classes}"
-            )
-        if cfg.task == "classify":
-            return cls(onnx_path, block.num_classes)
-        return cls(onnx_path, block.num_classes, multi_scale_infer=block.multi_scale_infer,
-                   align_corners=cfg.model.decode_head.align_corners)
 
     def _forward(self, a: np.ndarray, b: np.ndarray) -> List[np.ndarray]:
         first, second = self.io.inputs

@@ -17,12 +17,11 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from changenet.deploy.contract import io_from_names
 from changenet.deploy.predictor import Predictor
-from changenet.deploy.sidecar import read_sidecar
 from changenet.errors import ChangenetError, ModelError, UnsupportedError
 from changenet.fileio import is_leftover, remove_leftovers, sha256_file, write_json
 from changenet.machine import bf16_native, this_cpu
+from changenet.model.contract import io_from_names
 
 PRECISIONS = ("auto", "f32", "bf16")
 PERFORMANCE_HINTS = ("latency", "throughput")
@@ -82,21 +81,6 @@ class OpenVinoPredictor(Predictor):
                          multi_scale_infer=multi_scale_infer, align_corners=align_corners, io=io)
         self.path = path
         self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # what "auto" became
-
-    @classmethod
-    def from_onnx(cls, onnx_path: str | os.PathLike, cfg) -> "OpenVinoPredictor":
-        """Build from a spec (openvino.* settings); the model's sidecar (when present) must agree on num_classes."""
-        block = cfg.dataset[cfg.task]
-        meta = read_sidecar(onnx_path)
-        if meta.get("num_classes") not in (None, block.num_classes):
-            raise ModelError(f"'{onnx_path}' was exported for {meta['num_classes']} classes but the spec says "
-                             f"dataset.{cfg.task}.num_classes={block.num_classes}")
-        options = dict(precision=str(cfg.openvino.precision), performance_hint=str(cfg.openvino.performance_hint),
-                       cache_dir=cfg.openvino.cache_dir)
-        if cfg.task == "classify":
-            return cls(onnx_path, block.num_classes, **options)
-        return cls(onnx_path, block.num_classes, multi_scale_infer=block.multi_scale_infer,
-                   align_corners=cfg.model.decode_head.align_corners, **options)
 
     def close(self) -> None:
         # Release OpenVINO's objects now, not whenever the garbage collector runs into them.

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from changenet.deploy.contract import SEGMENT_IO, ModelIO
 from changenet.errors import ModelError
+from changenet.model.contract import SEGMENT_IO, ModelIO
 
 
 class Predictor(ABC):
@@ -59,7 +59,7 @@ class Predictor(ABC):
         """All chunks of one call; a backend that can overlap chunks (TensorRT streams) overrides this."""
         return [self._forward(a, b) for a, b in chunks]
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op for backends that hold nothing to release
         """Release backend resources."""
 
     def __enter__(self) -> "Predictor":

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
-from changenet.deploy.contract import SEGMENT_IO
 from changenet.deploy.predictor import Predictor
 from changenet.errors import SpecError, UnsupportedError
+from changenet.model.contract import SEGMENT_IO
 
 # Autocast precisions a caller may ask for; fp32 runs the model as stored.
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -83,26 +81,12 @@ class TorchPredictor(Predictor):
         self.cuda_graphs = cuda_graphs
         self._captured: Dict[Tuple[int, ...], CapturedForward] = {}
 
-    @classmethod
-    def from_checkpoint(
-        cls, path: str | os.PathLike, cfg: DictConfig, device: Optional[torch.device | str] = None, **kwargs
-    ) -> "TorchPredictor":
-        """Load a training checkpoint built for the spec's backbone and class count."""
-        from changenet.train.checkpoint import load_model_from_checkpoint
-
-        model = load_model_from_checkpoint(path, cfg)
-        if cfg.task == "classify":
-            return cls(model, cfg.dataset.classify.num_classes, device=device, **kwargs)
-        seg = cfg.dataset.segment
-        return cls(model, seg.num_classes, multi_scale_infer=seg.multi_scale_infer,
-                   align_corners=cfg.model.decode_head.align_corners, device=device, **kwargs)
-
     @property
     def size_multiple(self) -> Optional[int]:
         backbone = getattr(self.model, "backbone", None)
         if backbone is None or not hasattr(backbone, "strides"):
             return None  # not a ChangeNet (a test model): it says itself what it cannot take
-        from changenet.model.changenet import input_size_multiple
+        from changenet.model.siamese import input_size_multiple
 
         return input_size_multiple(backbone)
 

@@ -19,11 +19,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from changenet.deploy.contract import SEGMENT_IO, ModelIO, io_from_names
 from changenet.deploy.predictor import Predictor
 from changenet.deploy.sidecar import read_sidecar
 from changenet.deploy.tensorrt_api import TensorRT, gpu_compute_capabilities, load_tensorrt, make_logger, select_gpu
 from changenet.errors import ModelError, SpecError, UnsupportedError
+from changenet.model.contract import SEGMENT_IO, ModelIO, io_from_names
 
 log = logging.getLogger(__name__)
 
@@ -317,27 +317,6 @@ class TensorRTPredictor(Predictor):
         self._context = self._engine.create_execution_context()
         self._slots = [_StreamSlot(self._cuda, self.layout) for _ in range(max(1, streams))]
 
-    @classmethod
-    def from_engine(cls, engine_path: str | os.PathLike, cfg: Any, gpu_id: int = 0) -> "TensorRTPredictor":
-        """Load an engine for a spec; its sidecar (when there is one) and its tensors must agree with the
-        spec's classes and image size."""
-        path = Path(engine_path)
-        if cfg.task == "classify":
-            from changenet.task import input_size
-
-            classes, size, options = int(cfg.dataset.classify.num_classes), input_size(cfg), {}
-        else:
-            seg = cfg.dataset.segment
-            classes, size = int(seg.num_classes), int(seg.img_size)
-            options = {"multi_scale_infer": seg.multi_scale_infer, "align_corners": cfg.model.decode_head.align_corners}
-        meta = _engine_sidecar(path)
-        if meta:
-            check_engine_metadata(meta, path, classes, size, cfg.task)
-        else:
-            log.warning("engine '%s' has no changenet sidecar (%s.json; engines of TAO Deploy and trtexec have none): "
-                        "inputs, outputs and profile are read from the engine itself", path, path.name)
-        return cls(path, classes, gpu_id=gpu_id, img_size=size, **options)
-
     def _forward(self, a: np.ndarray, b: np.ndarray) -> List[np.ndarray]:
         return self._forward_chunks([(a, b)])[0]
 
@@ -412,3 +391,17 @@ def _engine_sidecar(path: Path) -> Dict[str, Any]:
     if not path.is_file():
         raise ModelError(f"TensorRT engine '{path}' does not exist; build it with `changenet gen_trt_engine`")
     return read_sidecar(path)
+
+
+def open_engine(engine_path: str | os.PathLike, num_classes: int, img_size: SizeSpec, task: str, gpu_id: int = 0,
+                **settings: bool) -> TensorRTPredictor:
+    """Load an engine; its sidecar (when there is one) and its tensors must agree with the classes and the
+    input size the spec gives. `settings`: multi_scale_infer, align_corners (segmentation)."""
+    path = Path(engine_path)
+    meta = _engine_sidecar(path)
+    if meta:
+        check_engine_metadata(meta, path, num_classes, img_size, task)
+    else:
+        log.warning("engine '%s' has no changenet sidecar (%s.json; engines of TAO Deploy and trtexec have none): "
+                    "inputs, outputs and profile are read from the engine itself", path, path.name)
+    return TensorRTPredictor(path, num_classes, gpu_id=gpu_id, img_size=img_size, **settings)

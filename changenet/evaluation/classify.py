@@ -21,12 +21,18 @@ from omegaconf import DictConfig
 from rich.table import Table
 from torch.utils.data import DataLoader
 
-from changenet.console import console
-from changenet.deploy.factory import model_source, predictor_from_spec
+from changenet.console import console, progress_bar
+from changenet.deploy.options import PredictorOptions, model_source, open_predictor
 from changenet.evaluation.classify_metrics import (
-    decision_figures, decision_margin, defect_scores, plot_sweep, summary_rows, threshold_sweep,
+    decision_figures,
+    decision_margin,
+    defect_scores,
+    plot_sweep,
+    summary_rows,
+    threshold_sweep,
 )
-from changenet.fileio import atomic_path, remove_leftovers, write_json
+from changenet.evaluation.outputs import BackgroundWriter, remove_output_leftovers
+from changenet.fileio import atomic_path, write_json
 
 SCORE_COLUMN = "siamese_score"  # TAO's inference.csv column
 
@@ -43,12 +49,11 @@ def _loader(cfg: DictConfig, block: str, stage: str) -> DataLoader:
 def score_objects(cfg: DictConfig, block: str, stage: str, on_batch=None) -> Tuple[Any, np.ndarray, str, float]:
     """Scores of every object of a split with the model of `cfg.<block>`: (dataset, scores, backend, seconds).
     `on_batch(batch, scores)` sees each batch (for pictures)."""
-    from changenet.evaluation.runner import _progress
 
     loader = _loader(cfg, block, stage)
     scores: List[np.ndarray] = []
     start = time.perf_counter()
-    with predictor_from_spec(cfg, block) as predictor, _progress() as progress:
+    with open_predictor(PredictorOptions.from_spec(cfg, block)) as predictor, progress_bar() as progress:
         task = progress.add_task(block, total=len(loader))
         for batch in loader:
             batch_scores = np.asarray(defect_scores(predictor.forward_all(batch["A"].numpy(), batch["B"].numpy())[-1]))
@@ -77,7 +82,6 @@ def _picture_writer(cfg: DictConfig, folder: Path, margin: float, keep, labelled
     """on_batch callback writing test | golden | score pictures of the objects `keep(score, label)` selects."""
     from changenet.data import denormalize, write_png
     from changenet.data.inspection import LABELS
-    from changenet.evaluation.runner import BackgroundWriter
     from changenet.evaluation.visualize import scored_object_image
 
     writer = BackgroundWriter()
@@ -97,17 +101,10 @@ def _picture_writer(cfg: DictConfig, folder: Path, margin: float, keep, labelled
     return on_batch, writer
 
 
-def _remove_output_leftovers(out_dir: Path, pictures: str) -> None:
-    """Temporary files a killed run left beside its outputs (every file here is written under a temporary
-    name first, see fileio.atomic_path)."""
-    remove_leftovers(out_dir)
-    remove_leftovers(out_dir / pictures)
-
-
 def evaluate_classifier(cfg: DictConfig) -> Dict[str, Any]:
     source_key, source_path = model_source(cfg, "evaluate")
     out_dir = Path(cfg.evaluate.results_dir)
-    _remove_output_leftovers(out_dir, "errors")
+    remove_output_leftovers(out_dir, ("errors",))
     margin = decision_margin(cfg)
     # A wrong decision: a defect not flagged, or a good object flagged.
     on_batch, writer = _picture_writer(cfg, out_dir / "errors", margin,
@@ -150,7 +147,7 @@ def print_classifier_metrics(results: Dict[str, Any]) -> None:
 def infer_classifier(cfg: DictConfig) -> Dict[str, Any]:
     model_source(cfg, "inference")
     out_dir = Path(cfg.inference.results_dir)
-    _remove_output_leftovers(out_dir, "flagged")
+    remove_output_leftovers(out_dir, ("flagged",))
     margin = decision_margin(cfg)
     on_batch, writer = _picture_writer(cfg, out_dir / "flagged", margin, lambda score, _: score > margin,
                                        labelled=False)

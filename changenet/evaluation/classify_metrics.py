@@ -23,7 +23,10 @@ import torch
 from omegaconf import DictConfig
 from torchmetrics import Metric
 from torchmetrics.functional.classification import (
-    binary_auroc, binary_average_precision, binary_precision_recall_curve, binary_roc,
+    binary_auroc,
+    binary_average_precision,
+    binary_precision_recall_curve,
+    binary_roc,
 )
 
 log = logging.getLogger(__name__)

@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from changenet.deploy.contract import CLASSIFY_IO
 from changenet.errors import SpecError
-from changenet.model.changenet import SiameseModel
+from changenet.model.contract import CLASSIFY_IO
 from changenet.model.decoder import LEVELS, DifferencePyramid, resize_to
+from changenet.model.siamese import SiameseModel
 from changenet.task import input_size
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class ChangeNetClassifier(SiameseModel):
 def check_tile_size(cfg: DictConfig, backbone: nn.Module, name: str) -> None:
     """The joined input's sides must be multiples of the backbone's largest stride (and patch stride); the
     error names the tile size to set."""
-    from changenet.model.changenet import input_size_multiple, nearest_multiples
+    from changenet.model.siamese import input_size_multiple, nearest_multiples
     from changenet.task import tile_grid
 
     multiple = input_size_multiple(backbone)
@@ -188,8 +188,8 @@ def check_tile_size(cfg: DictConfig, backbone: nn.Module, name: str) -> None:
 
 def build_classifier(cfg: DictConfig, load_pretrained: bool = True, **backbone_kwargs) -> ChangeNetClassifier:
     """The ChangeNetClassifier the spec describes (model.*, model.classify.*, dataset.classify.*)."""
-    from changenet.model.changenet import decoder_levels, with_spec_weights
     from changenet.model.registry import create_backbone
+    from changenet.model.siamese import decoder_levels, with_spec_weights
 
     backbone_cfg, head, heads = cfg.model.backbone, cfg.model.decode_head, cfg.model.classify
     classify = cfg.dataset.classify

@@ -5,16 +5,15 @@ feature maps, per head, and takes their softmax-weighted sum. The sampling is bi
 the map and align_corners=False: the computation of TAO's CPU path (`grid_sample`), which is also what
 its CUDA kernel computes. `grid_sample` exports to ONNX (GridSample, opset >= 16) and runs everywhere.
 
-For full TensorRT there is a second form (`tensorrt_plugin_form`): the sampling-and-sum step becomes one
+For full TensorRT there is a second form (the export form `deformable_plugin`, model.forms): the sampling-and-sum step becomes one
 call of the custom op `changenet::ms_deform_attn`, which the exporter writes as TensorRT's
 `MultiscaleDeformableAttnPlugin_TRT` node (TAO's GPU export). The op computes the same thing in PyTorch.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Iterator, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +60,8 @@ class MSDeformAttn(nn.Module):
     ratio: width of the values relative to the model width (value_proj / output_proj).
     """
 
+    deformable_plugin = False  # an export form (model.forms)
+
     def __init__(self, d_model: int, n_levels: int, n_heads: int, n_points: int, ratio: float = 1.0) -> None:
         super().__init__()
         if d_model % n_heads:
@@ -102,7 +103,7 @@ class MSDeformAttn(nn.Module):
         # Offsets are in pixels of each level: divide by its (width, height).
         normalizer = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device)
         locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
-        if _PLUGIN_FORM[0]:
+        if self.deformable_plugin:
             shapes = torch.tensor(list(spatial_shapes), dtype=torch.int32, device=query.device)
             starts = torch.tensor(level_starts(spatial_shapes), dtype=torch.int32, device=query.device)
             output = torch.ops.changenet.ms_deform_attn(value, shapes, starts, locations, weights).flatten(2)
@@ -132,9 +133,6 @@ def level_starts(shapes: SpatialShapes) -> List[int]:
 
 
 # --------------------------------------------------------------------------- TensorRT plugin form
-_PLUGIN_FORM = [False]  # set while exporting for TensorRT's plugin
-
-
 @torch.library.custom_op("changenet::ms_deform_attn", mutates_args=())
 def ms_deform_attn(value: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
                    sampling_locations: torch.Tensor, attention_weights: torch.Tensor) -> torch.Tensor:
@@ -147,13 +145,3 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: torch.Tensor, level_star
 @ms_deform_attn.register_fake
 def _ms_deform_attn_shape(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
     return value.new_empty(value.shape[0], sampling_locations.shape[1], value.shape[2], value.shape[3])
-
-
-@contextlib.contextmanager
-def tensorrt_plugin_form() -> Iterator[None]:
-    """Within: every MSDeformAttn samples through the `changenet::ms_deform_attn` op (for export)."""
-    _PLUGIN_FORM[0] = True
-    try:
-        yield
-    finally:
-        _PLUGIN_FORM[0] = False

@@ -25,10 +25,16 @@ import math
 from typing import List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from changenet.model.layers import DropPath, LayerNorm2d, init_transformer_weights, map_to_tokens, tokens_to_map
+from changenet.model.layers import (
+    DropPath,
+    LayerNorm2d,
+    attention,
+    init_transformer_weights,
+    map_to_tokens,
+    tokens_to_map,
+)
 from changenet.model.registry import register_backbone
 
 CONVNEXT_DIMS = (128, 256)
@@ -143,6 +149,8 @@ class PositionalEncodingFourier(nn.Module):
 class TokenMixing(nn.Module):
     """Multi-head self-attention over tokens [B, N, C] with separate q and kv projections."""
 
+    explicit_attention = False  # an export form (model.forms)
+
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
         super().__init__()
         if dim % num_heads:
@@ -157,7 +165,7 @@ class TokenMixing(nn.Module):
         head_dim = dim // self.num_heads
         q = self.q(x).reshape(batch, tokens, self.num_heads, head_dim).transpose(1, 2)
         k, v = self.kv(x).reshape(batch, tokens, 2, self.num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = attention(q, k, v, self.explicit_attention)
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
 
 
@@ -241,6 +249,8 @@ class FANBlock(nn.Module):
 class ClassAttn(nn.Module):
     """The class token (first token) attends to all tokens; returns its update [B, 1, C]."""
 
+    explicit_attention = False  # an export form (model.forms)
+
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -255,7 +265,7 @@ class ClassAttn(nn.Module):
         q = self.q(x[:, :1]).reshape(batch, 1, self.num_heads, head_dim).transpose(1, 2)
         k = self.k(x).reshape(batch, tokens, self.num_heads, head_dim).transpose(1, 2)
         v = self.v(x).reshape(batch, tokens, self.num_heads, head_dim).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, 1, dim)
+        out = attention(q, k, v, self.explicit_attention).transpose(1, 2).reshape(batch, 1, dim)
         return self.proj(out)
 
 

@@ -77,8 +77,20 @@ class Mlp(nn.Module):
         return self.drop(self.fc2(x))
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, explicit: bool = False,
+              dropout_p: float = 0.0) -> torch.Tensor:
+    """softmax(q k^T / sqrt(head_dim)) v over [B, heads, N, head_dim]; `explicit` spells it in plain ops (see
+    model.forms: exporters without an attention op)."""
+    if not explicit:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    weights = torch.softmax((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1), dim=-1)
+    return F.dropout(weights, dropout_p) @ v if dropout_p else weights @ v
+
+
 class Attention(nn.Module):
     """Multi-head self-attention over tokens [B, N, C] (one fused q/k/v projection)."""
+
+    explicit_attention = False  # an export form (model.forms)
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
                  proj_drop: float = 0.0) -> None:
@@ -95,7 +107,7 @@ class Attention(nn.Module):
         batch, tokens, dim = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, N, head_dim]
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        x = attention(q, k, v, self.explicit_attention, dropout_p=self.attn_drop if self.training else 0.0)
         x = x.transpose(1, 2).reshape(batch, tokens, dim)
         return self.proj_drop(self.proj(x))
 

@@ -10,8 +10,8 @@ from typing import Iterator, Optional, Tuple
 import lightning as L
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, WeightedRandomSampler
 
 from changenet.data import build_dataset

@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from changenet.model import build_model
-from changenet.train.checkpoint import METADATA_KEY, checkpoint_metadata, tao_fields
+from changenet.model.checkpoint import METADATA_KEY, checkpoint_metadata, tao_fields
 
 
 class TrainingModule(L.LightningModule):

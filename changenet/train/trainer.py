@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from changenet.errors import SpecError
 from changenet.fileio import atomic_path
-from changenet.train.checkpoint import EPOCH_CHECKPOINT_PATTERN, STEP_CHECKPOINT_PATTERN, latest_checkpoint_name
+from changenet.model.checkpoint import EPOCH_CHECKPOINT_PATTERN, STEP_CHECKPOINT_PATTERN, latest_checkpoint_name
 from changenet.train.datamodule import seed_epoch
 
 STATUS_FILE = "status.json"

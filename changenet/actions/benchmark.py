@@ -15,19 +15,20 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
-from changenet.console import console
+from omegaconf import DictConfig
 from rich.markup import escape
 from rich.table import Table
 
 from changenet.config import is_set
+from changenet.console import console
+
+# measured_matmul_tflops lives in changenet.machine; imported here too for callers that take it from benchmark
+from changenet.deploy.options import OPENVINO_BACKENDS, PredictorOptions, open_predictor
 from changenet.deploy.predictor import Predictor
 from changenet.errors import ChangenetError, SpecError
 from changenet.fileio import write_json
-# measured_matmul_tflops lives in changenet.machine; imported here too for callers that take it from benchmark
 from changenet.machine import describe_machine, estimate_cpu_peak_tflops, gpu_name, measured_matmul_tflops  # noqa: F401
-from changenet.task import input_size, num_classes, num_golden
-
+from changenet.task import input_size, num_golden
 
 # Dense peak throughput (TFLOP/s) of common NVIDIA GPUs, from their data sheets: (fp32, bf16/fp16 tensor).
 GPU_PEAK_TFLOPS = {
@@ -38,11 +39,6 @@ GPU_PEAK_TFLOPS = {
 REDUCED_PRECISION_BACKENDS = ("torch-bf16", "torch-bf16-cudagraph", "onnxruntime-int8", "tensorrt")
 # The arithmetic each CPU backend runs, for the peak it is measured against.
 CPU_PRECISION = {"torch-bf16": "bf16", "openvino-bf16": "bf16", "onnxruntime-int8": "int8", "openvino-int8": "int8"}
-# OpenVINO backends: name -> inference precision (None: the spec's openvino.precision)
-OPENVINO_BACKENDS = {"openvino": None, "openvino-f32": "f32", "openvino-bf16": "bf16", "openvino-int8": None}
-# PyTorch backends: name -> (autocast precision, CUDA graphs)
-TORCH_BACKENDS = {"torch": ("fp32", False), "torch-bf16": ("bf16", False), "torch-cudagraph": ("fp32", True),
-                  "torch-bf16-cudagraph": ("bf16", True)}
 
 
 @dataclass
@@ -95,41 +91,7 @@ def estimate_peak_tflops(backend: str, device: str) -> Tuple[Optional[float], st
 # --------------------------------------------------------------------------- backends
 def open_backend(backend: str, cfg: DictConfig) -> Predictor:
     """The Predictor for a benchmark backend name; raises ChangenetError with the reason it cannot run."""
-    bench = cfg.benchmark
-    if backend in TORCH_BACKENDS:
-        from changenet.deploy.torch_predictor import TorchPredictor
-
-        precision, cuda_graphs = TORCH_BACKENDS[backend]
-        options = {"precision": precision, "cuda_graphs": cuda_graphs}
-        if is_set(cfg, "benchmark.checkpoint"):
-            return TorchPredictor.from_checkpoint(bench.checkpoint, cfg, **options)
-        from changenet.model import build_model  # speed does not depend on the weights
-
-        return TorchPredictor(build_model(cfg, load_pretrained=False), num_classes(cfg), **options)
-    if backend in ("onnxruntime", "onnxruntime-int8"):
-        from changenet.deploy.onnxruntime_predictor import OnnxRuntimePredictor
-
-        key = "benchmark.onnx_file" if backend == "onnxruntime" else "benchmark.int8_onnx_file"
-        if not is_set(cfg, key):
-            raise SpecError(f"set {key} to benchmark {backend}")
-        return OnnxRuntimePredictor.from_onnx(str(OmegaConf.select(cfg, key)), cfg)
-    if backend in OPENVINO_BACKENDS:
-        from changenet.deploy.openvino_predictor import OpenVinoPredictor
-
-        key = "benchmark.openvino_int8_onnx_file" if backend == "openvino-int8" else "benchmark.onnx_file"
-        if not is_set(cfg, key):
-            raise SpecError(f"set {key} to benchmark {backend}")
-        run_cfg = copy.deepcopy(cfg)
-        if OPENVINO_BACKENDS[backend]:
-            run_cfg.openvino.precision = OPENVINO_BACKENDS[backend]
-        return OpenVinoPredictor.from_onnx(str(OmegaConf.select(cfg, key)), run_cfg)
-    if backend == "tensorrt":
-        from changenet.deploy.trt_predictor import TensorRTPredictor
-
-        if not is_set(cfg, "benchmark.trt_engine"):
-            raise SpecError("set benchmark.trt_engine to benchmark tensorrt")
-        return TensorRTPredictor.from_engine(bench.trt_engine, cfg)
-    raise SpecError(f"unknown benchmark backend '{backend}'")
+    return open_predictor(PredictorOptions.for_benchmark(cfg, backend))
 
 
 def _device_of(predictor: Predictor) -> str:
@@ -202,7 +164,7 @@ def add_speedups(rows: List[Measurement], backends: List[str]) -> None:
 # --------------------------------------------------------------------------- end to end
 def end_to_end(cfg: DictConfig, backend: str, batch: int, backend_rate: Optional[float]) -> Dict[str, object]:
     """Whole `inference` path (read + decode + preprocess + model + write masks) on the predict split."""
-    from changenet.evaluation.runner import inference
+    from changenet.actions.inference import inference
 
     run_cfg = copy.deepcopy(cfg)
     source = {"torch": ("checkpoint", "checkpoint"), "onnxruntime": ("onnx_file", "onnx_file"),

@@ -19,13 +19,10 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from changenet.config.loader import is_set, require, require_path
-from changenet.errors import SpecError
+from changenet.errors import ModelError, SpecError
 from changenet.fileio import atomic_path, remove_leftovers
 from changenet.model import count_parameters
-from changenet.errors import ModelError
-from changenet.model.weights import safe_checkpoint_types
-from changenet.task import input_size
-from changenet.train.checkpoint import (
+from changenet.model.checkpoint import (
     Checkpoint,
     check_matches_spec,
     completed_epochs,
@@ -33,6 +30,8 @@ from changenet.train.checkpoint import (
     optimizer_fit,
     read_checkpoint,
 )
+from changenet.model.weights import safe_checkpoint_types
+from changenet.task import input_size
 from changenet.train.datamodule import ChangeDataModule
 from changenet.train.module import training_module
 from changenet.train.trainer import STATUS_FILE, build_trainer, format_epoch_line, plan_devices

@@ -28,19 +28,25 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, TextColumn
 from rich.table import Table
 
-from changenet.console import console
+from changenet.console import console, progress_bar
+from changenet.data import class_palette
+from changenet.data.io import StripWriter, strip_writer_group
 from changenet.data.transforms import normalize
 from changenet.deploy.predictor import Predictor
 from changenet.errors import DataError, ModelError, SpecError
-from changenet.data import class_palette
-from changenet.data.io import StripWriter, strip_writer_group
 from changenet.evaluation.visualize import colorize
 from changenet.fileio import write_json
 from changenet.geo import (
-    DEFAULT_PERCENTILES, STRETCH_MODES, Scene, check_pair, is_geotiff, open_scene, open_strip_writer,
+    DEFAULT_PERCENTILES,
+    STRETCH_MODES,
+    Scene,
+    check_pair,
+    is_geotiff,
+    open_scene,
+    open_strip_writer,
 )
 
 DEFAULT_TILE = 256
@@ -212,7 +218,7 @@ def resolve_settings(predictor: Predictor, cfg: Optional[DictConfig] = None, **e
                         f"{fixed[0]}x{fixed[1]} inputs; set tile_size={fixed[0]} or leave it unset")
     multiple = predictor.size_multiple
     if multiple and tile % multiple:
-        from changenet.model.changenet import nearest_multiples
+        from changenet.model.siamese import nearest_multiples
 
         lower, upper = nearest_multiples(tile, multiple)
         raise SpecError(f"inference.tiling.tile_size is {tile} but the model needs a multiple of {multiple}; "
@@ -240,8 +246,7 @@ def resolve_settings(predictor: Predictor, cfg: Optional[DictConfig] = None, **e
 
 
 def _scene_progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("windows"),
-                    TimeElapsedColumn(), console=console, transient=False)
+    return progress_bar(TextColumn("windows"))
 
 
 # --------------------------------------------------------------------------- the public call
@@ -317,8 +322,8 @@ def tiled_inference(cfg: DictConfig) -> Dict[str, Any]:
     inputs, PNG otherwise.
     """
     from changenet.data import build_dataset
-    from changenet.deploy.factory import predictor_from_spec
-    from changenet.evaluation.runner import OUTPUT_FOLDERS, note_skipped, raise_if_skipped, remove_output_leftovers
+    from changenet.deploy.options import PredictorOptions, open_predictor
+    from changenet.evaluation.outputs import OUTPUT_FOLDERS, note_skipped, raise_if_skipped, remove_output_leftovers
 
     fail_fast = bool(cfg.inference.fail_fast)
     # The split's file names; with fail_fast bad pairs are reported up front, else skipped one by one.
@@ -328,7 +333,7 @@ def tiled_inference(cfg: DictConfig) -> Dict[str, Any]:
     scenes: List[Dict[str, Any]] = []
     skipped: List[Dict[str, str]] = []
     start = time.perf_counter()
-    with predictor_from_spec(cfg, "inference") as predictor:
+    with open_predictor(PredictorOptions.from_spec(cfg, "inference")) as predictor:
         for name in dataset.names:
             suffix = ".tif" if is_geotiff(name) else ".png"
             stem = Path(name).stem
