@@ -44,7 +44,7 @@ def _writable_folder(target: Path) -> None:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ChangenetError(f"cannot create folder '{target.parent}': {exc.strerror}") from None
+        raise ChangenetError(f"cannot create folder '{target.parent}': {exc.strerror}") from exc
     if not os.access(target.parent, os.W_OK):
         raise ChangenetError(f"folder '{target.parent}' is not writable; choose another results_dir")
 

@@ -111,7 +111,7 @@ class RasterioScene(Scene):
                 self._dataset = rasterio.open(self.path)
         except RasterioIOError as exc:
             reason = str(exc).splitlines()[0]
-            raise DataError(f"cannot read image '{self.path}' ({reason}); replace it with a valid GeoTIFF") from None
+            raise DataError(f"cannot read image '{self.path}' ({reason}); replace it with a valid GeoTIFF") from exc
         try:
             ds = self._dataset
             self.height, self.width = ds.height, ds.width
@@ -140,7 +140,7 @@ class RasterioScene(Scene):
         try:
             sample = self._dataset.read(list(self.bands), out_shape=shape, masked=True)
         except RasterioIOError as exc:  # a truncated or damaged file
-            raise DataError(f"cannot read '{self.path}' ({read_failure(exc)}); replace it with a valid GeoTIFF") from None
+            raise DataError(f"cannot read '{self.path}' ({read_failure(exc)}); replace it with a valid GeoTIFF") from exc
         values = [np.ma.filled(sample.astype(np.float64), np.nan).reshape(len(self.bands), -1)]
         return percentile_limits(values, percentiles, "inference.tiling.percentiles")
 
@@ -152,7 +152,7 @@ class RasterioScene(Scene):
             pixels = self._dataset.read(list(self.bands), window=Window(0, top, self.width, bottom - top))
         except RasterioIOError as exc:  # a truncated or damaged file shows up when its rows are read
             raise DataError(f"cannot read rows {top}..{bottom} of '{self.path}' ({read_failure(exc)}); "
-                            "replace it with a valid GeoTIFF") from None
+                            "replace it with a valid GeoTIFF") from exc
         return as_rgb(np.ascontiguousarray(stretch_to_uint8(pixels, self.stretch_limits, channel_axis=0).transpose(1, 2, 0)))
 
     def close(self) -> None:

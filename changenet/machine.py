@@ -91,7 +91,7 @@ def cpu_from_file(path: str) -> CpuInfo:
         text = Path(path).read_text()
     except OSError as exc:
         if path != PROC_CPUINFO:  # a file the user named must exist
-            raise ChangenetError(f"{CPUINFO_ENV}={path} cannot be read: {exc.strerror or exc}") from None
+            raise ChangenetError(f"{CPUINFO_ENV}={path} cannot be read: {exc.strerror or exc}") from exc
         text = ""  # no /proc (macOS, Windows): an unknown CPU
     return parse_cpuinfo(text)
 

@@ -201,6 +201,22 @@ def test_broken_export_fails_verification_and_leaves_nothing(tiny, workdir, monk
     assert sorted(p.name for p in folder.iterdir()) == ["model.onnx"]
 
 
+def test_an_exporter_crash_keeps_its_type_and_traceback(tiny, workdir, monkeypatch):
+    """A failure inside the exporters (a bug in model code, say) is one line naming the exception, with
+    the exception itself kept as the cause (what --debug prints)."""
+    import changenet.deploy.export as export_module
+
+    _, model, _ = tiny
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("a layer the exporters cannot trace\nsecond line")
+
+    monkeypatch.setattr(export_module, "_run_exporter", crash)
+    with pytest.raises(ModelError, match=r"failed: RuntimeError: a layer the exporters cannot trace \(run with --debug") as info:
+        export_onnx(model, workdir / "crash" / "model.onnx", SIZE, SIZE, batch_size=1, opset=17)
+    assert isinstance(info.value.__cause__, RuntimeError) and "second line" not in str(info.value)
+
+
 def test_checker_rejects_invalid_graph(tmp_path):
     x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3])
     y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3])

@@ -95,7 +95,7 @@ def train(cfg: DictConfig) -> Path:
         # Lightning finishes the current batch after Ctrl-C or SIGTERM, then exits quietly: say what happens next.
         again = f"resumes from '{latest}'" if latest.is_file() else "starts again (no epoch was finished)"
         _say(f"training stopped before the end; the same command {again}", err=True)
-        raise SystemExit(143 if isinstance(stop, SIGTERMException) else 130) from None
+        raise SystemExit(143 if isinstance(stop, SIGTERMException) else 130) from stop
 
     records = read_status(results_dir / STATUS_FILE)
     if records:
@@ -127,7 +127,7 @@ def prepare_results_dir(cfg: DictConfig) -> Path:
         raise SpecError(
             f"spec key 'train.results_dir' names '{path}', which cannot be written ({exc.strerror}); "
             "choose a writable folder"
-        ) from None
+        ) from exc
     return path
 
 

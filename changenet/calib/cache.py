@@ -116,7 +116,7 @@ def read_cache(path: str | os.PathLike) -> CalibrationCache:
     try:
         lines = path.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ModelError(f"cannot read calibration cache '{path}': {exc}") from None
+        raise ModelError(f"cannot read calibration cache '{path}': {exc}") from exc
     header = lines[0].strip().split("-") if lines else []
     if len(header) != 3 or header[0] != "TRT" or not header[1].isdigit():
         raise ModelError(f"'{path}' is not a TensorRT calibration cache (first line should read TRT-<version>-<algorithm>)")

@@ -51,7 +51,7 @@ def load_spec(
     try:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as exc:
-        raise SpecError(f"spec interpolation failed: {_first_line(exc)}") from None
+        raise SpecError(f"spec interpolation failed: {_first_line(exc)}") from exc
     validate_ranges(cfg)
     if action is not None and action not in ACTIONS:
         raise SpecError(f"unknown action '{action}'")
@@ -67,7 +67,7 @@ def _read_yaml(path: Path) -> dict:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise SpecError(f"spec file '{path}' is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        raise SpecError(f"spec file '{path}' is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -128,11 +128,11 @@ def _merge(base: DictConfig, data: dict, source: str) -> DictConfig:
     try:
         return OmegaConf.merge(base, data)  # type: ignore[return-value]
     except ConfigKeyError as exc:
-        raise SpecError(_unknown_key_message(exc, source)) from None
+        raise SpecError(_unknown_key_message(exc, source)) from exc
     except ValidationError as exc:
-        raise SpecError(_type_message(exc, source)) from None
+        raise SpecError(_type_message(exc, source)) from exc
     except OmegaConfBaseException as exc:
-        raise SpecError(f"{source}: {_first_line(exc)}") from None
+        raise SpecError(f"{source}: {_first_line(exc)}") from exc
 
 
 # Keys of changenet 0.1 that now have TAO's spelling: old -> new.

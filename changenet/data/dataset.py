@@ -81,7 +81,7 @@ def read_split_list(list_path: Path, image_dir: Path) -> List[str]:
         with open(list_path, newline="", encoding="utf-8-sig") as handle:
             rows = [row for row in csv.reader(handle)]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"cannot read split list '{list_path}': {exc}") from None
+        raise DataError(f"cannot read split list '{list_path}': {exc}") from exc
     names = [row[0].strip() for row in rows if row and row[0].strip() and not row[0].strip().startswith("#")]
     if names:
         first = names[0]

@@ -138,7 +138,7 @@ class InspectionDataset(Dataset):
                 columns = [c.strip() for c in (reader.fieldnames or [])]
                 rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            raise DataError(f"cannot read CSV '{self.csv_path}': {exc}") from None
+            raise DataError(f"cannot read CSV '{self.csv_path}': {exc}") from exc
         needed = REQUIRED_COLUMNS + (() if self.mode == "predict" else ("label",))
         missing = [c for c in needed if c not in columns]
         if missing:

@@ -55,7 +55,7 @@ def open_image(path: Path, what: str, decode: bool = True) -> Image.Image:
                 image.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"cannot read {what} '{path}' ({reason}); replace it with a valid PNG/JPEG/TIFF") from None
+        raise DataError(f"cannot read {what} '{path}' ({reason}); replace it with a valid PNG/JPEG/TIFF") from exc
     return image
 
 

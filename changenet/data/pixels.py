@@ -63,7 +63,7 @@ def _read_tiff(path: Path) -> np.ndarray:
             with rasterio.open(path) as dataset:
                 return np.ascontiguousarray(dataset.read().transpose(1, 2, 0))
     except RasterioIOError as exc:
-        raise DataError(f"cannot read image '{path}' ({read_failure(exc)}); replace it with a valid TIFF") from None
+        raise DataError(f"cannot read image '{path}' ({read_failure(exc)}); replace it with a valid TIFF") from exc
 
 
 def read_failure(exc: BaseException) -> str:
@@ -133,7 +133,7 @@ def image_size(path: str | os.PathLike) -> Tuple[int, int]:
                     with rasterio.open(path) as dataset:
                         return dataset.height, dataset.width
             except rasterio.errors.RasterioIOError as exc:
-                raise DataError(f"cannot read image '{path}' ({str(exc).splitlines()[0]})") from None
+                raise DataError(f"cannot read image '{path}' ({str(exc).splitlines()[0]})") from exc
     width, height = open_image(path, "image", decode=False).size
     return height, width
 

@@ -335,7 +335,7 @@ def _load_timing_cache(trt: TensorRT, config: Any, path: Optional[Path]) -> Opti
     try:
         blob = path.read_bytes() if path.is_file() else b""
     except OSError as exc:
-        raise ModelError(f"cannot read timing cache '{path}' ({exc.strerror}); fix its permissions or delete it") from None
+        raise ModelError(f"cannot read timing cache '{path}' ({exc.strerror}); fix its permissions or delete it") from exc
     LOG.info("timing cache '%s': %s", path, f"read {len(blob)} bytes" if blob else "new")
     if not _use_timing_cache(config, blob):
         if not blob:

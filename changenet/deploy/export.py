@@ -46,7 +46,7 @@ from changenet.deploy.verify import (
     random_pairs,
     require_pass,
 )
-from changenet.errors import ModelError, SpecError
+from changenet.errors import ChangenetError, ModelError, SpecError
 from changenet.fileio import atomic_group, remove_leftovers, temp_folder_beside
 from changenet.model.contract import SEGMENT_IO, ModelIO
 from changenet.model.forms import export_forms
@@ -254,9 +254,13 @@ def _export_graph(model: nn.Module, sample: Tuple[torch.Tensor, ...], path: Path
                 _require_opset(path, opset)
             return attempt, notes
         except Exception as exc:  # noqa: BLE001 - whatever broke one exporter, the other may still work
+            if isinstance(exc, ChangenetError):
+                raise  # our own one-line refusal (an unsupported layer, say): nothing to fall back on
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if attempt == order[-1]:
-                raise ModelError(f"ONNX export (opset {opset}) failed: {reason[:300]}") from None
+                # The exporter's first line, whole; its traceback (and the model code it points at) with --debug.
+                raise ModelError(f"ONNX export (opset {opset}) failed: {type(exc).__name__}: {reason} (run with "
+                                 "--debug for the traceback)") from exc
             notes.append(f"{label} exporter failed ({reason[:160]}); trying the next exporter")
             console.print(f"[yellow]![/] {escape(notes[-1])}")
             _clear_folder(path.parent)

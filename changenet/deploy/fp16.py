@@ -38,7 +38,7 @@ def load_graph(onnx_path: str | os.PathLike) -> onnx.ModelProto:
     try:
         return onnx.load(str(onnx_path), load_external_data=False)
     except Exception as exc:  # protobuf raises its own DecodeError types
-        raise ModelError(f"'{onnx_path}' is not a readable ONNX model ({type(exc).__name__}); re-export it") from None
+        raise ModelError(f"'{onnx_path}' is not a readable ONNX model ({type(exc).__name__}); re-export it") from exc
 
 
 def model_precision(model: onnx.ModelProto) -> str:
@@ -86,7 +86,7 @@ def _split_names(
         except re.error as exc:
             raise SpecError(
                 f"spec key '{LAYERS_PRECISION_KEY}' entry '{name}' is not a valid pattern ({exc})"
-            ) from None
+            ) from exc
         if not matches:
             raise SpecError(
                 f"spec key '{LAYERS_PRECISION_KEY}' names '{name}', which is neither an op type nor a node name "
@@ -127,7 +127,7 @@ def convert_to_fp16(
     except Exception as exc:  # ModelOpt raises plain exceptions for graphs it cannot type
         raise ModelError(
             f"FP16 conversion of '{onnx_path}' failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-        ) from None
+        ) from exc
     with atomic_path(output_path) as tmp:
         onnx.save(converted, str(tmp))
     return Path(output_path)

@@ -48,7 +48,7 @@ class OnnxRuntimePredictor(Predictor):
                 providers=choose_providers(ort.get_available_providers()),
             )
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
-            raise ModelError(f"ONNX Runtime cannot load '{path}': {str(exc).splitlines()[0]}") from None
+            raise ModelError(f"ONNX Runtime cannot load '{path}': {str(exc).splitlines()[0]}") from exc
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name: o for o in self.session.get_outputs()}
         io = io_from_names(inputs, str(path))

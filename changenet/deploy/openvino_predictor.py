@@ -58,7 +58,7 @@ class OpenVinoPredictor(Predictor):
         try:
             model = core.read_model(str(path))
         except RuntimeError as exc:
-            raise ModelError(f"OpenVINO cannot read '{path}': {str(exc).strip().splitlines()[0]}") from None
+            raise ModelError(f"OpenVINO cannot read '{path}': {str(exc).strip().splitlines()[0]}") from exc
         inputs = {port.get_any_name(): port for port in model.inputs}
         outputs = {name for port in model.outputs for name in port.get_names()}
         io = io_from_names(inputs, str(path))
@@ -116,14 +116,14 @@ def compile_cached(core: Any, model: Any, config: Dict[str, str], cache_root: Pa
         compiled = core.compile_model(model, "CPU", config)
     except RuntimeError as exc:
         if not _cache_files(folder):
-            raise ModelError(f"OpenVINO cannot compile '{model_path}' for the CPU: {_first_line(exc)}") from None
+            raise ModelError(f"OpenVINO cannot compile '{model_path}' for the CPU: {_first_line(exc)}") from exc
         log.warning("OpenVINO could not use its compiled-model cache '%s' (%s); compiling '%s' again and replacing it",
                     folder, _first_line(exc), model_path)
         shutil.rmtree(folder, ignore_errors=True)
         try:
             compiled = core.compile_model(model, "CPU", config)
         except RuntimeError as again:
-            raise ModelError(f"OpenVINO cannot compile '{model_path}' for the CPU: {_first_line(again)}") from None
+            raise ModelError(f"OpenVINO cannot compile '{model_path}' for the CPU: {_first_line(again)}") from again
     if not _loaded_from_cache(compiled):
         _record_cache(folder)
     return compiled

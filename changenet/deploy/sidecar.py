@@ -74,7 +74,7 @@ def read_sidecar(model_path: str | os.PathLike, required: bool = False, check_si
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not text"
         raise ModelError(f"sidecar '{path}' is not valid JSON ({reason}); re-create the model "
-                         "with the changenet action that wrote it") from None
+                         "with the changenet action that wrote it") from exc
     if not isinstance(meta, dict):
         raise ModelError(f"sidecar '{path}' is not a JSON object; re-create the model with the changenet action "
                          "that wrote it")

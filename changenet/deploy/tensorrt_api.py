@@ -80,7 +80,7 @@ def _import(flavour: str) -> ModuleType:
         raise UnsupportedError(
             f"python package '{flavour}' cannot be imported ({exc}); "
             f"install it with pip install '{PIP_EXTRAS[flavour]}'"
-        ) from None
+        ) from exc
 
 
 def load_tensorrt(choice: str = "auto") -> TensorRT:

@@ -77,7 +77,7 @@ def check_graph(onnx_path: str | os.PathLike) -> onnx.ModelProto:
         onnx.checker.check_model(str(onnx_path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"exported graph '{onnx_path}' fails onnx.checker: {first}") from None
+        raise ModelError(f"exported graph '{onnx_path}' fails onnx.checker: {first}") from exc
     return onnx.load(str(onnx_path), load_external_data=False)
 
 

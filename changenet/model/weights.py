@@ -84,10 +84,10 @@ def load_torch_file(path: str | os.PathLike, what: str = "weights file") -> Any:
     except pickle.UnpicklingError as exc:
         # Objects the weights-only unpickler refuses are named; its other errors are damaged bytes.
         if any(mark in str(exc).lower() for mark in REFUSED_OBJECT_MARKS):
-            raise ModelError(_refused_types_message(path, what)) from None
-        raise _unreadable(path, what, exc) from None
+            raise ModelError(_refused_types_message(path, what)) from exc
+        raise _unreadable(path, what, exc) from exc
     except Exception as exc:  # noqa: BLE001 - any read failure is the same user-facing problem
-        raise _unreadable(path, what, exc) from None
+        raise _unreadable(path, what, exc) from exc
 
 
 def _load_safetensors(path: Path, what: str) -> Dict[str, torch.Tensor]:
@@ -97,7 +97,7 @@ def _load_safetensors(path: Path, what: str) -> Dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
-        raise _unreadable(path, what, exc) from None
+        raise _unreadable(path, what, exc) from exc
 
 
 def _refused_types_message(path: Path, what: str) -> str:
