@@ -74,10 +74,29 @@ def reported_errors() -> Iterator[None]:
         _fail("interrupted", code=130)
     except (typer.Exit, SystemExit):
         raise
-    except Exception:  # noqa: BLE001 - everything else is ours to fix
+    except Exception as exc:  # noqa: BLE001 - everything else is ours to fix, but for the machine's own failures
+        machine_failure = _machine_failure(exc)
+        if machine_failure:
+            if debugging():
+                traceback.print_exc()
+            _fail(machine_failure, BUG_EXIT_CODE)
         traceback.print_exc()
         _fail("the traceback above is a bug in changenet, not a mistake in your spec or data; please report it "
               "with the command line you ran", BUG_EXIT_CODE)
+
+
+def _machine_failure(exc: Exception) -> Optional[str]:
+    """One line for what the machine did to the run (memory ran out, a worker process was killed from
+    outside), which is neither a spec mistake nor a bug; None for anything else."""
+    if isinstance(exc, MemoryError):
+        return ("out of memory; lower the batch size (or dataset.<task>.workers), or free memory, and rerun "
+                "(training resumes from its latest checkpoint)")
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, RuntimeError) and "DataLoader worker" in first and "killed by signal" in first:
+        return (f"{first.rstrip('. ')}: a data-loading process was stopped from outside (often the kernel's "
+                "out-of-memory killer); lower dataset.<task>.workers or the batch size and rerun (training resumes "
+                "from its latest checkpoint)")
+    return None
 
 
 def _load_entry_point(action: str) -> Callable:

@@ -11,26 +11,59 @@ that set them) asks here, so no caller spells the two cases out again.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 from omegaconf import DictConfig
 
+from changenet.contract import CLASSIFY_IO, SEGMENT_IO, ModelIO
 from changenet.errors import SpecError
 
-TASKS = ("segment", "classify")
+
+@dataclass(frozen=True)
+class Task:
+    """What differs between the two tasks, as facts the stages ask for instead of spelling the cases out."""
+
+    name: str  # the spec's `task`, also the dataset block's name
+    io: ModelIO  # the tensor names of its exported models
+    unit: str  # what one input is called in messages
+    dense: bool  # a prediction per pixel (a mask) rather than one decision per input
+    default_monitor: str  # the validation metric best checkpoints follow unless train.checkpointer.monitor says
+    training_data_key: str  # the spec key whose file or folder training cannot start without
+    size_keys: str  # the spec keys that decide the model's input size
+
+    def size_fix(self, height: int, width: int) -> str:
+        """The override that gives `height` x `width` inputs, for error messages (task.size_override also knows
+        a spec's tile layout)."""
+        if self.dense:
+            return f"dataset.segment.img_size={height}"
+        return f"dataset.classify.image_height/image_width so that the tiles make {height}x{width}"
 
 
-def task_of(cfg: DictConfig) -> str:
-    return str(cfg.task)
+SEGMENT = Task("segment", SEGMENT_IO, unit="pairs", dense=True, default_monitor="val_miou",
+               training_data_key="dataset.segment.root_dir", size_keys="dataset.segment.img_size")
+CLASSIFY = Task("classify", CLASSIFY_IO, unit="objects", dense=False, default_monitor="val_total_accuracy",
+                training_data_key="dataset.classify.train_dataset.csv_path",
+                size_keys="dataset.classify.image_height/image_width (and the lighting layout)")
+TASK_BY_NAME = {task.name: task for task in (SEGMENT, CLASSIFY)}
+TASKS = tuple(TASK_BY_NAME)
+
+
+def task_of(cfg: DictConfig) -> Task:
+    return task_named(str(cfg.task))
+
+
+def task_named(name: str) -> Task:
+    return TASK_BY_NAME[name]
 
 
 def is_classify(cfg: DictConfig) -> bool:
-    return task_of(cfg) == "classify"
+    return not task_of(cfg).dense
 
 
 def dataset_block(cfg: DictConfig) -> DictConfig:
     """`dataset.<task>`."""
-    return cfg.dataset[task_of(cfg)]
+    return cfg.dataset[task_of(cfg).name]
 
 
 def num_classes(cfg: DictConfig) -> int:
@@ -93,9 +126,7 @@ def size_override(cfg: DictConfig, height: int, width: int) -> str:
 
 def size_keys(cfg: DictConfig) -> str:
     """The spec keys that decide the input size."""
-    if not is_classify(cfg):
-        return "dataset.segment.img_size"
-    return "dataset.classify.image_height/image_width (and the lighting layout)"
+    return task_of(cfg).size_keys
 
 
 def check_layout(cfg: DictConfig) -> None:

@@ -18,10 +18,10 @@ from changenet.calib.cache import read_cache, scale_from_amax
 from changenet.calib.calibrate import build_int8_onnx
 from changenet.calib.data import calibration_pairs
 from changenet.calib.qdq import activation_scales, resolve_exclusions
+from changenet.contract import SEGMENT_IO
 from changenet.data import preprocess_image, read_image
 from changenet.errors import DataError, SpecError
 from changenet.fileio import sha256_file
-from changenet.model.contract import SEGMENT_IO
 
 SIZE = 32  # the test models take 32x32 pairs; the synthetic 64x64 images are resized by preprocessing
 

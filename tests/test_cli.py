@@ -63,3 +63,21 @@ def test_a_bug_prints_its_traceback_and_exit_code_1(monkeypatch):
     assert result.exit_code == 1
     assert "Traceback" in result.output and "ZeroDivisionError: an internal mistake" in result.output
     assert "a bug in changenet" in result.output
+
+
+@pytest.mark.parametrize("failure, words", [
+    (RuntimeError("DataLoader worker (pid 14371) is killed by signal: Terminated. "), "stopped from outside"),
+    (MemoryError(), "out of memory"),
+])
+def test_what_the_machine_did_is_one_line_not_a_bug_report(monkeypatch, failure, words):
+    import changenet.cli as cli
+
+    monkeypatch.delenv("CHANGENET_DEBUG", raising=False)
+
+    def action(cfg):
+        raise failure
+
+    monkeypatch.setattr(cli, "_load_entry_point", lambda name: action)
+    result = runner.invoke(app, ["export", "-e", "specs/train_fan_levir.yaml"])
+    assert result.exit_code == 1 and words in result.output
+    assert "Traceback" not in result.output and "a bug in changenet" not in result.output

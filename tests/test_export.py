@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from changenet.actions.export import export
 from changenet.cli import app
 from changenet.config import load_spec
+from changenet.contract import SEGMENT_IO
 from changenet.deploy.export import export_onnx
 from changenet.deploy.options import PredictorOptions, open_predictor
 from changenet.deploy.verify import check_graph, sample_pairs
@@ -25,7 +26,6 @@ from changenet.errors import ModelError, SpecError
 from changenet.fileio import sha256_file
 from changenet.model import build_model
 from changenet.model.checkpoint import save_model_checkpoint
-from changenet.model.contract import SEGMENT_IO
 
 SIZE = 64
 SIDECAR_KEYS = {

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from changenet.config.loader import load_spec
+from changenet.contract import SEGMENT_IO
 from changenet.errors import ModelError
 from changenet.model import build_model, count_parameters
 from changenet.model.checkpoint import (
@@ -26,7 +27,6 @@ from changenet.model.checkpoint import (
     load_model_from_checkpoint,
     save_model_checkpoint,
 )
-from changenet.model.contract import SEGMENT_IO
 from changenet.model.weights import load_backbone_weights
 
 REFERENCE = "fan_tiny_8_p4_hybrid_d64_k2"
@@ -311,9 +311,9 @@ def classify_reference_spec(folder: Path):
 
 
 def test_tao_classifier_checkpoint_reproduces_tao_outputs_in_pytorch_and_onnx(tao_reference, tmp_path):
+    from changenet.contract import CLASSIFY_IO
     from changenet.deploy.export import export_onnx
     from changenet.deploy.onnxruntime_predictor import OnnxRuntimePredictor
-    from changenet.model.contract import CLASSIFY_IO
 
     checkpoint = tao_reference / f"{CLASSIFY_REFERENCE}.tao.pth"
     cfg = classify_reference_spec(tao_reference)

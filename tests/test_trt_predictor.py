@@ -8,6 +8,7 @@ import pytest
 from tiny_change_onnx import SIZE, export_tiny_onnx, random_pairs
 
 from changenet.config import load_spec
+from changenet.contract import SEGMENT_IO
 from changenet.deploy.engine_builder import BuildOptions, build_engine
 from changenet.deploy.onnxruntime_predictor import OnnxRuntimePredictor
 from changenet.deploy.options import PredictorOptions, open_predictor
@@ -25,7 +26,6 @@ from changenet.deploy.trt_predictor import (
     ordered_outputs,
 )
 from changenet.errors import ModelError, UnsupportedError
-from changenet.model.contract import SEGMENT_IO
 
 HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
 GPUS = gpu_compute_capabilities()

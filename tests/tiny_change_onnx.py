@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from changenet.contract import SEGMENT_IO
 from changenet.deploy.sidecar import write_sidecar
-from changenet.model.contract import SEGMENT_IO
 
 SIZE = 32
 

@@ -31,7 +31,7 @@ from changenet.model.checkpoint import (
     read_checkpoint,
 )
 from changenet.model.weights import safe_checkpoint_types
-from changenet.task import input_size
+from changenet.task import input_size, task_of
 from changenet.train.datamodule import ChangeDataModule
 from changenet.train.module import training_module
 from changenet.train.trainer import STATUS_FILE, build_trainer, format_epoch_line, plan_devices
@@ -43,10 +43,8 @@ EPOCH_FILE = re.compile(r"^model_epoch_(\d+)\.pth$")  # the end-of-epoch checkpo
 def train(cfg: DictConfig) -> Path:
     """Train the model the spec describes; returns the path of the final checkpoint."""
     _quiet_lightning()
-    if cfg.task == "segment":
-        require_path(cfg, "dataset.segment.root_dir", "train", kind="dir")
-    else:
-        require_path(cfg, "dataset.classify.train_dataset.csv_path", "train")
+    task = task_of(cfg)
+    require_path(cfg, task.training_data_key, "train", kind="dir" if task.dense else "file")
     results_dir = prepare_results_dir(cfg)
     num_epochs = int(cfg.train.num_epochs)
 
@@ -79,7 +77,7 @@ def train(cfg: DictConfig) -> Path:
         check_resumable(resume[1], module.model, cfg)
     trainable = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
     height, width = input_size(cfg)
-    what = "objects" if cfg.task == "classify" else "pairs"
+    what = task_of(cfg).unit
     _say(
         f"model {cfg.model.backbone.type}: {count_parameters(module.model) / 1e6:.1f}M parameters "
         f"({trainable / 1e6:.1f}M trainable); {len(datamodule.train_set)} training / {len(datamodule.val_set)} "

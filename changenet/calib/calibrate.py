@@ -52,13 +52,13 @@ from changenet.calib.qdq import (
     resolve_exclusions,
     verify_scales,
 )
+from changenet.config.schema import CALIBRATION_TARGETS
 from changenet.console import console, progress_bar
 from changenet.deploy.fp16 import load_graph, model_precision
 from changenet.deploy.sidecar import read_sidecar, sidecar_path, write_sidecar_for
 from changenet.errors import ModelError, SpecError
 from changenet.fileio import atomic_group, remove_leftovers, sha256_file, temp_folder_beside
 
-TARGETS = ("tensorrt", "onnxruntime", "openvino")
 log = logging.getLogger(__name__)
 
 
@@ -73,8 +73,8 @@ def build_int8_onnx(cfg: DictConfig, onnx_path: str | Path, target: str) -> Path
     reuses the matching cache), places Q/DQ, checks every activation scale against the cache and
     writes the model with a sidecar. Returns its path (calibrate.output_onnx or the default)."""
     onnx_path = Path(onnx_path)
-    if target not in TARGETS:
-        raise SpecError(f"INT8 target must be one of {', '.join(TARGETS)}, got '{target}'")
+    if target not in CALIBRATION_TARGETS:
+        raise SpecError(f"INT8 target must be one of {', '.join(CALIBRATION_TARGETS)}, got '{target}'")
     if str(cfg.calibrate.high_precision_dtype) not in HIGH_PRECISION_DTYPES:
         raise SpecError(f"spec key 'calibrate.high_precision_dtype' must be one of {', '.join(HIGH_PRECISION_DTYPES)}, "
                         f"got '{cfg.calibrate.high_precision_dtype}'")

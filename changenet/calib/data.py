@@ -187,7 +187,7 @@ class ModelInputs(NamedTuple):
 def model_inputs(model: "onnx.ModelProto", onnx_path: Path) -> ModelInputs:
     """The two inputs of a changenet ONNX graph (in its contract's order): names, fixed batch size and
     fixed size (if any)."""
-    from changenet.model.contract import io_from_names
+    from changenet.contract import io_from_names
 
     initializers = {i.name for i in model.graph.initializer}
     inputs = {i.name: i for i in model.graph.input if i.name not in initializers}

@@ -477,6 +477,17 @@ class ExperimentConfig:
     openvino: OpenVinoConfig = _f(factory=OpenVinoConfig, help="OpenVINO settings (onnx_runtime: openvino, openvino backends)")
 
 
+# The choices of the spec's enumerated fields: validation (config/validate.py) and the code that acts on
+# them import these, so a choice is spelled once.
+DATA_TYPES = ("FP32", "FP16", "INT8")  # gen_trt_engine.tensorrt.data_type
+BUILDER_FLAVOURS = ("tensorrt", "tensorrt_rtx")  # gen_trt_engine.tensorrt.builder (and "auto")
+CALIBRATION_TARGETS = ("tensorrt", "onnxruntime", "openvino")  # calibrate.target
+ONNX_RUNTIMES = ("onnxruntime", "openvino")  # evaluate/inference.onnx_runtime
+OPENVINO_PRECISIONS = ("auto", "f32", "bf16")  # openvino.precision
+OPENVINO_HINTS = ("latency", "throughput")  # openvino.performance_hint
+BENCHMARK_BACKENDS = ("torch", "torch-bf16", "torch-cudagraph", "torch-bf16-cudagraph", "onnxruntime", "onnxruntime-int8",
+                      "openvino", "openvino-f32", "openvino-bf16", "openvino-int8", "tensorrt")
+
 # Where evaluate/inference/benchmark find their model: spec field -> backend that runs it.
 MODEL_SOURCES = {"checkpoint": "torch", "onnx_file": "onnxruntime", "trt_engine": "tensorrt"}
 MODEL_SOURCE_KEYS = tuple(MODEL_SOURCES)

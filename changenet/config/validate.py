@@ -8,7 +8,16 @@ from typing import Any, Callable, Iterable
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from changenet.config.schema import BACKBONE_TYPES
+from changenet.config.schema import (
+    BACKBONE_TYPES,
+    BENCHMARK_BACKENDS,
+    BUILDER_FLAVOURS,
+    CALIBRATION_TARGETS,
+    DATA_TYPES,
+    ONNX_RUNTIMES,
+    OPENVINO_HINTS,
+    OPENVINO_PRECISIONS,
+)
 from changenet.errors import SpecError
 
 _AUGMENTATIONS = ("dataset.segment.augmentation", "dataset.classify.augmentation_config")
@@ -79,22 +88,20 @@ CHOICES = {
     "dataset.segment.dataset": ("CNDataset",),
     "dataset.segment.label_transform": ("norm", None),
     "model.backbone.type": BACKBONE_TYPES,
-    "gen_trt_engine.tensorrt.data_type": ("FP32", "FP16", "INT8"),
-    "gen_trt_engine.tensorrt.builder": ("auto", "tensorrt", "tensorrt_rtx"),
-    "calibrate.target": ("tensorrt", "onnxruntime", "openvino"),
+    "gen_trt_engine.tensorrt.data_type": DATA_TYPES,
+    "gen_trt_engine.tensorrt.builder": ("auto", *BUILDER_FLAVOURS),
+    "calibrate.target": CALIBRATION_TARGETS,
     "inference.tiling.stretch": ("auto", "percentile", "none"),
     "dataset.segment.stretch": ("auto", "percentile", "none"),
     "train.accelerator": ("auto", "gpu", "cpu"),
-    "evaluate.onnx_runtime": ("onnxruntime", "openvino"),
-    "inference.onnx_runtime": ("onnxruntime", "openvino"),
-    "openvino.precision": ("auto", "f32", "bf16"),
-    "openvino.performance_hint": ("latency", "throughput"),
+    "evaluate.onnx_runtime": ONNX_RUNTIMES,
+    "inference.onnx_runtime": ONNX_RUNTIMES,
+    "openvino.precision": OPENVINO_PRECISIONS,
+    "openvino.performance_hint": OPENVINO_HINTS,
 }
 # One calibration run serves both Q/DQ placements, so every method works for either target
 # ("max" is TensorRT's name, "minmax" ONNX Runtime's, for the same symmetric min-max ranges).
 CALIBRATION_METHODS = ("entropy", "max", "minmax", "percentile")
-BENCHMARK_BACKENDS = ("torch", "torch-bf16", "torch-cudagraph", "torch-bf16-cudagraph", "onnxruntime", "onnxruntime-int8",
-                      "openvino", "openvino-f32", "openvino-bf16", "openvino-int8", "tensorrt")
 
 
 def _value(cfg: DictConfig, key: str) -> Any:

@@ -26,7 +26,9 @@ from rich.logging import RichHandler
 from rich.progress import Progress
 from rich.table import Table
 
+from changenet.config.schema import DATA_TYPES
 from changenet.console import progress_bar, status_console
+from changenet.contract import ModelIO, io_from_names
 from changenet.deploy.fp16 import convert_to_fp16, load_graph, model_precision, parse_layers_precision
 from changenet.deploy.sidecar import read_sidecar, sidecar_path
 from changenet.deploy.tensorrt_api import (
@@ -42,9 +44,7 @@ from changenet.deploy.tensorrt_api import (
 )
 from changenet.errors import ModelError, SpecError
 from changenet.fileio import atomic_group, atomic_path, remove_leftovers, sha256_file
-from changenet.model.contract import ModelIO, io_from_names
 
-DATA_TYPES = ("FP32", "FP16", "INT8")
 # Fields of the export sidecar that the engine sidecar carries on for evaluation and inference.
 MODEL_INFO_KEYS = ("task", "num_classes", "class_names", "color_map", "mean", "std", "backbone", "align_corners",
                    "difference_module", "num_golden", "lights", "eval_margin")
@@ -285,7 +285,7 @@ def _check_io(network: Any, onnx_path: Path) -> Tuple[ModelIO, Dict[str, Tuple[i
     if missing:
         raise ModelError(f"'{onnx_path}' is not a changenet export: it lacks {', '.join(missing)}")
     first, second = (inputs[n] for n in io.inputs)
-    golden_stack = io.task == "classify" and len(second) == 5 and second[:1] + second[2:] == first
+    golden_stack = io.golden_stack and len(second) == 5 and second[:1] + second[2:] == first
     if len(first) != 4 or first[1] != 3 or (first != second and not golden_stack):
         raise ModelError(f"'{onnx_path}' inputs must both be [B, 3, H, W], got {list(first)} and {list(second)}")
     if min(first[2:]) < 1:

@@ -33,6 +33,7 @@ from rich.table import Table
 from torch import nn
 
 from changenet.console import status_console
+from changenet.contract import SEGMENT_IO, ModelIO
 from changenet.deploy.inference_layers import to_inference_form
 from changenet.deploy.sidecar import sidecar_path, write_sidecar_for
 from changenet.deploy.tensorrt_api import TRT_MSDA_PLUGIN, TRT_PLUGIN_DOMAIN
@@ -48,7 +49,6 @@ from changenet.deploy.verify import (
 )
 from changenet.errors import ChangenetError, ModelError, SpecError
 from changenet.fileio import atomic_group, remove_leftovers, temp_folder_beside
-from changenet.model.contract import SEGMENT_IO, ModelIO
 from changenet.model.forms import export_forms
 
 DEFAULT_OPSET = 17

@@ -8,9 +8,9 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from changenet.contract import io_from_names
 from changenet.deploy.predictor import Predictor
 from changenet.errors import ModelError
-from changenet.model.contract import io_from_names
 
 # Preferred execution providers, fastest first; only those this onnxruntime build has are used.
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")

@@ -17,14 +17,13 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from changenet.config.schema import OPENVINO_PRECISIONS as PRECISIONS
+from changenet.contract import io_from_names
 from changenet.deploy.predictor import Predictor
 from changenet.errors import ChangenetError, ModelError, UnsupportedError
 from changenet.fileio import is_leftover, remove_leftovers, sha256_file, write_json
 from changenet.machine import bf16_native, this_cpu
-from changenet.model.contract import io_from_names
 
-PRECISIONS = ("auto", "f32", "bf16")
-PERFORMANCE_HINTS = ("latency", "throughput")
 DEFAULT_CACHE = Path.home() / ".cache" / "changenet" / "openvino"
 CACHE_RECORD = "changenet_cache.json"  # per cache folder: size and SHA-256 of each file OpenVINO wrote
 log = logging.getLogger(__name__)

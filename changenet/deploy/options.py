@@ -70,12 +70,12 @@ class PredictorOptions:
     @classmethod
     def for_model(cls, cfg: DictConfig, source: str, path: Optional[str], **settings) -> "PredictorOptions":
         """Options for a model of the spec's task and architecture in `path` (a file of kind `source`)."""
-        from changenet.task import input_size
+        from changenet.task import input_size, task_of
 
-        task = str(cfg.task)
-        block = cfg.dataset[task]
+        task = task_of(cfg)
+        block = cfg.dataset[task.name]
         height, width = input_size(cfg)
-        segment = task == "segment"
+        segment = task.dense
         loader = None
         if source == "checkpoint":
             from changenet.model.checkpoint import load_model_from_checkpoint
@@ -86,7 +86,7 @@ class PredictorOptions:
 
             loader = lambda: build_model(cfg, load_pretrained=False)  # noqa: E731
         ov = cfg.openvino
-        return cls(source=source, path=None if path is None else str(path), task=task,
+        return cls(source=source, path=None if path is None else str(path), task=task.name,
                    num_classes=int(block.num_classes), img_size=height if segment else (height, width),
                    multi_scale_infer=bool(block.multi_scale_infer) if segment else False,
                    align_corners=bool(cfg.model.decode_head.align_corners) if segment else False,

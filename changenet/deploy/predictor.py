@@ -16,8 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from changenet.contract import SEGMENT_IO, ModelIO
 from changenet.errors import ModelError
-from changenet.model.contract import SEGMENT_IO, ModelIO
+from changenet.task import task_named
 
 
 class Predictor(ABC):
@@ -71,15 +72,14 @@ class Predictor(ABC):
     # ------------------------------------------------------------------ shared host-side logic
     def check_inputs(self, a: np.ndarray, b: np.ndarray) -> None:
         # Classification's second input may hold several golden images per test image: [B, N, 3, H, W].
-        golden_stack = self.io.task == "classify" and b.ndim == 5
+        golden_stack = self.io.golden_stack and b.ndim == 5
         if (b.shape[0], *b.shape[-3:]) != a.shape if golden_stack else a.shape != b.shape:
             raise ModelError(f"input pair shapes differ: A {tuple(a.shape)} vs B {tuple(b.shape)}")
         if a.ndim != 4 or a.shape[1] != 3:
             raise ModelError(f"inputs must be [B, 3, H, W], got {tuple(a.shape)}")
         if self.input_size is not None and tuple(a.shape[-2:]) != self.input_size:
             h, w = self.input_size
-            fix = (f"dataset.segment.img_size={h}" if self.io.task == "segment"
-                   else f"dataset.classify.image_height={h} dataset.classify.image_width={w}")
+            fix = task_named(self.io.task).size_fix(h, w)
             raise ModelError(
                 f"this {self.backend} model takes {h}x{w} inputs but the data is {a.shape[-2]}x{a.shape[-1]}; "
                 f"set {fix} (or export/build the model for this size)"

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from changenet.contract import SEGMENT_IO
 from changenet.deploy.predictor import Predictor
 from changenet.errors import SpecError, UnsupportedError
-from changenet.model.contract import SEGMENT_IO
 
 # Autocast precisions a caller may ask for; fp32 runs the model as stored.
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

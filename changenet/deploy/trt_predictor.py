@@ -19,11 +19,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from changenet.contract import SEGMENT_IO, ModelIO, io_from_names
 from changenet.deploy.predictor import Predictor
 from changenet.deploy.sidecar import read_sidecar
 from changenet.deploy.tensorrt_api import TensorRT, gpu_compute_capabilities, load_tensorrt, make_logger, select_gpu
 from changenet.errors import ModelError, SpecError, UnsupportedError
-from changenet.model.contract import SEGMENT_IO, ModelIO, io_from_names
+from changenet.task import task_named
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class EngineLayout:
         )
         for spec in inputs + outputs:
             # Segmentation tensors are [B, C, H, W]; a classifier's golden stack is 5-D, its output 1-D or 2-D.
-            if (io.task == "segment" and len(spec.shape) != 4) or any(dim < 1 for dim in spec.shape[1:]):
+            if (not io.golden_stack and len(spec.shape) != 4) or any(dim < 1 for dim in spec.shape[1:]):
                 raise ModelError(
                     f"engine '{engine_path}' tensor {spec.name} has shape {list(spec.shape)}; only the batch axis "
                     "may be dynamic: export with fixed export.input_height/input_width and rebuild"
@@ -161,13 +162,10 @@ def _check_size(size: Tuple[int, int], img_size: SizeSpec, engine_path: str | os
     wanted = tuple(img_size) if isinstance(img_size, (tuple, list)) else (img_size, img_size)
     if tuple(size) == wanted:
         return
-    if task == "classify":
-        raise ModelError(f"engine '{engine_path}' takes {size[0]}x{size[1]} inputs but the spec's images make "
-                         f"{wanted[0]}x{wanted[1]}; build an engine from an export at that size")
-    raise ModelError(
-        f"engine '{engine_path}' takes {size[0]}x{size[1]} inputs but dataset.segment.img_size={wanted[0]}; "
-        f"set dataset.segment.img_size={size[0]} or build an engine from an export at {wanted[0]}x{wanted[0]}"
-    )
+    spec = task_named(task)
+    data = f"{spec.size_keys}={wanted[0]}" if spec.dense else f"the spec's images make {wanted[0]}x{wanted[1]}"
+    raise ModelError(f"engine '{engine_path}' takes {size[0]}x{size[1]} inputs but {data}; set "
+                     f"{spec.size_fix(size[0], size[1])} or build an engine from an export at {wanted[0]}x{wanted[1]}")
 
 
 def check_engine_runtime(

@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from changenet.model.contract import SEGMENT_IO
+from changenet.contract import SEGMENT_IO
 from changenet.model.decoder import ChangeDecoder
 from changenet.model.registry import create_backbone
 from changenet.model.siamese import SiameseModel, check_input_size, decoder_levels, with_spec_weights

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
+from changenet.contract import CLASSIFY_IO
 from changenet.errors import SpecError
-from changenet.model.contract import CLASSIFY_IO
 from changenet.model.decoder import LEVELS, DifferencePyramid, resize_to
 from changenet.model.siamese import SiameseModel
 from changenet.task import input_size

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from changenet.errors import SpecError
 from changenet.fileio import atomic_path
 from changenet.model.checkpoint import EPOCH_CHECKPOINT_PATTERN, STEP_CHECKPOINT_PATTERN, latest_checkpoint_name
+from changenet.task import task_of
 from changenet.train.datamodule import seed_epoch
 
 STATUS_FILE = "status.json"
@@ -170,7 +171,7 @@ def checkpoint_callbacks(cfg: DictConfig, results_dir: Path) -> List[ModelCheckp
             # Validation may run less often than checkpoints are due: save when training says so.
             save_on_train_epoch_end=True))
     if best.enable_topk:
-        monitor = str(best.monitor or ("val_total_accuracy" if cfg.task == "classify" else "val_miou"))
+        monitor = str(best.monitor or task_of(cfg).default_monitor)
         mode = str(best.mode or ("min" if "loss" in monitor or monitor.endswith("_rate") else "max"))
         callbacks.append(PthCheckpoint(
             dirpath=str(best.dirpath or results_dir), filename=str(best.filename), monitor=monitor, mode=mode,

@@ -21,6 +21,7 @@ class ModelIO:
     task: str
     inputs: Tuple[str, str]  # (test / "A" image, golden / "B" image)
     outputs: Tuple[str, ...]  # the last one is the prediction
+    golden_stack: bool = False  # the second input may hold several golden images: [B, N, 3, H, W]
 
     @property
     def prediction(self) -> str:
@@ -28,7 +29,7 @@ class ModelIO:
 
 
 SEGMENT_IO = ModelIO("segment", ("input0", "input1"), ("output0", "output1", "output2", "output3", "output_final"))
-CLASSIFY_IO = ModelIO("classify", ("input_1", "input_2"), ("output",))
+CLASSIFY_IO = ModelIO("classify", ("input_1", "input_2"), ("output",), golden_stack=True)
 CONTRACTS = {io.task: io for io in (SEGMENT_IO, CLASSIFY_IO)}
 
 
