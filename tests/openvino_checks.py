@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 from rich.console import Console
-from tiny_change_onnx import SIZE, export_tiny_onnx
+from tiny_change_onnx import SIZE, export_pairnet, export_tiny_onnx
 
 from changenet.config import load_spec
 
@@ -74,7 +74,10 @@ def test_calibrate_for_openvino_writes_an_ir_that_evaluates(synth_root, tmp_path
     from changenet.actions.calibrate import calibrate
     from changenet.actions.evaluate import evaluate
 
-    onnx_path = export_tiny_onnx(tmp_path / "tiny.onnx", seed=test_seed)
+    # A model fitted to the data decides most pixels clearly, as deployed models do; a random one has many
+    # pixels at its class boundary, where any rounding flips the class (on a CPU without VNNI one seed in
+    # two then fell below the bar).
+    onnx_path = export_pairnet(tmp_path / "pairnet.onnx", seed=test_seed + 2, train_on=spec(synth_root, tmp_path))
     summary = calibrate(spec(synth_root, tmp_path, f"calibrate.onnx_file={onnx_path}", "calibrate.target=openvino",
                              f"calibrate.seed={test_seed}",
                              "calibrate.exclude_op_types=[Softmax]",
@@ -86,6 +89,9 @@ def test_calibrate_for_openvino_writes_an_ir_that_evaluates(synth_root, tmp_path
     model = ov.Core().read_model(str(ir))
     assert any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
     report = summary["report"]
+    predicted = np.array(report["fp32"]["confusion_matrix"]).sum(axis=0)
+    assert predicted.min() > 0.05 * predicted.sum(), "the model must predict both classes for the comparison to mean anything"
+    # An INT8 model unrelated to the FP32 one would agree on about half the pixels (chance).
     record_figure("NNCF INT8 argmax agreement", report["argmax_agreement"], 0.9, ">")
     assert report["runtime"].startswith("openvino") and report["argmax_agreement"] > 0.9
     metrics = evaluate(spec(synth_root, tmp_path, f"evaluate.onnx_file={ir}", "evaluate.onnx_runtime=openvino",

@@ -1,7 +1,6 @@
 """INT8 calibration: pairs feed both inputs, pair drawing, exclusions, and the FP32-vs-INT8 accuracy bound."""
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tiny_change_onnx import export_tiny_onnx
+from tiny_change_onnx import PairNet, export_pairnet, export_tiny_onnx
 from torch import nn
 
 from changenet.actions.calibrate import calibrate
@@ -24,59 +23,6 @@ from changenet.errors import DataError, SpecError
 from changenet.fileio import sha256_file
 
 SIZE = 32  # the test models take 32x32 pairs; the synthetic 64x64 images are resized by preprocessing
-
-
-class PairNet(nn.Module):
-    """Shared conv features of A and B, their difference, logits at 1/4 and full size.
-
-    The logits are zero-centred functions of the difference, so the argmax varies from pixel to pixel
-    (a random model whose biases decide predicts one class everywhere and agrees with any INT8 version)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
-        self.mix = nn.Conv2d(8, 8, 3, padding=1, bias=False)
-        self.heads = nn.ModuleList(nn.Conv2d(8, 2, 1, bias=False) for _ in range(4))
-        self.final = nn.Conv2d(8, 2, 3, padding=1, bias=False)
-
-    def forward(self, a, b):
-        diff = self.mix(self.features(a) - self.features(b))
-        coarse = F.avg_pool2d(diff, 4)
-        return (*[head(coarse) for head in self.heads], self.final(diff))
-
-
-def train_pairnet(model: PairNet, cfg, steps: int = 150) -> PairNet:
-    """Fit the model to the change labels of the spec's training split (a few seconds: it is tiny).
-
-    A trained model is decided about most pixels, as deployed models are; a random one has many pixels
-    near its class boundary, where any rounding flips the class, so its INT8 agreement says little."""
-    from changenet.data.dataset import CNDataset
-
-    items = [CNDataset(cfg, str(cfg.dataset.segment.train_split), mode="eval")[i] for i in range(12)]
-    a, b = (torch.stack([item[key] for item in items]) for key in ("A", "B"))
-    labels = torch.stack([item["label"] for item in items])
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    model.train()
-    for _ in range(steps):
-        optimizer.zero_grad()
-        F.cross_entropy(model(a, b)[-1], labels, ignore_index=255).backward()
-        optimizer.step()
-    return model.eval()
-
-
-def export_pairnet(path: Path, seed: int = 3, train_on=None) -> Path:
-    """The PairNet (random weights from `seed`; fitted to the data of spec `train_on` when given) as ONNX."""
-    torch.manual_seed(seed)
-    model = PairNet().eval()
-    if train_on is not None:
-        model = train_pairnet(model, train_on)
-    sample = torch.randn(2, 3, SIZE, SIZE)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (sample, sample), str(path), dynamo=False, opset_version=17,
-                          input_names=list(SEGMENT_IO.inputs), output_names=list(SEGMENT_IO.outputs),
-                          dynamic_axes={n: {0: "batch"} for n in (*SEGMENT_IO.inputs, *SEGMENT_IO.outputs)})
-    return path
 
 
 @pytest.fixture
