@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+from types import SimpleNamespace
 
 import pytest
 from rich.console import Console
@@ -128,6 +129,10 @@ def test_benchmark_takes_its_cpu_peak_from_machine(fake_cpu, monkeypatch):
     assert estimate_peak_tflops("openvino-bf16", "cpu")[0] == pytest.approx(2 * 3.7e9 * 32 * 2 / 1e12)
     assert estimate_peak_tflops("onnxruntime-int8", "cpu")[0] == pytest.approx(2 * 3.7e9 * 32 * 4 / 1e12)
     assert estimate_peak_tflops("onnxruntime", "cpu")[0] == pytest.approx(2 * 3.7e9 * 32 / 1e12)
+    # openvino with precision auto is measured against the arithmetic OpenVINO chose on this CPU.
+    chose_bf16, chose_f32 = SimpleNamespace(precision="bf16"), SimpleNamespace(precision="f32")
+    assert estimate_peak_tflops("openvino", "cpu", chose_bf16)[0] == pytest.approx(2 * 3.7e9 * 32 * 2 / 1e12)
+    assert estimate_peak_tflops("openvino", "cpu", chose_f32)[0] == pytest.approx(2 * 3.7e9 * 32 / 1e12)
 
 
 def test_openvino_bf16_check_follows_the_fake_cpu(fake_cpu):

@@ -77,7 +77,16 @@ def peak_rss_mib() -> Optional[float]:
     return int(match.group(1)) / 1024 if match else None
 
 
-def estimate_peak_tflops(backend: str, device: str) -> Tuple[Optional[float], str]:
+def cpu_precision(backend: str, predictor: object = None) -> str:
+    """The arithmetic a CPU backend runs, for its peak: the backend's name says it, or else (openvino with
+    openvino.precision auto) what OpenVINO chose for this CPU."""
+    if backend in CPU_PRECISION:
+        return CPU_PRECISION[backend]
+    chosen = str(getattr(predictor, "precision", "") or "").lower()
+    return "bf16" if chosen in ("bf16", "bfloat16") else "fp32"
+
+
+def estimate_peak_tflops(backend: str, device: str, predictor: object = None) -> Tuple[Optional[float], str]:
     if device.startswith("cuda") or backend == "tensorrt":
         name = gpu_name() or ""
         for key, (fp32, reduced) in GPU_PEAK_TFLOPS.items():
@@ -85,7 +94,7 @@ def estimate_peak_tflops(backend: str, device: str) -> Tuple[Optional[float], st
                 peak = reduced if backend in REDUCED_PRECISION_BACKENDS else fp32
                 return peak, f"data sheet of {key}"
         return None, "unknown GPU: give benchmark.peak_tflops"
-    return estimate_cpu_peak_tflops(CPU_PRECISION.get(backend, "fp32"))
+    return estimate_cpu_peak_tflops(cpu_precision(backend, predictor))
 
 
 # --------------------------------------------------------------------------- backends
@@ -208,7 +217,7 @@ def run_benchmark(cfg: DictConfig, open_fn: Callable[[str, DictConfig], Predicto
             continue
         with predictor:
             device = _device_of(predictor)
-            peak, source = (bench.peak_tflops, "given") if bench.peak_tflops else estimate_peak_tflops(backend, device)
+            peak, source = (bench.peak_tflops, "given") if bench.peak_tflops else estimate_peak_tflops(backend, device, predictor)
             peaks[backend] = (peak, source)
             model_size = predictor.input_size or size
             for bs in bench.batch_sizes:
