@@ -6,7 +6,6 @@ ones. A backend that cannot run here is listed with the reason instead of being 
 
 from __future__ import annotations
 
-import copy
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,7 +22,7 @@ from changenet.config import is_set
 from changenet.console import console
 
 # measured_matmul_tflops lives in changenet.machine; imported here too for callers that take it from benchmark
-from changenet.deploy.options import OPENVINO_BACKENDS, PredictorOptions, open_predictor
+from changenet.deploy.options import PredictorOptions, open_predictor
 from changenet.deploy.predictor import Predictor
 from changenet.errors import ChangenetError, SpecError
 from changenet.fileio import write_json
@@ -38,6 +37,10 @@ GPU_PEAK_TFLOPS = {
 # Backends that run reduced precision use the tensor-core peak.
 REDUCED_PRECISION_BACKENDS = ("torch-bf16", "torch-bf16-cudagraph", "onnxruntime-int8", "tensorrt")
 # The arithmetic each CPU backend runs, for the peak it is measured against.
+# End-to-end runs: backend -> the benchmark key of the model file it needs.
+END_TO_END_SOURCES = {"torch": "checkpoint", "onnxruntime": "onnx_file", "onnxruntime-int8": "int8_onnx_file",
+                      "tensorrt": "trt_engine", "openvino": "onnx_file", "openvino-f32": "onnx_file",
+                      "openvino-bf16": "onnx_file", "openvino-int8": "openvino_int8_onnx_file"}
 CPU_PRECISION = {"torch-bf16": "bf16", "openvino-bf16": "bf16", "onnxruntime-int8": "int8", "openvino-int8": "int8"}
 
 
@@ -172,30 +175,17 @@ def add_speedups(rows: List[Measurement], backends: List[str]) -> None:
 
 # --------------------------------------------------------------------------- end to end
 def end_to_end(cfg: DictConfig, backend: str, batch: int, backend_rate: Optional[float]) -> Dict[str, object]:
-    """Whole `inference` path (read + decode + preprocess + model + write masks) on the predict split."""
-    from changenet.actions.inference import inference
+    """Whole `inference` path (read + decode + preprocess + model + write masks) on the predict split, with the
+    model the backend times (masks only: the pictures are not part of a deployment path)."""
+    from changenet.actions.inference import infer_pairs
 
-    run_cfg = copy.deepcopy(cfg)
-    source = {"torch": ("checkpoint", "checkpoint"), "onnxruntime": ("onnx_file", "onnx_file"),
-              "onnxruntime-int8": ("onnx_file", "int8_onnx_file"), "tensorrt": ("trt_engine", "trt_engine"),
-              "openvino": ("onnx_file", "onnx_file"), "openvino-f32": ("onnx_file", "onnx_file"),
-              "openvino-bf16": ("onnx_file", "onnx_file"), "openvino-int8": ("onnx_file", "openvino_int8_onnx_file")}
-    if backend not in source:
-        raise SpecError(f"end-to-end mode supports {', '.join(source)}, not {backend}")
-    target, origin = source[backend]
+    if backend not in END_TO_END_SOURCES:
+        raise SpecError(f"end-to-end mode supports {', '.join(END_TO_END_SOURCES)}, not {backend}")
+    origin = END_TO_END_SOURCES[backend]
     if not is_set(cfg, f"benchmark.{origin}"):
         raise SpecError(f"set benchmark.{origin} for the end-to-end run of {backend}")
-    for key in ("checkpoint", "onnx_file", "trt_engine"):
-        run_cfg.inference[key] = None
-    run_cfg.inference[target] = cfg.benchmark[origin]
-    if backend in OPENVINO_BACKENDS:
-        run_cfg.inference.onnx_runtime = "openvino"
-        if OPENVINO_BACKENDS[backend]:
-            run_cfg.openvino.precision = OPENVINO_BACKENDS[backend]
-    run_cfg.inference.batch_size = batch
-    run_cfg.inference.vis_after_n_batches = 10**9  # masks only: the pictures are not part of a deployment path
-    run_cfg.inference.results_dir = str(Path(cfg.benchmark.results_dir) / f"end_to_end_{backend}")
-    summary = inference(run_cfg)
+    options = PredictorOptions.for_benchmark(cfg, backend)
+    summary = infer_pairs(cfg, options, Path(cfg.benchmark.results_dir) / f"end_to_end_{backend}", batch_size=batch)
     rate = summary["pairs_per_second"]
     return {"backend": backend, "batch_size": batch, "pairs": summary["num_pairs"], "pairs_per_second": rate,
             "backend_only_pairs_per_second": backend_rate,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -42,18 +42,25 @@ def inference(cfg: DictConfig) -> Dict[str, object]:
         from changenet.evaluation.tiling import tiled_inference
 
         return tiled_inference(cfg)
+    return infer_pairs(cfg, PredictorOptions.from_spec(cfg, "inference"), Path(cfg.inference.results_dir),
+                       vis_every=int(cfg.inference.vis_after_n_batches))
+
+
+def infer_pairs(cfg: DictConfig, options: PredictorOptions, out_dir: Path, batch_size: Optional[int] = None,
+                vis_every: Optional[int] = None) -> Dict[str, object]:
+    """Masks of the predict split by the model `options` open, into `out_dir` (in `batch_size`, else
+    inference.batch_size); side-by-side pictures of every `vis_every`-th batch (None: masks only)."""
     from changenet.data import class_palette, denormalize, write_png
 
-    out_dir = Path(cfg.inference.results_dir)
     remove_output_leftovers(out_dir, OUTPUT_FOLDERS)
-    loader = pair_loader(cfg, "inference", "predict", skip_bad=not cfg.inference.fail_fast)
+    loader = pair_loader(cfg, "inference", "predict", skip_bad=not cfg.inference.fail_fast, batch_size=batch_size)
     colours = class_palette(cfg)
-    align = cfg.model.decode_head.align_corners
+    align = options.align_corners
     writer = BackgroundWriter()
     start = time.perf_counter()
     pairs = 0
     skipped: List[Dict[str, str]] = []
-    with open_predictor(PredictorOptions.from_spec(cfg, "inference")) as predictor:
+    with open_predictor(options) as predictor:
         for index, (batch, scores) in enumerate(iterate_predictions(predictor, loader, "inference")):
             skipped += note_skipped(batch)
             if scores is None:
@@ -63,7 +70,7 @@ def inference(cfg: DictConfig) -> Dict[str, object]:
                 h, w = int(heights[i]), int(widths[i])
                 mask = scores_at_size(scores[i : i + 1], h, w, align)[0].argmax(axis=0).astype(np.uint8)
                 write_mask(writer, out_dir / "mask", loader.dataset.image_dir / name, mask, colours)
-                if index % cfg.inference.vis_after_n_batches == 0:
+                if vis_every and index % vis_every == 0:
                     small = scores[i].argmax(axis=0).astype(np.uint8)
                     a = denormalize(batch["A"][i].numpy(), cfg)
                     b = denormalize(batch["B"][i].numpy(), cfg)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -105,15 +105,17 @@ def write_mask(writer: "BackgroundWriter", folder: Path, image_a: Path, mask: np
     writer.submit(write_png, folder.parent / "color" / f"{stem}.png", colorize(mask, colours))
 
 
-def pair_loader(cfg: DictConfig, block: str, stage: str, skip_bad: bool = False) -> DataLoader:
-    """The segmentation pairs of `stage` ("test": labels required, "predict": none) in `block`'s batch size."""
+def pair_loader(cfg: DictConfig, block: str, stage: str, skip_bad: bool = False,
+                batch_size: Optional[int] = None) -> DataLoader:
+    """The segmentation pairs of `stage` ("test": labels required, "predict": none) in `batch_size`, else
+    `block`'s batch size."""
     from changenet.data.dataset import build_dataset, collate_skipping
 
     seg = cfg.dataset.segment
     dataset = build_dataset(cfg, stage, skip_bad)  # "test" -> eval mode (labels required), "predict" -> no labels
     return DataLoader(
         dataset,
-        batch_size=cfg[block].batch_size or seg.batch_size,
+        batch_size=batch_size or cfg[block].batch_size or seg.batch_size,
         shuffle=False,
         num_workers=seg.workers,
         persistent_workers=False,
