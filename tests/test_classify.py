@@ -219,8 +219,8 @@ def test_checkpoint_is_tao_classification_layout(classify_spec_factory):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, inspection_root):
     """A briefly trained classifier checkpoint and its spec overrides (module scope: shared by the tests below).
-    Six epochs on balanced draws take its scores away from the margin for most objects (after two, they sat
-    at it, and INT8 rounding flipped decisions on one seed in five)."""
+    Sixteen epochs on balanced draws take its scores away from the margin for most objects (after two or six,
+    they sat at it on some seeds, and INT8 rounding flipped up to half the decisions)."""
     from changenet.config import load_spec
     from changenet.data.synth_inspection import spec_overrides
 
@@ -228,9 +228,9 @@ def trained(tmp_path_factory, inspection_root):
     overrides = ["task=classify", *spec_overrides(inspection_root, INSPECTION_SIZE, ["LowAngleLight", "SolderLight"], 1),
                  "model.backbone.type=fan_tiny_8_p4_hybrid", "model.decode_head.decoder_params.embed_dim=32",
                  "model.classify.difference_module=learnable", "train.classify.loss=ce", "model.classify.eval_margin=0.5",
-                 "dataset.classify.batch_size=4", "dataset.classify.workers=0", "train.num_epochs=6",
+                 "dataset.classify.batch_size=4", "dataset.classify.workers=0", "train.num_epochs=16",
                  "train.optim.lr=0.002", "dataset.classify.fpratio_sampling=1.0", "train.classify.cls_weight=[1.0,1.0]",
-                 "train.validation_interval=6", f"train.seed={TEST_SEED}", f"results_dir={results}"]
+                 "train.validation_interval=16", f"train.seed={TEST_SEED}", f"results_dir={results}"]
     latest = train(load_spec(None, overrides))
     return overrides, latest, results
 
@@ -291,7 +291,7 @@ def test_export_verify_calibrate_and_evaluate_onnx(trained, record_figure):
     cfg = load_spec(None, overrides)
     a, b = np.random.default_rng(0).standard_normal((2, 3, 3, 64, 32), dtype=np.float32)
     with open_predictor(PredictorOptions.for_model(cfg, "onnx_file", onnx_path)) as ort, open_predictor(PredictorOptions.for_model(cfg, "checkpoint", latest)) as pt:
-        np.testing.assert_allclose(ort.forward_all(a, b)[0], pt.forward_all(a, b)[0], atol=1e-4)
+        np.testing.assert_allclose(ort.forward_all(a, b)[0], pt.forward_all(a, b)[0], rtol=1e-5, atol=1e-4)
     onnx_metrics = evaluate(load_spec(None, overrides + [f"evaluate.onnx_file={onnx_path}",
                                                          f"evaluate.results_dir={results / 'evaluate_onnx'}"]))
     assert onnx_metrics["backend"] == "onnxruntime" and onnx_metrics["num_objects"] == 8
