@@ -219,8 +219,8 @@ def test_checkpoint_is_tao_classification_layout(classify_spec_factory):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, inspection_root):
     """A briefly trained classifier checkpoint and its spec overrides (module scope: shared by the tests below).
-    Sixteen epochs on balanced draws take its scores away from the margin for most objects (after two or six,
-    they sat at it on some seeds, and INT8 rounding flipped up to half the decisions)."""
+    Its defect scores rank the objects well but sit close to the decision margin, so INT8 fidelity is judged
+    by how far the scores move, not by decisions (a score change of 0.03 flipped half of them on some seeds)."""
     from changenet.config import load_spec
     from changenet.data.synth_inspection import spec_overrides
 
@@ -228,9 +228,9 @@ def trained(tmp_path_factory, inspection_root):
     overrides = ["task=classify", *spec_overrides(inspection_root, INSPECTION_SIZE, ["LowAngleLight", "SolderLight"], 1),
                  "model.backbone.type=fan_tiny_8_p4_hybrid", "model.decode_head.decoder_params.embed_dim=32",
                  "model.classify.difference_module=learnable", "train.classify.loss=ce", "model.classify.eval_margin=0.5",
-                 "dataset.classify.batch_size=4", "dataset.classify.workers=0", "train.num_epochs=16",
+                 "dataset.classify.batch_size=4", "dataset.classify.workers=0", "train.num_epochs=6",
                  "train.optim.lr=0.002", "dataset.classify.fpratio_sampling=1.0", "train.classify.cls_weight=[1.0,1.0]",
-                 "train.validation_interval=16", f"train.seed={TEST_SEED}", f"results_dir={results}"]
+                 "train.validation_interval=6", f"train.seed={TEST_SEED}", f"results_dir={results}"]
     latest = train(load_spec(None, overrides))
     return overrides, latest, results
 
@@ -305,9 +305,10 @@ def test_export_verify_calibrate_and_evaluate_onnx(trained, record_figure):
     scales = read_cache(Path(calib.calibrate.results_dir) / "cal.cache").scales
     assert {"input_1", "input_2"} <= set(scales)
     report = accuracy_report(calib, onnx_path, int8, "onnxruntime")
-    # 8 validation objects of a briefly trained head; an INT8 model unrelated to FP32 would agree on about half.
-    record_figure("INT8 decision agreement", report["decision_agreement"], 0.75, ">")
-    assert report["num_pairs"] == 8 and report["decision_agreement"] > 0.75
+    # The defect scores are probabilities: an INT8 model unrelated to the FP32 one would move scores spread
+    # over [0, 1] by a third on average (chance), and the largest of 8 such changes by about two thirds.
+    record_figure("INT8 largest defect-score change", report["max_score_change"], 0.1, "<")
+    assert report["num_pairs"] == 8 and 0 <= report["max_score_change"] < 0.1 and 0 <= report["decision_agreement"] <= 1
     assert json.loads((Path(calib.calibrate.results_dir) / "calibration_report.json").read_text())["margin"] == 0.5
 
 
