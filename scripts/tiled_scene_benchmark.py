@@ -26,6 +26,7 @@ from changenet.config import load_spec
 from changenet.deploy.predictor import Predictor
 from changenet.evaluation.tiling import predict_scene
 from changenet.fileio import write_json
+from changenet.model.options import ModelOptions
 
 
 class DifferencePredictor(Predictor):
@@ -71,7 +72,7 @@ def main() -> None:
             predictor = open_predictor(PredictorOptions.for_model(cfg, "checkpoint", args.checkpoint))
         else:
             torch.manual_seed(0)
-            predictor = TorchPredictor(build_model(cfg, load_pretrained=False), 2)
+            predictor = TorchPredictor(build_model(ModelOptions.from_spec(cfg), load_pretrained=False), 2)
     summary = predict_scene(predictor, args.image_a, args.image_b, args.out, tile_size=args.tile,
                             overlap=args.overlap, batch_size=args.batch)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux reports KiB

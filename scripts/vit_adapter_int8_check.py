@@ -15,13 +15,17 @@ import torch
 from torch.utils.data import DataLoader
 
 from changenet.calib.calibrate import build_int8_onnx
+from changenet.calib.options import CalibrationOptions, ReportOptions
 from changenet.calib.report import accuracy_report
 from changenet.config.loader import load_spec
 from changenet.data import build_dataset
+from changenet.data.options import DataOptions
 from changenet.deploy.export import export_onnx
 from changenet.deploy.verify import sample_pairs
 from changenet.evaluation.metrics import ConfusionMatrix
-from changenet.model import ChangeNetLoss, build_model
+from changenet.model import build_model
+from changenet.model.options import ModelOptions
+from changenet.train.module import ChangeNetModule
 
 ROOT, OUT = sys.argv[1], sys.argv[2]
 EPOCHS = int(sys.argv[3]) if len(sys.argv) > 3 else 8
@@ -34,11 +38,11 @@ base = ["model.backbone.type=vit_large_nvdinov2", "model.decode_head.feature_str
         "gen_trt_engine.tensorrt.calibration.cal_batches=4", "calibrate.report=false"]
 cfg = load_spec(None, base)
 torch.manual_seed(0)
-model = build_model(cfg, load_pretrained=False, **SMALL)
-loss_fn = ChangeNetLoss(cfg)
+model = build_model(ModelOptions.from_spec(cfg), load_pretrained=False, **SMALL)
+loss_fn = ChangeNetModule.loss_for(cfg)
 opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
-loader = DataLoader(build_dataset(cfg, "train"), batch_size=8, shuffle=True, num_workers=2, drop_last=True)
-val = DataLoader(build_dataset(cfg, "val"), batch_size=8, num_workers=2)
+loader = DataLoader(build_dataset(DataOptions.from_spec(cfg), "train"), batch_size=8, shuffle=True, num_workers=2, drop_last=True)
+val = DataLoader(build_dataset(DataOptions.from_spec(cfg), "val"), batch_size=8, num_workers=2)
 for epoch in range(EPOCHS):
     model.train()
     start, total = time.time(), 0.0
@@ -55,7 +59,7 @@ for epoch in range(EPOCHS):
             cm.update(model(batch["A"], batch["B"])[-1].argmax(1), batch["label"])
     print(f"epoch {epoch} loss {total / len(loader):.3f} val mIoU {cm.compute()['miou']:.4f} {time.time() - start:.0f} s", flush=True)
 onnx_path = f"{OUT}/small_vit.onnx"
-export_onnx(model, onnx_path, 128, 128, -1, 17, pairs=sample_pairs(cfg, 2, 128, 128), sidecar={"num_classes": 2})
+export_onnx(model, onnx_path, 128, 128, -1, 17, pairs=sample_pairs(DataOptions.from_spec(cfg), 2, 128, 128), sidecar={"num_classes": 2})
 results = {}
 for target in ("onnxruntime", "tensorrt"):
     for keep in (False, True):
@@ -63,8 +67,8 @@ for target in ("onnxruntime", "tensorrt"):
         tag = f"{target}_{'keep' if keep else 'all'}"
         over.append(f"calibrate.output_onnx={OUT}/{tag}.onnx")
         c = load_spec(None, over + [f"calibrate.keep_deformable_sampling={str(keep).lower()}"])
-        int8 = build_int8_onnx(c, onnx_path, target)
-        report = accuracy_report(c, onnx_path, int8, target)
+        int8 = build_int8_onnx(CalibrationOptions.from_spec(c), onnx_path, target)
+        report = accuracy_report(ReportOptions.from_spec(c, onnx_path, target), int8, target)
         results[tag] = {k: report[k] for k in ("argmax_agreement", "miou_change_points", "mf1_change_points")}
         results[tag]["fp32_miou"] = report["fp32"]["miou"]
         print(tag, results[tag], flush=True)

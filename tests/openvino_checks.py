@@ -20,8 +20,9 @@ from changenet.config import load_spec
 ov = pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install 'changenet[openvino]')")
 
 from changenet.deploy.onnxruntime_predictor import OnnxRuntimePredictor  # noqa: E402
-from changenet.deploy.openvino_predictor import OpenVinoPredictor, cpu_has_bf16  # noqa: E402
+from changenet.deploy.openvino_predictor import OpenVinoPredictor  # noqa: E402
 from changenet.deploy.options import PredictorOptions, open_predictor  # noqa: E402
+from changenet.machine import bf16_native, this_cpu  # noqa: E402
 
 
 def pairs(batch: int = 4, seed: int = 0):
@@ -46,7 +47,7 @@ def test_f32_matches_onnxruntime_and_bf16_stays_close(tmp_path, test_seed, recor
         for got, want in zip(f32.forward_all(a, b), expected):
             np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
     assert list((tmp_path / "cache").iterdir()), "the compiled model is cached for the next start"
-    if not cpu_has_bf16():
+    if not bf16_native(this_cpu()):
         pytest.skip("this CPU has no bfloat16 arithmetic (AVX512-BF16 / AMX): bf16 not checked")
     with OpenVinoPredictor(onnx_path, num_classes=2, precision="bf16", cache_dir=tmp_path / "cache") as bf16:
         final = bf16.forward_all(a, b)[-1]

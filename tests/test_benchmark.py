@@ -7,6 +7,7 @@ import torch
 from changenet.actions.benchmark import benchmark, estimate_cpu_peak_tflops
 from changenet.config import load_spec
 from changenet.machine import this_cpu
+from changenet.model.options import ModelOptions
 
 ROW_KEYS = {"backend", "batch_size", "status", "reason", "pairs_per_second", "latency_ms_p50", "latency_ms_p90",
             "latency_ms_p99", "peak_rss_mib", "peak_gpu_mib", "utilisation", "speedup", "device"}
@@ -65,7 +66,7 @@ def test_end_to_end_reports_its_fraction_of_the_backend_only_rate(synth_root, tm
         f"results_dir={tmp_path}",
     ]
     onnx_path = tmp_path / "model.onnx"
-    export_onnx(build_model(load_spec(None, overrides), load_pretrained=False), onnx_path, 32, 32)
+    export_onnx(build_model(ModelOptions.from_spec(load_spec(None, overrides)), load_pretrained=False), onnx_path, 32, 32)
     cfg = load_spec(None, overrides + [
         "benchmark.backends=[onnxruntime,torch]", "benchmark.batch_sizes=[2]", "benchmark.warmup=1",
         "benchmark.iterations=2", f"benchmark.onnx_file={onnx_path}", "benchmark.end_to_end=true",

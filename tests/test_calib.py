@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from spec_options import calibration_inputs
 from tiny_change_onnx import PairNet, export_pairnet, export_tiny_onnx
 from torch import nn
 
@@ -16,7 +17,9 @@ from changenet.actions.calibrate import calibrate
 from changenet.calib.cache import read_cache, scale_from_amax
 from changenet.calib.calibrate import build_int8_onnx
 from changenet.calib.data import calibration_pairs
+from changenet.calib.options import CalibrationOptions
 from changenet.calib.qdq import activation_scales, resolve_exclusions
+from changenet.config.inputs import data_layout
 from changenet.contract import SEGMENT_IO
 from changenet.data import preprocess_image, read_image
 from changenet.errors import DataError, SpecError
@@ -67,10 +70,10 @@ def test_both_inputs_get_ranges_from_their_own_images(spec, tmp_path):
     model = export_pairnet(tmp_path / "pairnet.onnx")
     cfg = spec(model, f"gen_trt_engine.tensorrt.calibration.cal_image_dir=[{pairs_dir}]",
                "calibrate.target=onnxruntime", "calibrate.method=minmax", "calibrate.report=false")
-    int8 = build_int8_onnx(cfg, model, "onnxruntime")
+    int8 = build_int8_onnx(CalibrationOptions.from_spec(cfg), model, "onnxruntime")
 
     # Each input's range is the largest magnitude of its own preprocessed images (A spans 0..255, B 100..160).
-    amax = {side: max(float(np.abs(preprocess_image(read_image(p), cfg)).max()) for p in sorted((pairs_dir / side).iterdir()))
+    amax = {side: max(float(np.abs(preprocess_image(read_image(p), data_layout(cfg))).max()) for p in sorted((pairs_dir / side).iterdir()))
             for side in ("A", "B")}
     cache = read_cache(Path(cfg.calibrate.results_dir) / "cal.cache")
     assert cache.scales["input0"] == scale_from_amax(amax["A"])
@@ -92,7 +95,7 @@ def test_input_scale_follows_the_data(spec, tmp_path):
         folder = write_pairs(tmp_path / f"pairs{b_range[0]}", 4, b_range)
         cfg = spec(model, f"gen_trt_engine.tensorrt.calibration.cal_image_dir=[{folder}]", "calibrate.method=minmax",
                    "calibrate.target=onnxruntime", f"results_dir={tmp_path / str(b_range[0])}", "calibrate.report=false")
-        build_int8_onnx(cfg, model, "onnxruntime")
+        build_int8_onnx(CalibrationOptions.from_spec(cfg), model, "onnxruntime")
         results[b_range] = read_cache(Path(cfg.calibrate.results_dir) / "cal.cache").scales
     assert results[(60, 200)]["input1"] > 1.5 * results[(100, 160)]["input1"]
     assert results[(60, 200)]["input0"] == results[(100, 160)]["input0"]
@@ -103,7 +106,7 @@ def test_fewer_pairs_than_asked_uses_all_and_says_so(tiny_spec_factory):
     cfg = tiny_spec_factory("gen_trt_engine.tensorrt.calibration.cal_batch_size=4",
                             "gen_trt_engine.tensorrt.calibration.cal_batches=5")
     lines = []
-    pairs = calibration_pairs(cfg, say=lines.append)
+    pairs = calibration_pairs(*calibration_inputs(cfg), say=lines.append)
     assert pairs.num_pairs == 12  # the synthetic train split
     assert len(lines) == 1 and "12 pairs" in lines[0] and "20" in lines[0] and "\n" not in lines[0]
     batches = list(pairs.batches())
@@ -116,7 +119,7 @@ def test_draw_is_repeatable_and_follows_the_seed(tiny_spec_factory):
         cfg = tiny_spec_factory("gen_trt_engine.tensorrt.calibration.cal_batch_size=3",
                                 "gen_trt_engine.tensorrt.calibration.cal_batches=2", f"calibrate.seed={seed}")
         lines = []
-        pairs = calibration_pairs(cfg, say=lines.append)
+        pairs = calibration_pairs(*calibration_inputs(cfg), say=lines.append)
         assert not lines
         return [a.name for a, _ in pairs.pairs]
 
@@ -129,21 +132,21 @@ def test_no_pairs_is_a_clear_error(tiny_spec_factory, tmp_path):
     (empty / "A").mkdir(parents=True)
     (empty / "B").mkdir()
     with pytest.raises(DataError, match="no calibration image pairs found") as exc_info:
-        calibration_pairs(tiny_spec_factory(f"gen_trt_engine.tensorrt.calibration.cal_image_dir=[{empty}]"))
+        calibration_pairs(*calibration_inputs(tiny_spec_factory(f"gen_trt_engine.tensorrt.calibration.cal_image_dir=[{empty}]")))
     assert str(empty) in str(exc_info.value)
 
     with pytest.raises(DataError, match="needs sub-folders 'A' and 'B'"):
-        calibration_pairs(tiny_spec_factory(f"gen_trt_engine.tensorrt.calibration.cal_image_dir=[{tmp_path}]"))
+        calibration_pairs(*calibration_inputs(tiny_spec_factory(f"gen_trt_engine.tensorrt.calibration.cal_image_dir=[{tmp_path}]")))
 
     with pytest.raises(DataError, match="cal_image_dir is empty and dataset.segment.root_dir is not set"):
-        calibration_pairs(tiny_spec_factory("dataset.segment.root_dir=???"))
+        calibration_pairs(*calibration_inputs(tiny_spec_factory("dataset.segment.root_dir=???")))
 
 
 def test_a_dataset_root_in_cal_image_dir_uses_its_list(tiny_spec_factory, synth_root):
     cfg = tiny_spec_factory(f"gen_trt_engine.tensorrt.calibration.cal_image_dir=[{synth_root}]",
                             "gen_trt_engine.tensorrt.calibration.cal_batch_size=12",
                             "dataset.segment.train_split=val")
-    pairs = calibration_pairs(cfg, say=lambda line: None)
+    pairs = calibration_pairs(*calibration_inputs(cfg), say=lambda line: None)
     listed = (synth_root / "list" / "val.txt").read_text().split()
     assert sorted(a.name for a, _ in pairs.pairs) == sorted(listed)
 
@@ -172,7 +175,7 @@ def test_int8_onnxruntime_matches_fp32_on_the_validation_split(spec, tmp_path, t
 def test_fixed_batch_model_is_fed_full_batches(spec, tmp_path):
     model = export_tiny_onnx(tmp_path / "tiny_b2.onnx", batch=2)
     cfg = spec(model, "gen_trt_engine.tensorrt.calibration.cal_batch_size=3", "calibrate.report=false")
-    int8 = build_int8_onnx(cfg, model, "onnxruntime")
+    int8 = build_int8_onnx(CalibrationOptions.from_spec(cfg), model, "onnxruntime")
     assert read_cache(Path(cfg.calibrate.results_dir) / "cal.cache").scales
     assert activation_scales(onnx.load(str(int8)))
 
@@ -184,22 +187,22 @@ def test_layers_precision_entries_map_onto_exclusions(tiny_spec_factory, tmp_pat
         "gen_trt_engine.tensorrt.layers_precision=['Softmax:fp32','/fuse/.*:fp16','/heads.0/Conv','NoSuchLayer:fp32',"
         "'/down/Conv:int8']",
         "calibrate.exclude_op_types=[LayerNormalisation]")
-    resolved = resolve_exclusions(cfg, model)
+    resolved = resolve_exclusions(CalibrationOptions.from_spec(cfg), model)
     assert resolved.op_types == ["Softmax"] and resolved.fp32_op_types == ["Softmax"]
     assert resolved.nodes == ["/fuse/Conv", "/heads.0/Conv"]
     assert any("NoSuchLayer" in note for note in resolved.notes)
     assert any("did you mean 'LayerNormalization'" in note for note in resolved.notes)
     with pytest.raises(SpecError, match="layers_precision entry"):
-        resolve_exclusions(tiny_spec_factory("gen_trt_engine.tensorrt.layers_precision=['/fuse/Conv:int4']"), model)
+        resolve_exclusions(CalibrationOptions.from_spec(tiny_spec_factory("gen_trt_engine.tensorrt.layers_precision=['/fuse/Conv:int4']")), model)
 
 
 def test_excluded_nodes_stay_in_float_for_onnxruntime(spec, tmp_path):
     model = export_tiny_onnx(tmp_path / "tiny.onnx")
     common = ("calibrate.report=false",)
-    baseline = build_int8_onnx(spec(model, *common, f"results_dir={tmp_path / 'a'}"), model, "onnxruntime")
+    baseline = build_int8_onnx(CalibrationOptions.from_spec(spec(model, *common, f"results_dir={tmp_path / 'a'}")), model, "onnxruntime")
     assert "/fuse/Conv" in dq_fed_nodes(onnx.load(str(baseline)))
-    excluded = build_int8_onnx(spec(model, *common, f"results_dir={tmp_path / 'b'}",
-                                    "calibrate.exclude_nodes=[/fuse/Conv]"), model, "onnxruntime")
+    excluded = build_int8_onnx(CalibrationOptions.from_spec(spec(model, *common, f"results_dir={tmp_path / 'b'}",
+                                    "calibrate.exclude_nodes=[/fuse/Conv]")), model, "onnxruntime")
     quantized = dq_fed_nodes(onnx.load(str(excluded)))
     assert "/fuse/Conv" not in quantized and "/stem/Conv" in quantized
 
@@ -212,15 +215,15 @@ def test_excluded_op_types_stay_out_of_int8_for_tensorrt(spec, tmp_path):
     norms = {n.name for n in graph.graph.node if n.op_type == "LayerNormalization"}
     assert norms
     source_digest = sha256_file(model)
-    baseline = build_int8_onnx(spec(model, "calibrate.report=false", f"results_dir={tmp_path / 'a'}"), model, "tensorrt")
+    baseline = build_int8_onnx(CalibrationOptions.from_spec(spec(model, "calibrate.report=false", f"results_dir={tmp_path / 'a'}")), model, "tensorrt")
     baseline_model = onnx.load(str(baseline))
     assert norms & dq_fed_nodes(baseline_model)
     assert {"input0", "input1"} <= set(activation_scales(baseline_model))
     assert sha256_file(model) == source_digest  # the export is left untouched (ModelOpt works on a copy)
 
     excluded = build_int8_onnx(
-        spec(model, "calibrate.report=false", f"results_dir={tmp_path / 'b'}",
-             "gen_trt_engine.tensorrt.layers_precision=['LayerNormalization:fp32']"), model, "tensorrt")
+        CalibrationOptions.from_spec(spec(model, "calibrate.report=false", f"results_dir={tmp_path / 'b'}",
+             "gen_trt_engine.tensorrt.layers_precision=['LayerNormalization:fp32']")), model, "tensorrt")
     excluded_model = onnx.load(str(excluded))
     assert not norms & dq_fed_nodes(excluded_model)
     # fp32 also keeps them out of ModelOpt's fp16 conversion: their inputs stay float32.
@@ -251,7 +254,7 @@ def test_exported_transposed_convs_run_in_int8_on_onnxruntime(spec, tmp_path):
     model_path = tmp_path / "upsampling.onnx"
     result = export_onnx(UpsamplingPairNet().eval(), model_path, SIZE, SIZE)
     assert result.split_transposed_convs == 1
-    int8 = onnx.load(str(build_int8_onnx(spec(model_path, "calibrate.report=false"), model_path, "onnxruntime")))
+    int8 = onnx.load(str(build_int8_onnx(CalibrationOptions.from_spec(spec(model_path, "calibrate.report=false")), model_path, "onnxruntime")))
     convs = {n.name for n in int8.graph.node if n.op_type == "Conv"}
     # 2 feature convs x 2 images, mix, down, the 4 phases of up, 4 heads, final; no ConvTranspose left.
     assert len(convs) == 15 and not [n for n in int8.graph.node if n.op_type == "ConvTranspose"]

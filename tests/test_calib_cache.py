@@ -18,6 +18,7 @@ from changenet.calib.cache import (
     write_cache,
 )
 from changenet.calib.calibrate import build_int8_onnx
+from changenet.calib.options import CalibrationOptions
 from changenet.calib.qdq import activation_scales
 from changenet.deploy.sidecar import read_sidecar
 from changenet.errors import ModelError
@@ -81,7 +82,7 @@ def test_cache_is_reused_without_calibrating(spec, tmp_path, monkeypatch, capsys
     model = export_tiny_onnx(tmp_path / "tiny.onnx")
     cache_file = tmp_path / "shared" / "model.cache"
     cfg = spec(model, f"gen_trt_engine.tensorrt.calibration.cal_cache_file={cache_file}")
-    first = build_int8_onnx(cfg, model, "onnxruntime")
+    first = build_int8_onnx(CalibrationOptions.from_spec(cfg), model, "onnxruntime")
     cache = read_cache(cache_file)
     meta = read_sidecar(cache_file)
     assert meta["source_onnx_sha256"] == sha256_file(model) and meta["num_pairs"] == 8
@@ -94,7 +95,7 @@ def test_cache_is_reused_without_calibrating(spec, tmp_path, monkeypatch, capsys
     monkeypatch.setattr(calibrate_module, "collect_scales", no_calibration)
     monkeypatch.setattr(calibrate_module, "calibration_pairs", no_calibration)
     capsys.readouterr()
-    again = build_int8_onnx(cfg, model, "onnxruntime")
+    again = build_int8_onnx(CalibrationOptions.from_spec(cfg), model, "onnxruntime")
     said = capsys.readouterr().out
     assert "reusing" in said and "without recalibrating" in said
 
@@ -108,11 +109,11 @@ def test_cache_of_another_model_is_refused(spec, tmp_path, monkeypatch):
     first = export_tiny_onnx(tmp_path / "first.onnx", seed=0)
     other = export_tiny_onnx(tmp_path / "other.onnx", seed=1)
     cache_file = tmp_path / "cal.cache"
-    build_int8_onnx(spec(first, f"gen_trt_engine.tensorrt.calibration.cal_cache_file={cache_file}"), first, "onnxruntime")
+    build_int8_onnx(CalibrationOptions.from_spec(spec(first, f"gen_trt_engine.tensorrt.calibration.cal_cache_file={cache_file}")), first, "onnxruntime")
     before = cache_file.read_bytes()
 
     with pytest.raises(ModelError) as exc_info:
-        build_int8_onnx(spec(other, f"gen_trt_engine.tensorrt.calibration.cal_cache_file={cache_file}"), other, "onnxruntime")
+        build_int8_onnx(CalibrationOptions.from_spec(spec(other, f"gen_trt_engine.tensorrt.calibration.cal_cache_file={cache_file}")), other, "onnxruntime")
     message = str(exc_info.value)
     assert "\n" not in message
     for expected in ("first.onnx", "other.onnx", sha256_file(first)[:16], sha256_file(other)[:16], str(cache_file)):

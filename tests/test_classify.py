@@ -14,15 +14,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import INSPECTION_SIZE, TEST_SEED
+from spec_options import calibration_inputs
 
 from changenet.actions.train import read_status, train
+from changenet.calib.options import CalibrationOptions, ReportOptions
 from changenet.contract import CLASSIFY_IO
 from changenet.errors import ModelError, SpecError
 from changenet.evaluation.classify_metrics import decision_figures, decision_margin, defect_scores, threshold_sweep
 from changenet.model import build_model
 from changenet.model.checkpoint import latest_checkpoint_name, read_checkpoint
 from changenet.model.classifier import ClassifierDecoder
-from changenet.model.loss import ClassifyLoss
+from changenet.model.options import ModelOptions
+from changenet.train.module import ClassifierModule
 
 DATA = Path(__file__).parent / "data"
 EUCLIDEAN = ("model.classify.difference_module=euclidean", "train.classify.loss=contrastive",
@@ -31,7 +34,7 @@ EUCLIDEAN = ("model.classify.difference_module=euclidean", "train.classify.loss=
 
 # --------------------------------------------------------------------------- model
 def test_learnable_and_euclidean_heads_shapes_and_names(classify_spec_factory):
-    learnable = build_model(classify_spec_factory(), load_pretrained=False).eval()
+    learnable = build_model(ModelOptions.from_spec(classify_spec_factory()), load_pretrained=False).eval()
     test, golden = torch.randn(3, 3, 64, 32), torch.randn(3, 3, 64, 32)
     assert learnable.io == CLASSIFY_IO
     assert learnable(test, golden).shape == (3, 2)
@@ -39,7 +42,7 @@ def test_learnable_and_euclidean_heads_shapes_and_names(classify_spec_factory):
     assert names[0].startswith("backbone.") and any(n.startswith("decoder.classifier.6.") for n in names)
     # classifier input: decoder width x (H / 4) x (W / 4)
     assert learnable.decoder.classifier[0].in_features == 32 * 16 * 8
-    euclidean = build_model(classify_spec_factory(*EUCLIDEAN), load_pretrained=False).eval()
+    euclidean = build_model(ModelOptions.from_spec(classify_spec_factory(*EUCLIDEAN)), load_pretrained=False).eval()
     distance = euclidean(test, golden)
     assert distance.shape == (3,) and (distance > 0).all()
     with torch.no_grad():
@@ -76,7 +79,7 @@ def test_tao_multi_golden_fusion_is_matched(tmp_path):
 def test_impossible_models_are_one_line(overrides, words, classify_spec_factory):
     with pytest.raises(SpecError) as info:
         with torch.device("meta"):
-            build_model(classify_spec_factory(*overrides), load_pretrained=False)
+            build_model(ModelOptions.from_spec(classify_spec_factory(*overrides)), load_pretrained=False)
     assert "\n" not in str(info.value)
     for word in words:
         assert word in str(info.value)
@@ -90,7 +93,7 @@ def test_multi_golden_vit_trains_only_through_the_first_golden(classify_spec_fac
                                 "dataset.classify.num_input=1", "dataset.classify.image_height=224",
                                 "dataset.classify.image_width=224", "dataset.classify.num_golden=2",
                                 "model.decode_head.decoder_params.embed_dim=8")
-    model = build_model(cfg, load_pretrained=False, **small)
+    model = build_model(ModelOptions.from_spec(cfg), load_pretrained=False, **small)
     torch.manual_seed(0)
     test, golden = torch.randn(2, 3, 224, 224), torch.randn(2, 2, 3, 224, 224)
     golden.requires_grad_(True)
@@ -106,7 +109,7 @@ def test_multi_golden_vit_trains_only_through_the_first_golden(classify_spec_fac
 
 # --------------------------------------------------------------------------- losses and metrics
 def test_contrastive_loss_counts_each_pair_with_its_own_label(classify_spec_factory, caplog):
-    loss = ClassifyLoss(classify_spec_factory(*EUCLIDEAN))
+    loss = ClassifierModule.loss_for(classify_spec_factory(*EUCLIDEAN))
     distance, label = torch.tensor([0.5, 3.0, 1.0]), torch.tensor([0, 1, 1])
     value, parts = loss(distance, label)
     # (1 - y) d^2 + y max(2 - d, 0)^2 per pair: (0.25 + 0 + 1) / 3; TAO's broadcast gives 1.8611.
@@ -115,13 +118,13 @@ def test_contrastive_loss_counts_each_pair_with_its_own_label(classify_spec_fact
 
 def test_ce_loss_weights_and_the_pairing_rule(classify_spec_factory, caplog):
     cfg = classify_spec_factory("train.classify.cls_weight=[1.0,4.0]")
-    loss = ClassifyLoss(cfg)
+    loss = ClassifierModule.loss_for(cfg)
     logits, label = torch.randn(5, 2), torch.tensor([0, 1, 1, 0, 1])
     value, _ = loss(logits, label)
     torch.testing.assert_close(value, F.cross_entropy(logits, label, weight=torch.tensor([1.0, 4.0])))
     assert "weight" in dict(loss.named_buffers())  # TAO's checkpoints hold it as criterion.weight
     caplog.set_level(logging.WARNING)
-    mismatched = ClassifyLoss(classify_spec_factory("train.classify.loss=contrastive"))
+    mismatched = ClassifierModule.loss_for(classify_spec_factory("train.classify.loss=contrastive"))
     assert mismatched.kind == "ce"
     lines = [r.getMessage() for r in caplog.records if "train.classify.loss" in r.getMessage()]
     assert len(lines) == 1 and "'contrastive'" in lines[0] and "training with 'ce'" in lines[0]
@@ -133,9 +136,9 @@ def test_scores_and_the_learnable_margin(classify_spec_factory, caplog):
     distance = np.array([0.3, 4.0], dtype=np.float32)
     assert defect_scores(distance) is distance
     caplog.set_level(logging.WARNING)
-    assert decision_margin(classify_spec_factory("model.classify.eval_margin=2.0")) == 0.5
+    assert decision_margin(classify_spec_factory("model.classify.eval_margin=2.0").model.classify) == 0.5
     assert any("can never be exceeded" in r.getMessage() for r in caplog.records)
-    assert decision_margin(classify_spec_factory(*EUCLIDEAN, "model.classify.eval_margin=2.0")) == 2.0
+    assert decision_margin(classify_spec_factory(*EUCLIDEAN, "model.classify.eval_margin=2.0").model.classify) == 2.0
 
 
 def test_decision_figures_are_proper_rates():
@@ -207,9 +210,9 @@ def test_checkpoint_is_tao_classification_layout(classify_spec_factory):
     with pytest.raises(ModelError, match="difference_module learnable.*model.classify.difference_module=euclidean"):
         from changenet.model.checkpoint import check_matches_spec
 
-        check_matches_spec(checkpoint, classify_spec_factory(*EUCLIDEAN))
+        check_matches_spec(checkpoint, ModelOptions.from_spec(classify_spec_factory(*EUCLIDEAN)))
     with pytest.raises(ModelError, match="is a classification model but the spec says task=segment"):
-        check_matches_spec(checkpoint, __import__("changenet.config", fromlist=["load_spec"]).load_spec(None, []))
+        check_matches_spec(checkpoint, ModelOptions.from_spec(__import__("changenet.config", fromlist=["load_spec"]).load_spec(None, [])))
     # Resuming continues the run.
     train(classify_spec_factory("train.max_steps_per_epoch=2", "train.num_epochs=2"))
     assert read_checkpoint(latest).epoch == 1
@@ -298,13 +301,13 @@ def test_export_verify_calibrate_and_evaluate_onnx(trained, record_figure):
     # INT8 over real (test, golden) objects: both inputs get ranges, the report compares decisions.
     calib = load_spec(None, overrides + ["gen_trt_engine.tensorrt.calibration.cal_batch_size=4",
                                          "gen_trt_engine.tensorrt.calibration.cal_batches=2"])
-    int8 = build_int8_onnx(calib, onnx_path, "onnxruntime")
+    int8 = build_int8_onnx(CalibrationOptions.from_spec(calib), onnx_path, "onnxruntime")
     from changenet.calib.cache import read_cache
     from changenet.calib.report import accuracy_report
 
     scales = read_cache(Path(calib.calibrate.results_dir) / "cal.cache").scales
     assert {"input_1", "input_2"} <= set(scales)
-    report = accuracy_report(calib, onnx_path, int8, "onnxruntime")
+    report = accuracy_report(ReportOptions.from_spec(calib, onnx_path, "onnxruntime"), int8, "onnxruntime")
     # The defect scores are probabilities: an INT8 model unrelated to the FP32 one would move scores spread
     # over [0, 1] by a third on average (chance), and the largest of 8 such changes by about two thirds.
     record_figure("INT8 largest defect-score change", report["max_score_change"], 0.1, "<")
@@ -325,14 +328,14 @@ def test_calibration_folder_with_a_csv(trained, inspection_root, tmp_path):
     cfg = load_spec(None, overrides + [f"gen_trt_engine.tensorrt.calibration.cal_image_dir=[{folder}]",
                                        "gen_trt_engine.tensorrt.calibration.cal_batch_size=3",
                                        "gen_trt_engine.tensorrt.calibration.cal_batches=2"])
-    pairs = calibration_pairs(cfg, say=lambda _: None)
+    pairs = calibration_pairs(*calibration_inputs(cfg), say=lambda _: None)
     assert pairs.num_pairs == 6 and str(folder) in pairs.source
     a, b = next(pairs.batches())
     assert a.shape == b.shape == (3, 3, 64, 32)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(Exception, match="holds no CSV"):
-        calibration_pairs(load_spec(None, overrides + [f"gen_trt_engine.tensorrt.calibration.cal_image_dir=[{empty}]"]))
+        calibration_pairs(*calibration_inputs(load_spec(None, overrides + [f"gen_trt_engine.tensorrt.calibration.cal_image_dir=[{empty}]"])))
 
 
 def test_engine_layout_of_a_classifier():

@@ -13,13 +13,14 @@ import pytest
 import torch
 from conftest import INSPECTION_LIGHTS, INSPECTION_SIZE
 
+from changenet.config.inputs import input_size, lighting_conditions
 from changenet.data import build_dataset
 from changenet.data.inspection import InspectionDataset, defect_sampler, join_tiles, parse_label
+from changenet.data.options import DataOptions
 from changenet.data.pixels import read_image
 from changenet.data.synth_inspection import DEFECTS, LIGHTS, _sample_part, generate_inspection_dataset, render_object
 from changenet.data.transforms import normalize
 from changenet.errors import DataError, SpecError
-from changenet.task import input_size, lighting_conditions
 
 
 def rows_of(path: Path) -> list:
@@ -71,7 +72,7 @@ def test_each_defect_changes_the_part_visibly(defect):
 # --------------------------------------------------------------------------- items and layouts
 def test_items_join_the_lighting_conditions_along_the_height(classify_spec_factory, inspection_root):
     cfg = classify_spec_factory()
-    dataset = build_dataset(cfg, "test")
+    dataset = build_dataset(DataOptions.from_spec(cfg), "test")
     assert isinstance(dataset, InspectionDataset) and len(dataset) == 8
     item = dataset[0]
     assert input_size(cfg) == (2 * INSPECTION_SIZE, INSPECTION_SIZE)
@@ -87,7 +88,7 @@ def test_items_join_the_lighting_conditions_along_the_height(classify_spec_facto
 def test_lighting_order_follows_the_positions_of_input_map(classify_spec_factory):
     swapped = "dataset.classify.input_map={SolderLight:0,LowAngleLight:1}"
     assert lighting_conditions(classify_spec_factory(swapped)) == ["SolderLight", "LowAngleLight"]
-    normal, reordered = build_dataset(classify_spec_factory(), "test")[0], build_dataset(classify_spec_factory(swapped), "test")[0]
+    normal, reordered = build_dataset(DataOptions.from_spec(classify_spec_factory()), "test")[0], build_dataset(DataOptions.from_spec(classify_spec_factory(swapped)), "test")[0]
     side = INSPECTION_SIZE
     assert torch.equal(normal["A"][:, :side], reordered["A"][:, side:])
     assert torch.equal(normal["A"][:, side:], reordered["A"][:, :side])
@@ -103,7 +104,7 @@ def test_grid_layout_places_tile_k_at_row_k_div_x():
 def test_grid_concat_gives_a_square_input(classify_spec_factory):
     cfg = classify_spec_factory("dataset.classify.concat_type=grid", "dataset.classify.grid_map={x:2,y:1}")
     assert input_size(cfg) == (INSPECTION_SIZE, 2 * INSPECTION_SIZE)
-    assert build_dataset(cfg, "test")[0]["A"].shape == (3, INSPECTION_SIZE, 2 * INSPECTION_SIZE)
+    assert build_dataset(DataOptions.from_spec(cfg), "test")[0]["A"].shape == (3, INSPECTION_SIZE, 2 * INSPECTION_SIZE)
 
 
 def test_labels_pass_defect_and_refused_spellings():
@@ -124,7 +125,7 @@ def bad_csv(inspection_root, tmp_path):
 
 def _expect_one_line(cfg, csv_path: Path, *words: str) -> None:
     with pytest.raises(DataError) as info:
-        build_dataset(cfg, "test")
+        build_dataset(DataOptions.from_spec(cfg), "test")
     message = str(info.value)
     assert "\n" not in message and csv_path.name in message, message
     for word in words:
@@ -177,18 +178,18 @@ def test_missing_column_and_empty_csv(bad_csv, classify_spec_factory):
     # Inference needs no label column.
     infer = classify_spec_factory(f"dataset.classify.infer_dataset.csv_path={csv_path}",
                                   f"dataset.classify.infer_dataset.images_dir={images}")
-    assert len(build_dataset(infer, "predict")) == len(rows) and "label" not in build_dataset(infer, "predict")[0]
+    assert len(build_dataset(DataOptions.from_spec(infer), "predict")) == len(rows) and "label" not in build_dataset(DataOptions.from_spec(infer), "predict")[0]
     write_rows(csv_path, [])
     _expect_one_line(classify_spec_factory(*options), csv_path, "lists no objects")
 
 
 def test_unset_paths_name_their_keys(classify_spec_factory, tmp_path):
     with pytest.raises(SpecError, match="dataset.classify.test_dataset.csv_path"):
-        build_dataset(classify_spec_factory("dataset.classify.test_dataset.csv_path=''"), "test")
+        build_dataset(DataOptions.from_spec(classify_spec_factory("dataset.classify.test_dataset.csv_path=''")), "test")
     with pytest.raises(DataError, match="does not exist"):
-        build_dataset(classify_spec_factory(f"dataset.classify.test_dataset.csv_path={tmp_path / 'no.csv'}"), "test")
+        build_dataset(DataOptions.from_spec(classify_spec_factory(f"dataset.classify.test_dataset.csv_path={tmp_path / 'no.csv'}")), "test")
     with pytest.raises(SpecError, match="image_ext"):
-        build_dataset(classify_spec_factory("dataset.classify.image_ext=null"), "test")
+        build_dataset(DataOptions.from_spec(classify_spec_factory("dataset.classify.image_ext=null")), "test")
 
 
 # --------------------------------------------------------------------------- several golden images
@@ -204,13 +205,13 @@ def test_multi_golden_items_are_repeatable_in_evaluation(multi_golden_root, clas
     from changenet.data.synth_inspection import spec_overrides
 
     cfg = classify_spec_factory(*spec_overrides(multi_golden_root, 32, ["LowAngleLight"], 3))
-    test_set = build_dataset(cfg, "test")
+    test_set = build_dataset(DataOptions.from_spec(cfg), "test")
     item = test_set[1]
     assert item["A"].shape == (3, 32, 32) and item["B"].shape == (3, 3, 32, 32)
     # Two golden objects in the folder, three asked for: the first two in name order, then the first again.
     assert torch.equal(item["B"][0], item["B"][2]) and not torch.equal(item["B"][0], item["B"][1])
     assert torch.equal(test_set[1]["B"], item["B"])
-    train_set = build_dataset(cfg, "train")
+    train_set = build_dataset(DataOptions.from_spec(cfg), "train")
     draws = set()
     for seed in range(8):
         torch.manual_seed(seed)
@@ -220,7 +221,7 @@ def test_multi_golden_items_are_repeatable_in_evaluation(multi_golden_root, clas
 
 # --------------------------------------------------------------------------- sampling and augmentation
 def test_fpratio_sampling_draws_defects_at_tao_rate(classify_spec_factory):
-    dataset = build_dataset(classify_spec_factory(), "train")
+    dataset = build_dataset(DataOptions.from_spec(classify_spec_factory()), "train")
     labels = np.asarray(dataset.labels)
     assert 0 < labels.sum() < len(labels)
     torch.manual_seed(0)
@@ -237,8 +238,8 @@ def test_one_augmentation_draw_for_test_and_golden(classify_spec_factory, inspec
     csv_path = write_rows(tmp_path / "same.csv", rows)
     cfg = classify_spec_factory(f"dataset.classify.train_dataset.csv_path={csv_path}",
                                 "dataset.classify.augmentation_config.augment=true")
-    dataset = build_dataset(cfg, "train")
-    plain = build_dataset(classify_spec_factory(f"dataset.classify.train_dataset.csv_path={csv_path}"), "train")
+    dataset = build_dataset(DataOptions.from_spec(cfg), "train")
+    plain = build_dataset(DataOptions.from_spec(classify_spec_factory(f"dataset.classify.train_dataset.csv_path={csv_path}")), "train")
     changed = 0
     for index in range(6):
         item = dataset[index]

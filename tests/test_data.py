@@ -12,8 +12,10 @@ from conftest import NO_AUGMENTATION
 from PIL import Image
 
 from changenet.config import load_spec
-from changenet.data import CNDataset, build_dataset, class_names, class_palette, preprocess_image
+from changenet.config.inputs import class_names, class_palette, data_layout
+from changenet.data import CNDataset, build_dataset, preprocess_image
 from changenet.data.io import PngStripWriter, read_label, write_png
+from changenet.data.options import DataOptions
 from changenet.data.pixels import read_image
 from changenet.data.transforms import denormalize
 from changenet.errors import DataError
@@ -61,7 +63,7 @@ def random_pair(rng: np.random.Generator, size: int = SIZE, height: Optional[int
 @pytest.mark.parametrize("stage,augment", [("train", True), ("train", False), ("val", False), ("test", False)])
 def test_item_shapes_and_dtypes(tiny_spec_factory, stage, augment):
     cfg = tiny_spec_factory(*([] if augment else NO_AUGMENTATION))
-    dataset = build_dataset(cfg, stage)
+    dataset = build_dataset(DataOptions.from_spec(cfg), stage)
     assert len(dataset) == {"train": 12, "val": 4, "test": 4}[stage]
     for index in range(len(dataset)):
         item = dataset[index]
@@ -76,7 +78,7 @@ def test_item_shapes_and_dtypes(tiny_spec_factory, stage, augment):
 
 
 def test_dataloader_yields_batches(tiny_spec):
-    loader = torch.utils.data.DataLoader(build_dataset(tiny_spec, "train"), batch_size=4, num_workers=0)
+    loader = torch.utils.data.DataLoader(build_dataset(DataOptions.from_spec(tiny_spec), "train"), batch_size=4, num_workers=0)
     batches = list(loader)
     assert len(batches) == 3
     batch = batches[0]
@@ -86,16 +88,16 @@ def test_dataloader_yields_batches(tiny_spec):
 
 
 def test_eval_mode_uses_preprocess_image(tiny_spec, synth_root):
-    dataset = build_dataset(tiny_spec, "val")
+    dataset = build_dataset(DataOptions.from_spec(tiny_spec), "val")
     item = dataset[1]
-    expected = preprocess_image(read_image(synth_root / "A" / item["name"]), tiny_spec)
+    expected = preprocess_image(read_image(synth_root / "A" / item["name"]), data_layout(tiny_spec))
     np.testing.assert_array_equal(item["A"].numpy(), expected)
     # eval mode is deterministic
     np.testing.assert_array_equal(dataset[1]["B"].numpy(), item["B"].numpy())
 
 
 def test_predict_mode_ignores_existing_labels(tiny_spec):
-    dataset = build_dataset(tiny_spec, "predict")
+    dataset = build_dataset(DataOptions.from_spec(tiny_spec), "predict")
     item = dataset[0]
     assert "label" not in item and item["A"].shape == (3, 64, 64)
 
@@ -106,10 +108,10 @@ def test_predict_mode_needs_no_labels(tmp_path):
     root = make_dataset(tmp_path / "ds", pairs, split="predict")
     (root / "label").rmdir()
     cfg = spec_for(root)
-    items = list(build_dataset(cfg, "predict"))
+    items = list(build_dataset(DataOptions.from_spec(cfg), "predict"))
     assert [it["name"] for it in items] == list(pairs) and all("label" not in it for it in items)
     with pytest.raises(DataError, match=r"label.*annotation_folder_name"):
-        CNDataset(cfg, "predict", "eval")
+        CNDataset(DataOptions.from_spec(cfg), "predict", "eval")
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -130,7 +132,7 @@ def test_geometric_augmentation_moves_images_and_label_together(tmp_path, extra)
         "dataset.segment.augmentation.random_rotate.rotate_probability=1.0", *extra,
     )
     torch.manual_seed(0)  # the augmentation draws follow torch's seed: the same draws whatever ran before
-    dataset = build_dataset(cfg, "train")
+    dataset = build_dataset(DataOptions.from_spec(cfg), "train")
     corners = set()
     for _ in range(40):
         item = dataset[0]
@@ -147,8 +149,8 @@ def test_geometric_augmentation_moves_images_and_label_together(tmp_path, extra)
 def test_exact_flips_and_rotations_keep_pixels(tmp_path):
     root = make_dataset(tmp_path / "ds", {"c.png": corner_pair()})
     cfg = spec_for(root, *NO_AUGMENTATION[2:], "dataset.segment.augmentation.random_rotate.rotate_probability=1.0")
-    dataset = build_dataset(cfg, "train")
-    reference = build_dataset(spec_for(root, *NO_AUGMENTATION), "train")[0]
+    dataset = build_dataset(DataOptions.from_spec(cfg), "train")
+    reference = build_dataset(DataOptions.from_spec(spec_for(root, *NO_AUGMENTATION)), "train")[0]
     for _ in range(10):
         item = dataset[0]
         # flips and quarter turns only permute pixels: same values, same label histogram, nothing ignored
@@ -161,21 +163,21 @@ def test_photometric_augmentation_is_drawn_per_image(tmp_path):
     root = make_dataset(tmp_path / "ds", {"x.png": (image, image.copy(), np.zeros((SIZE, SIZE), np.uint8))})
     cfg = spec_for(root, *NO_AUGMENTATION[:2], *NO_AUGMENTATION[3:5],
                    "dataset.segment.augmentation.random_color.color_probability=1.0")
-    dataset = build_dataset(cfg, "train")
+    dataset = build_dataset(DataOptions.from_spec(cfg), "train")
     differing = sum(not torch.allclose(dataset[0]["A"], dataset[0]["B"]) for _ in range(10))
     assert differing >= 8
 
 
 def test_augmentation_follows_torch_seed(tiny_spec):
     def draws():
-        dataset = build_dataset(tiny_spec, "train")
+        dataset = build_dataset(DataOptions.from_spec(tiny_spec), "train")
         torch.manual_seed(7)
         return [dataset[i] for i in range(3)]
 
     first, second = draws(), draws()
     for x, y in zip(first, second):
         assert torch.equal(x["A"], y["A"]) and torch.equal(x["label"], y["label"])
-    dataset = build_dataset(tiny_spec, "train")
+    dataset = build_dataset(DataOptions.from_spec(tiny_spec), "train")
     torch.manual_seed(8)
     assert not all(torch.equal(x["A"], dataset[i]["A"]) for i, x in enumerate(first))
 
@@ -184,8 +186,8 @@ def test_augmentation_follows_torch_seed(tiny_spec):
 def test_label_transform_norm_and_null(tmp_path):
     rng = np.random.default_rng(1)
     root = make_dataset(tmp_path / "ds", {"x.png": random_pair(rng)})
-    norm = build_dataset(spec_for(root, *NO_AUGMENTATION), "train")[0]["label"]
-    null = build_dataset(spec_for(root, *NO_AUGMENTATION, "dataset.segment.label_transform=null"), "train")[0]["label"]
+    norm = build_dataset(DataOptions.from_spec(spec_for(root, *NO_AUGMENTATION)), "train")[0]["label"]
+    null = build_dataset(DataOptions.from_spec(spec_for(root, *NO_AUGMENTATION, "dataset.segment.label_transform=null")), "train")[0]["label"]
     assert set(norm.unique().tolist()) == {0, 1}
     assert set(null.unique().tolist()) == {0, 255}  # kept: 255 is "ignore"
     torch.testing.assert_close((null == 255).long(), norm)
@@ -196,7 +198,7 @@ def test_class_index_labels_kept_with_null_transform(tmp_path):
     label = (np.arange(SIZE * SIZE).reshape(SIZE, SIZE) % 4).astype(np.uint8)
     root = make_dataset(tmp_path / "ds", {"x.png": (image_a, image_b, label)}, split="val")
     cfg = spec_for(root, "dataset.segment.label_transform=null", "dataset.segment.num_classes=4")
-    got = build_dataset(cfg, "val")[0]["label"].numpy()
+    got = build_dataset(DataOptions.from_spec(cfg), "val")[0]["label"].numpy()
     np.testing.assert_array_equal(got, label)
 
 
@@ -207,7 +209,7 @@ def test_label_resized_with_nearest_values_only(tmp_path):
     label[0:5] = 255
     root = make_dataset(tmp_path / "ds", {"x.png": (image_a, image_b, label)}, split="val")
     cfg = spec_for(root, "dataset.segment.label_transform=null", "dataset.segment.num_classes=3")
-    item = build_dataset(cfg, "val")[0]
+    item = build_dataset(DataOptions.from_spec(cfg), "val")[0]
     assert item["orig_size"] == (40, 50) and item["A"].shape == (3, SIZE, SIZE)
     assert set(item["label"].unique().tolist()) == {0, 2, 255}
 
@@ -217,14 +219,14 @@ def test_csv_list_with_header_and_columns(tmp_path):
     rng = np.random.default_rng(4)
     pairs = {"a.png": random_pair(rng), "b.png": random_pair(rng)}
     root = make_dataset(tmp_path / "ds", pairs, list_text="image_name,comment\na.png,first\n\"b.png\",second\n\n")
-    assert build_dataset(spec_for(root), "train").names == ["a.png", "b.png"]
+    assert build_dataset(DataOptions.from_spec(spec_for(root)), "train").names == ["a.png", "b.png"]
 
 
 def test_list_file_may_be_csv(tmp_path):
     rng = np.random.default_rng(5)
     root = make_dataset(tmp_path / "ds", {"a.png": random_pair(rng)})
     (root / "list" / "train.txt").rename(root / "list" / "train.csv")
-    assert build_dataset(spec_for(root), "train").names == ["a.png"]
+    assert build_dataset(DataOptions.from_spec(spec_for(root)), "train").names == ["a.png"]
 
 
 # --------------------------------------------------------------------------- bad data: one DataError naming the file
@@ -232,7 +234,7 @@ def test_missing_listed_file(tmp_path):
     rng = np.random.default_rng(6)
     root = make_dataset(tmp_path / "ds", {"a.png": random_pair(rng)}, list_text="a.png\nghost.png\n")
     with pytest.raises(DataError, match=r"1 bad pair\(s\) in .*train\.txt.*ghost\.png' does not exist"):
-        build_dataset(spec_for(root), "train")
+        build_dataset(DataOptions.from_spec(spec_for(root)), "train")
 
 
 def test_missing_label_file(tmp_path):
@@ -240,7 +242,7 @@ def test_missing_label_file(tmp_path):
     root = make_dataset(tmp_path / "ds", {"a.png": random_pair(rng)}, split="val")
     (root / "label" / "a.png").unlink()
     with pytest.raises(DataError, match=r"label[/\\]a\.png"):
-        build_dataset(spec_for(root), "val")
+        build_dataset(DataOptions.from_spec(spec_for(root)), "val")
 
 
 def test_unreadable_image(tmp_path):
@@ -248,7 +250,7 @@ def test_unreadable_image(tmp_path):
     root = make_dataset(tmp_path / "ds", {"a.png": random_pair(rng)})
     (root / "B" / "a.png").write_bytes(b"this is not a png")
     with pytest.raises(DataError, match=r"bad pair.*cannot read image '.*B[/\\]a\.png'"):  # found up front
-        build_dataset(spec_for(root), "train")
+        build_dataset(DataOptions.from_spec(spec_for(root)), "train")
 
 
 def test_pair_sizes_differ(tmp_path):
@@ -256,7 +258,7 @@ def test_pair_sizes_differ(tmp_path):
     image_a, _, label = random_pair(rng)
     root = make_dataset(tmp_path / "ds", {"a.png": (image_a, random_pair(rng, size=40)[1], label)})
     with pytest.raises(DataError, match=r"'a\.png' is 32x32 but its B is 40x40 \(more than 2 px apart\)"):
-        build_dataset(spec_for(root), "train")
+        build_dataset(DataOptions.from_spec(spec_for(root)), "train")
 
 
 def test_label_size_differs(tmp_path):
@@ -264,7 +266,7 @@ def test_label_size_differs(tmp_path):
     image_a, image_b, _ = random_pair(rng)
     root = make_dataset(tmp_path / "ds", {"a.png": (image_a, image_b, np.zeros((16, 16), np.uint8))}, split="val")
     with pytest.raises(DataError, match=r"label '.*a\.png' is 16x16"):
-        build_dataset(spec_for(root), "val")[0]
+        build_dataset(DataOptions.from_spec(spec_for(root)), "val")[0]
 
 
 def test_label_values_out_of_range(tmp_path):
@@ -274,9 +276,9 @@ def test_label_values_out_of_range(tmp_path):
     label[3, 3] = 7
     root = make_dataset(tmp_path / "ds", {"a.png": (image_a, image_b, label)}, split="val")
     with pytest.raises(DataError, match=r"label '.*a\.png' has value\(s\) 7.*num_classes=2"):
-        build_dataset(spec_for(root, "dataset.segment.label_transform=null"), "val")[0]
+        build_dataset(DataOptions.from_spec(spec_for(root, "dataset.segment.label_transform=null")), "val")[0]
     # the same mask is fine for four classes
-    assert build_dataset(spec_for(root, "dataset.segment.label_transform=null", "dataset.segment.num_classes=8"),
+    assert build_dataset(DataOptions.from_spec(spec_for(root, "dataset.segment.label_transform=null", "dataset.segment.num_classes=8")),
                          "val")[0]["label"].max() == 7
 
 
@@ -284,44 +286,43 @@ def test_empty_split_list(tmp_path):
     rng = np.random.default_rng(12)
     root = make_dataset(tmp_path / "ds", {"a.png": random_pair(rng)}, list_text="\n  \n")
     with pytest.raises(DataError, match=r"split list '.*train\.txt' is empty"):
-        build_dataset(spec_for(root), "train")
+        build_dataset(DataOptions.from_spec(spec_for(root)), "train")
 
 
 def test_missing_split_list_names_key_and_path(tmp_path):
     rng = np.random.default_rng(13)
     root = make_dataset(tmp_path / "ds", {"a.png": random_pair(rng)})
     with pytest.raises(DataError, match=r"'holdout' \(spec key dataset\.segment\.validation_split\).*list[/\\]holdout\.txt"):
-        build_dataset(spec_for(root, "dataset.segment.validation_split=holdout"), "val")
+        build_dataset(DataOptions.from_spec(spec_for(root, "dataset.segment.validation_split=holdout")), "val")
 
 
 def test_missing_root_and_folders(tmp_path):
     with pytest.raises(DataError, match=r"dataset folder '.*nowhere' \(spec key dataset\.segment\.root_dir\)"):
-        build_dataset(spec_for(tmp_path / "nowhere"), "train")
+        build_dataset(DataOptions.from_spec(spec_for(tmp_path / "nowhere")), "train")
     rng = np.random.default_rng(14)
     root = make_dataset(tmp_path / "ds", {"a.png": random_pair(rng)})
     with pytest.raises(DataError, match=r"'.*ds[/\\]after' \(spec key dataset\.segment\.change_image_folder_name\)"):
-        build_dataset(spec_for(root, "dataset.segment.change_image_folder_name=after"), "train")
+        build_dataset(DataOptions.from_spec(spec_for(root, "dataset.segment.change_image_folder_name=after")), "train")
 
 
 # --------------------------------------------------------------------------- preprocessing
 def test_preprocess_image_resizes_and_normalises(tiny_spec):
     image = np.zeros((30, 90, 3), np.uint8)
     image[..., 0] = 255
-    out = preprocess_image(image, tiny_spec)
+    out = preprocess_image(image, data_layout(tiny_spec))
     assert out.shape == (3, 64, 64) and out.dtype == np.float32
     np.testing.assert_allclose(out[0], 1.0)
     np.testing.assert_allclose(out[1:], -1.0)
     # the dataset.segment block works as well as the whole spec
-    np.testing.assert_array_equal(preprocess_image(image, tiny_spec.dataset.segment), out)
-    np.testing.assert_array_equal(denormalize(out, tiny_spec)[..., 0], 255)
+    np.testing.assert_array_equal(denormalize(out, data_layout(tiny_spec))[..., 0], 255)
     with pytest.raises(DataError, match="uint8 RGB"):
-        preprocess_image(image.astype(np.float32), tiny_spec)
+        preprocess_image(image.astype(np.float32), data_layout(tiny_spec))
 
 
 def test_preprocess_uses_spec_mean_and_std(tiny_spec_factory):
     cfg = tiny_spec_factory("dataset.segment.augmentation.mean=[0.0,0.0,0.0]", "dataset.segment.augmentation.std=[1.0,1.0,1.0]")
     image = np.full((64, 64, 3), 51, np.uint8)
-    np.testing.assert_allclose(preprocess_image(image, cfg), 0.2, rtol=1e-6)
+    np.testing.assert_allclose(preprocess_image(image, data_layout(cfg)), 0.2, rtol=1e-6)
 
 
 def test_class_palette_and_names(tiny_spec_factory):

@@ -26,6 +26,7 @@ from changenet.deploy.tensorrt_api import (
 )
 from changenet.errors import ChangenetError, ModelError, SpecError, UnsupportedError
 from changenet.fileio import sha256_file
+from changenet.model.options import ModelOptions
 
 HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -335,7 +336,7 @@ def test_build_from_exported_fan_tiny(tmp_path):
         "dataset.segment.img_size=64",
         "dataset.segment.num_classes=2",
     )
-    model = build_model(cfg, load_pretrained=False)
+    model = build_model(ModelOptions.from_spec(cfg), load_pretrained=False)
     # The TorchScript exporter without the PyTorch comparison keeps this test short; export's own tests cover those.
     export_onnx(
         model,

@@ -16,6 +16,7 @@ from changenet.config import load_spec
 from changenet.errors import DataError, SpecError
 from changenet.model import build_model
 from changenet.model.checkpoint import save_model_checkpoint
+from changenet.model.options import ModelOptions
 
 SMALL = ("model.decode_head.decoder_params.embed_dim=16", "dataset.segment.img_size=64")
 
@@ -24,8 +25,8 @@ SMALL = ("model.decode_head.decoder_params.embed_dim=16", "dataset.segment.img_s
 def checkpoint(tiny_spec_factory, tmp_path):
     cfg = tiny_spec_factory(*SMALL)
     torch.manual_seed(0)
-    model = build_model(cfg, load_pretrained=False)
-    return save_model_checkpoint(model, cfg, tmp_path / "model.pth")
+    model = build_model(ModelOptions.from_spec(cfg), load_pretrained=False)
+    return save_model_checkpoint(model, ModelOptions.from_spec(cfg), tmp_path / "model.pth")
 
 
 def test_onnx_and_checkpoint_give_the_same_metrics(tiny_spec_factory, checkpoint, tmp_path):

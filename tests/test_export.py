@@ -19,6 +19,7 @@ from changenet.actions.export import export
 from changenet.cli import app
 from changenet.config import load_spec
 from changenet.contract import SEGMENT_IO
+from changenet.data.options import DataOptions
 from changenet.deploy.export import export_onnx
 from changenet.deploy.options import PredictorOptions, open_predictor
 from changenet.deploy.verify import check_graph, sample_pairs
@@ -26,6 +27,7 @@ from changenet.errors import ModelError, SpecError
 from changenet.fileio import sha256_file
 from changenet.model import build_model
 from changenet.model.checkpoint import save_model_checkpoint
+from changenet.model.options import ModelOptions
 
 SIZE = 64
 SIDECAR_KEYS = {
@@ -55,8 +57,8 @@ def tiny(synth_root, workdir):
     """A freshly initialised fan_tiny model, its checkpoint and spec."""
     torch.manual_seed(0)
     cfg = spec_for(synth_root, workdir / "results")
-    model = build_model(cfg, load_pretrained=False).eval()
-    checkpoint = save_model_checkpoint(model, cfg, workdir / "model_epoch_000.pth")
+    model = build_model(ModelOptions.from_spec(cfg), load_pretrained=False).eval()
+    checkpoint = save_model_checkpoint(model, ModelOptions.from_spec(cfg), workdir / "model_epoch_000.pth")
     return cfg, model, checkpoint
 
 
@@ -164,7 +166,7 @@ def test_other_backbones_export_at_opset17(backbone, size, batch_size, workdir):
     overrides = [f"model.backbone.type={backbone}", f"dataset.segment.img_size={size}"]
     if backbone.startswith("c_radio"):
         overrides.append("model.decode_head.feature_strides=[4,8,16,32]")
-    model = build_model(load_spec(None, overrides), load_pretrained=False).eval()
+    model = build_model(ModelOptions.from_spec(load_spec(None, overrides)), load_pretrained=False).eval()
     onnx_path = workdir / backbone / "model.onnx"
     result = export_onnx(model, onnx_path, size, size, batch_size=batch_size, opset=17)
     assert result.verification.passed and result.verification.argmax_agreement >= 0.999
@@ -257,7 +259,7 @@ def test_torch_predictor_matches_the_model(tiny):
     cfg, model, checkpoint = tiny
     predictor = open_predictor(PredictorOptions.for_model(cfg, "checkpoint", checkpoint))
     assert predictor.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
-    a, b, _ = sample_pairs(cfg, 2, SIZE, SIZE)
+    a, b, _ = sample_pairs(DataOptions.from_spec(cfg), 2, SIZE, SIZE)
     scores = predictor.predict_scores(a, b)
     with torch.inference_mode():
         want = model(torch.from_numpy(a), torch.from_numpy(b))[-1].numpy()
@@ -267,8 +269,8 @@ def test_torch_predictor_matches_the_model(tiny):
 
 def test_sample_pairs_resize_dataset_pairs_and_fall_back_to_random(tiny, tmp_path):
     cfg, _, _ = tiny
-    a, b, note = sample_pairs(cfg, 3, 32, 48)
+    a, b, note = sample_pairs(DataOptions.from_spec(cfg), 3, 32, 48)
     assert a.shape == b.shape == (3, 3, 32, 48) and note.startswith("test split")
     no_data = load_spec(None, [f"dataset.segment.root_dir={tmp_path / 'absent'}"])
-    a, b, note = sample_pairs(no_data, 2, 32, 32)
+    a, b, note = sample_pairs(DataOptions.from_spec(no_data), 2, 32, 32)
     assert note == "random images" and a.dtype == np.float32 and -1.0 <= a.min() < a.max() <= 1.0

@@ -44,6 +44,7 @@ from changenet.fileio import (
     temp_folder_beside,
 )
 from changenet.model.checkpoint import epoch_checkpoint_name, latest_checkpoint_name, read_checkpoint
+from changenet.model.options import ModelOptions
 
 CLI = [sys.executable, "-m", "changenet.cli"]
 # One torch thread per run: on a shared 2-core machine a second multi-threaded torch process slows an
@@ -409,7 +410,7 @@ def fan_checkpoint(tmp_path_factory, synth_root) -> Path:
 
     cfg = load_spec(None, [f"dataset.segment.root_dir={synth_root}", *SMALL_FAN])
     torch.manual_seed(0)
-    return save_model_checkpoint(build_model(cfg, load_pretrained=False).eval(), cfg,
+    return save_model_checkpoint(build_model(ModelOptions.from_spec(cfg), load_pretrained=False).eval(), ModelOptions.from_spec(cfg),
                                  tmp_path_factory.mktemp("fan") / "model_epoch_000.pth")
 
 

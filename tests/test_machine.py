@@ -137,14 +137,14 @@ def test_benchmark_takes_its_cpu_peak_from_machine(fake_cpu, monkeypatch):
 
 def test_openvino_bf16_check_follows_the_fake_cpu(fake_cpu):
     # Imports no OpenVINO (its predictor refuses bf16 in tests/openvino_checks.py, in a process of its own).
-    from changenet.deploy.openvino_predictor import cpu_has_bf16
+    from changenet.machine import bf16_native, this_cpu
 
     fake_cpu("intel_amx")
-    assert cpu_has_bf16()
+    assert bf16_native(this_cpu())
     fake_cpu("amd_zen4")
-    assert cpu_has_bf16()
+    assert bf16_native(this_cpu())
     fake_cpu("avx2_only")
-    assert not cpu_has_bf16()
+    assert not bf16_native(this_cpu())
 
 
 def test_cpuinfo_env_naming_a_missing_file_is_an_error(tmp_path, monkeypatch):

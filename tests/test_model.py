@@ -18,7 +18,6 @@ from changenet.deploy.predictor import combine_multi_scale
 from changenet.errors import ModelError, SpecError
 from changenet.model import (
     OUTPUT_NAMES,
-    ChangeNetLoss,
     build_model,
     count_parameters,
     create_backbone,
@@ -28,6 +27,8 @@ from changenet.model import (
     model_flops,
 )
 from changenet.model.loss import cross_entropy, resize_label
+from changenet.model.options import ModelOptions
+from changenet.train.module import ChangeNetModule
 
 # backbone type -> (backbone params, params with decoder K=2 D=256), from docs DESIGN.md
 FAN_PARAMS = {
@@ -72,7 +73,7 @@ def expected_shapes(batch, classes, size, strides):
 @pytest.fixture(scope="module")
 def tiny_model():
     torch.manual_seed(0)
-    return build_model(fan_tiny_spec("dataset.segment.img_size=64")).eval()
+    return build_model(ModelOptions.from_spec(fan_tiny_spec("dataset.segment.img_size=64"))).eval()
 
 
 # --------------------------------------------------------------------------- registry and sizes
@@ -85,7 +86,7 @@ def test_registry_holds_every_spec_type():
 @pytest.mark.parametrize("name", sorted(FAN_PARAMS))
 def test_fan_parameter_counts(name):
     with torch.device("meta"):
-        model = build_model(spec(f"model.backbone.type={name}"))
+        model = build_model(ModelOptions.from_spec(spec(f"model.backbone.type={name}")))
     backbone_target, total_target = FAN_PARAMS[name]
     assert count_parameters(model.backbone) == pytest.approx(backbone_target, rel=0.05)
     assert count_parameters(model) == pytest.approx(total_target, rel=0.05)
@@ -95,7 +96,7 @@ def test_fan_parameter_counts(name):
 @pytest.mark.parametrize("name", sorted(VIT_PARAMS))
 def test_vit_adapter_parameter_counts(name):
     with torch.device("meta"):
-        model = build_model(vit_spec(name, "model.decode_head.use_summary_token=true", "dataset.segment.img_size=224"))
+        model = build_model(ModelOptions.from_spec(vit_spec(name, "model.decode_head.use_summary_token=true", "dataset.segment.img_size=224")))
     backbone_target, total_target = VIT_PARAMS[name]
     assert count_parameters(model.backbone) == pytest.approx(backbone_target, abs=0.06e6)
     assert count_parameters(model) == pytest.approx(total_target, abs=0.06e6)
@@ -114,7 +115,7 @@ def test_fan_feat_downsample_gives_stride_32():
     # TAO's segmentation model crashes here (its channel map says 192 where the level has 768 channels).
     cfg = fan_tiny_spec("model.backbone.feat_downsample=true", "model.decode_head.feature_strides=[4,8,16,32]",
                         "dataset.segment.num_classes=3", "dataset.segment.img_size=64")
-    model = build_model(cfg).eval()
+    model = build_model(ModelOptions.from_spec(cfg)).eval()
     assert model.backbone.strides == [4, 8, 16, 32] and model.backbone.out_channels == [128, 256, 192, 768]
     assert tuple(model.decoder.linear_c4.proj.weight.shape) == (256, 768)
     with torch.no_grad():
@@ -125,7 +126,7 @@ def test_fan_feat_downsample_gives_stride_32():
 @pytest.mark.parametrize("name", ["c_radio_v2_vit_base_patch16_224", "vit_large_nvdinov2"])
 @pytest.mark.parametrize("size", [64, 128])
 def test_small_vit_output_shapes(name, size):
-    model = build_model(vit_spec(name, "dataset.segment.img_size=64"), **SMALL_VIT).eval()
+    model = build_model(ModelOptions.from_spec(vit_spec(name, "dataset.segment.img_size=64")), **SMALL_VIT).eval()
     with torch.no_grad():
         outputs = model(*pair(2, size))
     assert [tuple(o.shape) for o in outputs] == expected_shapes(2, 2, size, [4, 8, 16, 32])
@@ -135,7 +136,7 @@ def test_small_vit_output_shapes(name, size):
 @pytest.mark.parametrize("name", ["vit_large_nvdinov2", "c_radio_p1_vit_huge_patch16_224_mlpnorm"])
 def test_registered_vit_shapes_on_meta(name):
     with torch.device("meta"):
-        model = build_model(vit_spec(name)).eval()
+        model = build_model(ModelOptions.from_spec(vit_spec(name))).eval()
         outputs = model(*[torch.zeros(2, 3, 256, 256)] * 2)
     assert [tuple(o.shape) for o in outputs] == expected_shapes(2, 2, 256, [4, 8, 16, 32])
 
@@ -161,14 +162,14 @@ def test_vit_position_embeddings_follow_the_input_grid():
 def test_gradient_step_fan_tiny():
     torch.manual_seed(0)
     cfg = fan_tiny_spec("dataset.segment.img_size=128")
-    model = build_model(cfg).train()
+    model = build_model(ModelOptions.from_spec(cfg)).train()
     a, b = pair(2, 128)
     label = torch.zeros(2, 128, 128, dtype=torch.long)
     label[:, 32:80, 48:100] = 1
     label[:, :8] = 255  # ignored pixels
     outputs = model(a, b)
     assert [tuple(o.shape) for o in outputs] == expected_shapes(2, 2, 128, [4, 8, 16, 16])
-    total, parts = ChangeNetLoss(cfg)(outputs, label)
+    total, parts = ChangeNetModule.loss_for(cfg)(outputs, label)
     assert torch.isfinite(total) and set(parts) == {f"loss_{n}" for n in OUTPUT_NAMES}
     total.backward()
     for part in (model.backbone.patch_embed.backbone.stem, model.backbone.blocks[0], model.decoder.change_probability):
@@ -188,15 +189,15 @@ def test_multi_scale_loss_applies_its_weights():
     label = torch.randint(0, 2, (2, 32, 32), generator=torch.Generator().manual_seed(1))
     label[0, :4] = 255
     weights = [0.5, 0.5, 0.5, 0.8, 1.0]
-    multi, parts = ChangeNetLoss(spec("dataset.segment.multi_scale_train=true"))(outputs, label)
-    single, single_parts = ChangeNetLoss(spec("dataset.segment.multi_scale_train=false"))(outputs, label)
+    multi, parts = ChangeNetModule.loss_for(spec("dataset.segment.multi_scale_train=true"))(outputs, label)
+    single, single_parts = ChangeNetModule.loss_for(spec("dataset.segment.multi_scale_train=false"))(outputs, label)
     assert list(single_parts) == ["loss_final"]
     manual = sum(w * cross_entropy(o, resize_label(label, o.shape[-2:])) for w, o in zip(weights, outputs))
     assert multi.item() == pytest.approx(manual.item(), rel=1e-6)
     assert multi.item() != pytest.approx(single.item(), rel=1e-3)
     assert single.item() == pytest.approx(parts["loss_final"].item(), rel=1e-6)
 
-    only_p_c2 = ChangeNetLoss(spec("train.segment.weights=[0,0,2.0,0,0]"))(outputs, label)[0]
+    only_p_c2 = ChangeNetModule.loss_for(spec("train.segment.weights=[0,0,2.0,0,0]"))(outputs, label)[0]
     reference = torch.nn.functional.cross_entropy(
         outputs[2], resize_label(label, (4, 4)), ignore_index=255)
     assert only_p_c2.item() == pytest.approx(2.0 * reference.item(), rel=1e-5)
@@ -205,17 +206,17 @@ def test_multi_scale_loss_applies_its_weights():
 def test_loss_ignores_255_and_survives_an_unlabelled_batch():
     outputs = _fake_outputs()
     label = torch.full((2, 32, 32), 255, dtype=torch.long)
-    total, _ = ChangeNetLoss(spec())(outputs, label)
+    total, _ = ChangeNetModule.loss_for(spec())(outputs, label)
     assert total.item() == 0.0
     label[:, 16:, :] = 1
     ignored_changed = [o.clone() for o in outputs]
     ignored_changed[-1][:, :, :16] += 100.0  # logits at ignored pixels must not matter
-    loss_cfg = ChangeNetLoss(spec("dataset.segment.multi_scale_train=false"))
+    loss_cfg = ChangeNetModule.loss_for(spec("dataset.segment.multi_scale_train=false"))
     assert loss_cfg(outputs, label)[0].item() == pytest.approx(loss_cfg(ignored_changed, label)[0].item())
 
 
 def test_freeze_backbone():
-    model = build_model(fan_tiny_spec("model.backbone.freeze_backbone=true", "dataset.segment.img_size=64"))
+    model = build_model(ModelOptions.from_spec(fan_tiny_spec("model.backbone.freeze_backbone=true", "dataset.segment.img_size=64")))
     model.train()
     assert not any(p.requires_grad for p in model.backbone.parameters())
     assert all(p.requires_grad for p in model.decoder.parameters())
@@ -246,24 +247,24 @@ def test_batch_items_are_independent_in_eval_mode(tiny_model):
 
 def test_summary_token_only_changes_vit_models(tiny_model):
     # As in TAO: FAN has no summary token, so use_summary_token changes nothing; the ViT adds its class token.
-    with_token = build_model(fan_tiny_spec("model.decode_head.use_summary_token=true", "dataset.segment.img_size=64"))
+    with_token = build_model(ModelOptions.from_spec(fan_tiny_spec("model.decode_head.use_summary_token=true", "dataset.segment.img_size=64")))
     with_token.load_state_dict(tiny_model.state_dict(), strict=True)
     a, b = pair(1, 64)
     with torch.no_grad():
         assert torch.equal(with_token.eval()(a, b)[-1], tiny_model(a, b)[-1])
     # C-RADIO: with the summary tokens TAO adds fc_summary and four 1x1 convs.
-    vit_on = build_model(vit_spec("c_radio_v2_vit_base_patch16_224", "dataset.segment.img_size=64",
-                                  "model.decode_head.use_summary_token=true"), **SMALL_VIT)
-    vit_off = build_model(vit_spec("c_radio_v2_vit_base_patch16_224", "dataset.segment.img_size=64"), **SMALL_VIT)
+    vit_on = build_model(ModelOptions.from_spec(vit_spec("c_radio_v2_vit_base_patch16_224", "dataset.segment.img_size=64",
+                                  "model.decode_head.use_summary_token=true")), **SMALL_VIT)
+    vit_off = build_model(ModelOptions.from_spec(vit_spec("c_radio_v2_vit_base_patch16_224", "dataset.segment.img_size=64")), **SMALL_VIT)
     assert hasattr(vit_on.backbone, "fc_summary") and not hasattr(vit_off.backbone, "fc_summary")
     # NV-DINOv2: TAO builds the summary path whatever the spec says.
-    nv = build_model(vit_spec("vit_large_nvdinov2", "dataset.segment.img_size=64"), **SMALL_VIT)
+    nv = build_model(ModelOptions.from_spec(vit_spec("vit_large_nvdinov2", "dataset.segment.img_size=64")), **SMALL_VIT)
     assert nv.backbone.add_summary and hasattr(nv.backbone, "fc_summary")
 
 
 def test_decoder_resizes_as_tao_does_whatever_align_corners_says(tiny_model):
     # TAO passes align_corners=False to its decoder regardless of the spec; so do we.
-    other = build_model(fan_tiny_spec("model.decode_head.align_corners=true", "dataset.segment.img_size=64")).eval()
+    other = build_model(ModelOptions.from_spec(fan_tiny_spec("model.decode_head.align_corners=true", "dataset.segment.img_size=64"))).eval()
     other.load_state_dict(tiny_model.state_dict())
     a, b = pair(1, 64)
     with torch.no_grad():
@@ -282,8 +283,8 @@ def test_multi_scale_infer_combines_model_outputs(tiny_model):
 def test_strides_and_channels_come_from_the_backbone(caplog):
     # TAO builds the decoder from the backbone's channels whatever the spec says; a disagreeing spec is named.
     with caplog.at_level(logging.WARNING, logger="changenet.model.changenet"):
-        model = build_model(fan_tiny_spec("model.decode_head.feature_strides=[4,8,16,32]",
-                                          "model.decode_head.in_channels=[128,256,384,384]", "dataset.segment.img_size=64"))
+        model = build_model(ModelOptions.from_spec(fan_tiny_spec("model.decode_head.feature_strides=[4,8,16,32]",
+                                          "model.decode_head.in_channels=[128,256,384,384]", "dataset.segment.img_size=64")))
     lines = [r.getMessage() for r in caplog.records]
     assert any("'model.decode_head.feature_strides' is [4, 8, 16, 32]" in line and "using [4, 8, 16, 16]" in line
                for line in lines)
@@ -291,15 +292,15 @@ def test_strides_and_channels_come_from_the_backbone(caplog):
                for line in lines)
     assert model.decoder.upsample_factors == {4: 1, 3: 2, 2: 2}
     with pytest.raises(SpecError, match=r"in_index' must pick 4 different levels of 0..3, got \[0, 1, 2, 2\]"):
-        build_model(fan_tiny_spec("model.decode_head.in_index=[0,1,2,2]"))
+        build_model(ModelOptions.from_spec(fan_tiny_spec("model.decode_head.in_index=[0,1,2,2]")))
 
 
 def test_image_size_must_fit_the_strides():
     with pytest.raises(SpecError, match=r"dataset.segment.img_size.*multiple of 16.*use 240 or 256"):
-        build_model(fan_tiny_spec("dataset.segment.img_size=250"))
+        build_model(ModelOptions.from_spec(fan_tiny_spec("dataset.segment.img_size=250")))
     with pytest.raises(SpecError, match=r"multiple of 32.*use 224 or 256"):
         with torch.device("meta"):
-            build_model(vit_spec("vit_large_nvdinov2", "dataset.segment.img_size=240"))
+            build_model(ModelOptions.from_spec(vit_spec("vit_large_nvdinov2", "dataset.segment.img_size=240")))
 
 
 # --------------------------------------------------------------------------- weights
@@ -378,7 +379,7 @@ def test_file_without_matching_keys_is_refused(tmp_path):
 
 def test_build_model_loads_spec_weights(tmp_path):
     torch.manual_seed(1)
-    trained = build_model(fan_tiny_spec("dataset.segment.img_size=64"))
+    trained = build_model(ModelOptions.from_spec(fan_tiny_spec("dataset.segment.img_size=64")))
     whole = tmp_path / "model.pth"
     lightning_style = {"state_dict": {f"model.{k}": v for k, v in trained.state_dict().items()},
                        "epoch": 3, "hyper_parameters": OmegaConf.create({"lr": 1e-4})}  # a pickled config, allowed
@@ -387,12 +388,12 @@ def test_build_model_loads_spec_weights(tmp_path):
     torch.save(trained.backbone.state_dict(), backbone_only)
 
     torch.manual_seed(2)
-    from_whole = build_model(fan_tiny_spec("dataset.segment.img_size=64", f"train.pretrained_model_path={whole}"))
+    from_whole = build_model(ModelOptions.from_spec(fan_tiny_spec("dataset.segment.img_size=64", f"train.pretrained_model_path={whole}")))
     for key, value in trained.state_dict().items():
         assert torch.equal(from_whole.state_dict()[key], value), key
 
-    from_backbone = build_model(fan_tiny_spec("dataset.segment.img_size=64",
-                                              f"model.backbone.pretrained_backbone_path={backbone_only}"))
+    from_backbone = build_model(ModelOptions.from_spec(fan_tiny_spec("dataset.segment.img_size=64",
+                                              f"model.backbone.pretrained_backbone_path={backbone_only}")))
     assert torch.equal(from_backbone.backbone.cls_token, trained.backbone.cls_token)
     assert not torch.equal(from_backbone.decoder.change_probability.conv2d.weight,
                            trained.decoder.change_probability.conv2d.weight)
@@ -400,19 +401,19 @@ def test_build_model_loads_spec_weights(tmp_path):
     with pytest.raises(ModelError, match="backbone-only file belongs in model.backbone.pretrained_backbone_path"):
         load_pretrained_model(from_backbone, backbone_only)
     with pytest.raises(SpecError, match="train.pretrained_model_path"):
-        build_model(fan_tiny_spec(f"train.pretrained_model_path={tmp_path / 'nope.pth'}"))
-    build_model(fan_tiny_spec(f"train.pretrained_model_path={tmp_path / 'nope.pth'}"), load_pretrained=False)
+        build_model(ModelOptions.from_spec(fan_tiny_spec(f"train.pretrained_model_path={tmp_path / 'nope.pth'}")))
+    build_model(ModelOptions.from_spec(fan_tiny_spec(f"train.pretrained_model_path={tmp_path / 'nope.pth'}")), load_pretrained=False)
 
 
 def test_pretrained_model_for_other_classes_starts_its_heads_afresh(tmp_path, caplog):
     # Fine-tuning a 2-class model to 4 classes: every tensor but the class-count ones is taken (TAO would refuse).
     torch.manual_seed(1)
-    two = build_model(fan_tiny_spec("dataset.segment.img_size=64"))
+    two = build_model(ModelOptions.from_spec(fan_tiny_spec("dataset.segment.img_size=64")))
     path = tmp_path / "two.pth"
     torch.save({"state_dict": {f"model.{k}": v for k, v in two.state_dict().items()}}, path)
     with caplog.at_level(logging.INFO, logger="changenet.model.weights"):
-        four = build_model(fan_tiny_spec("dataset.segment.img_size=64", "dataset.segment.num_classes=4",
-                                         f"train.pretrained_model_path={path}"))
+        four = build_model(ModelOptions.from_spec(fan_tiny_spec("dataset.segment.img_size=64", "dataset.segment.num_classes=4",
+                                         f"train.pretrained_model_path={path}")))
     assert torch.equal(four.decoder.linear_fuse[0].weight, two.decoder.linear_fuse[0].weight)
     assert four.decoder.change_probability.conv2d.weight.shape[0] == 4
     warning = [r.getMessage() for r in _weight_lines(caplog) if r.levelno == logging.WARNING]
@@ -423,12 +424,12 @@ def test_pretrained_model_for_other_classes_starts_its_heads_afresh(tmp_path, ca
 # --------------------------------------------------------------------------- FLOPs
 def test_model_flops_matches_a_real_count():
     cfg = fan_tiny_spec()
-    model = build_model(cfg).eval()
+    model = build_model(ModelOptions.from_spec(cfg)).eval()
     image = torch.zeros(1, 3, 64, 64)
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter, torch.no_grad():
         model(image, image)  # the math kernel makes attention visible to the counter
-    assert model_flops(cfg, img_size=64) == pytest.approx(counter.get_total_flops() / 1e9)
-    assert model_flops(cfg, img_size=128) > 3.5 * model_flops(cfg, img_size=64)
+    assert model_flops(ModelOptions.from_spec(cfg), img_size=64) == pytest.approx(counter.get_total_flops() / 1e9)
+    assert model_flops(ModelOptions.from_spec(cfg), img_size=128) > 3.5 * model_flops(ModelOptions.from_spec(cfg), img_size=64)
 
 
 # --------------------------------------------------------------------------- export forms
@@ -438,8 +439,8 @@ def test_explicit_attention_form_computes_the_same_and_ends_with_the_export(name
 
     torch.manual_seed(0)
     extra = SMALL_VIT if name.startswith("vit") else {}
-    model = build_model(spec(f"model.backbone.type={name}", "dataset.segment.img_size=64",
-                             "model.decode_head.decoder_params.embed_dim=16"), load_pretrained=False, **extra).eval()
+    model = build_model(ModelOptions.from_spec(spec(f"model.backbone.type={name}", "dataset.segment.img_size=64",
+                             "model.decode_head.decoder_params.embed_dim=16")), load_pretrained=False, **extra).eval()
     a, b = pair(1, 64)
     fused_sdpa = torch.nn.functional.scaled_dot_product_attention
     with torch.no_grad():

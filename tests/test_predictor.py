@@ -6,6 +6,7 @@ import torch
 
 from changenet.deploy.predictor import Predictor, combine_multi_scale
 from changenet.errors import ModelError
+from changenet.model.options import ModelOptions
 
 
 class RecordingPredictor(Predictor):
@@ -89,7 +90,7 @@ def _tiny_changenet():
     torch.manual_seed(0)
     cfg = load_spec(None, ["model.backbone.type=fan_tiny_8_p4_hybrid", "dataset.segment.img_size=32",
                            "model.decode_head.decoder_params.embed_dim=16"])
-    return build_model(cfg, load_pretrained=False)
+    return build_model(ModelOptions.from_spec(cfg), load_pretrained=False)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")

@@ -16,11 +16,13 @@ import torch
 
 from changenet.config.loader import load_spec
 from changenet.data import build_dataset
+from changenet.data.options import DataOptions
 from changenet.data.pixels import STRETCH_FILE, read_image, read_pixels
 from changenet.data.synth import generate_dataset
 from changenet.errors import DataError
 from changenet.model import build_model
 from changenet.model.checkpoint import save_model_checkpoint
+from changenet.model.options import ModelOptions
 
 SIZE = 32
 BAD = ("predict_truncated", "predict_missing_b", "predict_too_small")
@@ -64,7 +66,7 @@ def multiband_root(tmp_path_factory) -> Path:
 def checkpoint(broken_root, tmp_path) -> Path:
     cfg = spec(broken_root, tmp_path)
     torch.manual_seed(0)
-    return save_model_checkpoint(build_model(cfg, load_pretrained=False), cfg, tmp_path / "model.pth")
+    return save_model_checkpoint(build_model(ModelOptions.from_spec(cfg), load_pretrained=False), ModelOptions.from_spec(cfg), tmp_path / "model.pth")
 
 
 # --------------------------------------------------------------------------- bad pairs
@@ -100,7 +102,7 @@ def test_evaluate_names_every_bad_pair(broken_root, tmp_path):
         (broken_root / "B" / name).rename(tmp_path / name)
     try:
         with pytest.raises(DataError) as info:
-            build_dataset(spec(broken_root, tmp_path), "test")
+            build_dataset(DataOptions.from_spec(spec(broken_root, tmp_path)), "test")
     finally:
         for name in ("test_0001.png", "test_0002.png"):
             (tmp_path / name).rename(broken_root / "B" / name)
@@ -111,7 +113,7 @@ def test_evaluate_names_every_bad_pair(broken_root, tmp_path):
 
 def test_near_equal_pair_is_resampled_onto_a_with_one_warning(broken_root, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
-        dataset = build_dataset(spec(broken_root, tmp_path), "train")
+        dataset = build_dataset(DataOptions.from_spec(spec(broken_root, tmp_path)), "train")
     assert any("within 2 px" in r.getMessage() and "train_near_equal.png" in r.getMessage() for r in caplog.records)
     pair = dataset.read_pair(dataset.names.index("train_near_equal.png"))
     assert pair["A"].shape == pair["B"].shape == (SIZE, SIZE, 3) and pair["label"].shape == (SIZE, SIZE)
@@ -133,12 +135,12 @@ def test_sixteen_bit_png_is_read_at_full_depth(tmp_path):
 
 def test_multiband_dataset_stretch_is_stored_once_and_shared(multiband_root, tmp_path):
     cfg = spec(multiband_root, tmp_path, "dataset.segment.bands=[4,1,2]")
-    train = build_dataset(cfg, "train")
+    train = build_dataset(DataOptions.from_spec(cfg), "train")
     stored = json.loads((multiband_root / STRETCH_FILE).read_text())
     assert stored["bands"] == [4, 1, 2] and stored["dtype"] == "uint16"
     assert len(stored["A"]) == 3 and stored["A"] != stored["B"]  # A and B were acquired at other gains
     written = (multiband_root / STRETCH_FILE).stat().st_mtime_ns
-    predict = build_dataset(cfg, "predict")  # another split reuses the limits, not its own
+    predict = build_dataset(DataOptions.from_spec(cfg), "predict")  # another split reuses the limits, not its own
     assert (multiband_root / STRETCH_FILE).stat().st_mtime_ns == written
     np.testing.assert_array_equal(predict.pixels.limits["A"], train.pixels.limits["A"])
     image = train.read_pair(0)["A"]
@@ -148,11 +150,11 @@ def test_multiband_dataset_stretch_is_stored_once_and_shared(multiband_root, tmp
     expected = np.clip(np.rint((raw[..., 3].astype(np.float32) - low) * 255.0 / (high - low)), 0, 255)
     np.testing.assert_array_equal(image[..., 0], expected.astype(np.uint8))
     # Other bands: the limits are estimated again.
-    other = build_dataset(spec(multiband_root, tmp_path, "dataset.segment.bands=[1,2,3]"), "train")
+    other = build_dataset(DataOptions.from_spec(spec(multiband_root, tmp_path, "dataset.segment.bands=[1,2,3]")), "train")
     assert json.loads((multiband_root / STRETCH_FILE).read_text())["bands"] == [1, 2, 3]
     assert not np.array_equal(other.pixels.limits["A"], train.pixels.limits["A"])
     with pytest.raises(DataError, match=r"bands 1\.\.4"):
-        build_dataset(spec(multiband_root, tmp_path, "dataset.segment.bands=[5,1,2]"), "train")
+        build_dataset(DataOptions.from_spec(spec(multiband_root, tmp_path, "dataset.segment.bands=[5,1,2]")), "train")
 
 
 def test_multiband_dataset_trains_evaluates_calibrates_and_infers(multiband_root, tmp_path):

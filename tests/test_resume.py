@@ -19,6 +19,7 @@ from changenet.model.checkpoint import (
     load_model_from_checkpoint,
     read_checkpoint,
 )
+from changenet.model.options import ModelOptions
 from changenet.train.trainer import STATUS_FILE
 
 # A narrow decoder at 32 x 32: what is tested here does not depend on the size, and it is 4x cheaper.
@@ -90,7 +91,7 @@ def test_killed_run_resumes_from_its_latest_checkpoint(tiny_spec_factory, tmp_pa
 
     # The kill landed in epoch 1: the latest checkpoint is epoch 0's, whole and loadable.
     assert read_checkpoint(latest).epoch == 0
-    load_model_from_checkpoint(latest, cfg)
+    load_model_from_checkpoint(latest, ModelOptions.from_spec(cfg))
 
     second = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-2000:]

@@ -11,6 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from changenet.data import build_dataset, synth
+from changenet.data.options import DataOptions
 from changenet.data.synth import generate_dataset
 from changenet.errors import DataError
 from changenet.fileio import sha256_file
@@ -106,7 +107,7 @@ def test_multi_class_labels(tmp_path):
     cfg = load_spec(None, [f"dataset.segment.root_dir={root}", "dataset.segment.img_size=64",
                            "dataset.segment.num_classes=4", "dataset.segment.label_transform=null"])
     labels = set()
-    for item in build_dataset(cfg, "val"):
+    for item in build_dataset(DataOptions.from_spec(cfg), "val"):
         labels |= set(item["label"].unique().tolist())
     assert labels <= {0, 1, 2, 3}
 

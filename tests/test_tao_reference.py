@@ -27,6 +27,7 @@ from changenet.model.checkpoint import (
     load_model_from_checkpoint,
     save_model_checkpoint,
 )
+from changenet.model.options import ModelOptions
 from changenet.model.weights import load_backbone_weights
 
 REFERENCE = "fan_tiny_8_p4_hybrid_d64_k2"
@@ -67,7 +68,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 # --------------------------------------------------------------------------- the model is TAO's
 def test_tao_checkpoint_loads_strictly_and_reproduces_tao_outputs(tao_reference):
     files = reference_files(tao_reference)
-    model = load_model_from_checkpoint(files["tao.pth"], reference_spec(tao_reference))  # strict=True inside
+    model = load_model_from_checkpoint(files["tao.pth"], ModelOptions.from_spec(reference_spec(tao_reference)))  # strict=True inside
     # Same names, shapes and parameter order (optimizer states saved by TAO line up with ours).
     tao_state = reference_state(tao_reference)
     assert list(model.state_dict()) == [key[len("model."):] for key in tao_state]
@@ -111,7 +112,7 @@ def test_cli_evaluate_takes_the_tao_checkpoint(tao_reference, synth_root, tmp_pa
 def test_tao_checkpoint_for_another_spec_says_which_keys_to_set(tao_reference):
     cfg = reference_spec(tao_reference, "dataset.segment.num_classes=3", "model.decode_head.decoder_params.embed_dim=256")
     with pytest.raises(ModelError) as error:
-        load_model_from_checkpoint(reference_files(tao_reference)["tao.pth"], cfg)
+        load_model_from_checkpoint(reference_files(tao_reference)["tao.pth"], ModelOptions.from_spec(cfg))
     text = str(error.value)
     assert "TAO checkpoint" in text and "\n" not in text
     assert "set dataset.segment.num_classes=2 model.decode_head.decoder_params.embed_dim=64" in text
@@ -128,7 +129,7 @@ def test_all_fan_sizes_have_tao_names_at_any_class_count_and_width(tao_reference
             cfg = load_spec(None, [f"model.backbone.type={name}", f"dataset.segment.num_classes={classes}",
                                    f"model.decode_head.decoder_params.embed_dim={width}"])
             with torch.device("meta"):
-                model = build_model(cfg, load_pretrained=False)
+                model = build_model(ModelOptions.from_spec(cfg), load_pretrained=False)
             state = model.state_dict()
             assert {pattern(key) for key in state} == tao_patterns, name
             assert tuple(state["decoder.change_probability.conv2d.weight"].shape) == (classes, width, 3, 3)
@@ -152,7 +153,7 @@ def test_changenet_checkpoints_have_the_reference_layout(tao_reference, tiny_spe
     assert written["tao_model"] == "visual_changenet_segment"
     assert {"epoch", "global_step", "pytorch-lightning_version", "optimizer_states", "lr_schedulers"} <= set(written)
 
-    saved = save_model_checkpoint(build_model(cfg, load_pretrained=False), cfg, tmp_path / "weights.pth")
+    saved = save_model_checkpoint(build_model(ModelOptions.from_spec(cfg), load_pretrained=False), ModelOptions.from_spec(cfg), tmp_path / "weights.pth")
     plain = torch.load(saved, map_location="cpu", weights_only=True)
     assert {key: tuple(value.shape) for key, value in plain["state_dict"].items()} == tao_shapes
     assert plain["tao_model"] == "visual_changenet_segment"
@@ -160,7 +161,7 @@ def test_changenet_checkpoints_have_the_reference_layout(tao_reference, tiny_spe
 
 def test_pretrained_model_path_takes_a_tao_checkpoint(tao_reference):
     files = reference_files(tao_reference)
-    model = build_model(reference_spec(tao_reference, f"train.pretrained_model_path={files['tao.pth']}"))
+    model = build_model(ModelOptions.from_spec(reference_spec(tao_reference, f"train.pretrained_model_path={files['tao.pth']}")))
     tao_state = reference_state(tao_reference)
     for key, value in model.state_dict().items():
         assert torch.equal(value, tao_state["model." + key]), key
@@ -215,7 +216,7 @@ def test_backbone_file_cut_from_the_reference_loads_fully(tao_reference, tmp_pat
         from safetensors.torch import save_file
 
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
-    model = build_model(reference_spec(tao_reference), load_pretrained=False)
+    model = build_model(ModelOptions.from_spec(reference_spec(tao_reference)), load_pretrained=False)
     with caplog.at_level(logging.INFO, logger="changenet.model.weights"):
         report = load_backbone_weights(model.backbone, path)
     assert not report.missing and not report.unexpected and len(report.loaded) == len(tensors)
@@ -232,7 +233,7 @@ def test_backbone_file_with_one_wrong_shape_names_the_tensor(tao_reference, tmp_
     torch.save(tensors, path)
     cfg = reference_spec(tao_reference, f"model.backbone.pretrained_backbone_path={path}")
     with pytest.raises(ModelError, match=r"tensor 'blocks.3.mlp.q.weight' in '.*wrong.pth' has shape \[192, 96\]"):
-        build_model(cfg)
+        build_model(ModelOptions.from_spec(cfg))
 
 
 # --------------------------------------------------------------------------- ViT-Adapters (NV-DINOv2, C-RADIO)
@@ -317,7 +318,7 @@ def test_tao_classifier_checkpoint_reproduces_tao_outputs_in_pytorch_and_onnx(ta
 
     checkpoint = tao_reference / f"{CLASSIFY_REFERENCE}.tao.pth"
     cfg = classify_reference_spec(tao_reference)
-    model = load_model_from_checkpoint(checkpoint, cfg)  # strict=True inside; refuses a segmentation checkpoint
+    model = load_model_from_checkpoint(checkpoint, ModelOptions.from_spec(cfg))  # strict=True inside; refuses a segmentation checkpoint
     tao_state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     assert list(model.state_dict()) == [key[len("model."):] for key in tao_state]
     io = np.load(tao_reference / f"{CLASSIFY_REFERENCE}.io.npz")

@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from changenet.config.inputs import class_palette
 from changenet.config.loader import load_spec
 from changenet.config.tao_compat import settings_without_effect
-from changenet.data import class_palette
-from changenet.data.dataset import LANDSCD_COLOURS
+from changenet.config.inputs import LANDSCD_COLOURS
 from changenet.model import build_model, count_parameters
+from changenet.model.options import ModelOptions
+from changenet.train.module import ClassifierModule
 
 SPECS = Path(__file__).parent / "tao_specs"
 
@@ -42,7 +44,7 @@ def paths(spec: str, synth_root: Path, tmp_path: Path) -> list:
 def test_tao_example_specs_load_and_build(spec, backbone, classes, synth_root, tmp_path):
     cfg = load_spec(SPECS / spec, paths(spec, synth_root, tmp_path), action="train")
     with torch.device("meta"):
-        model = build_model(cfg)
+        model = build_model(ModelOptions.from_spec(cfg))
     assert cfg.model.backbone.type == backbone and model.decoder.change_probability.conv2d.weight.shape[0] == classes
     assert count_parameters(model) > 30e6
     # Interpolations resolve; TAO's ${gen_trt_engine.trt_engine} is no engine (none was built).
@@ -160,14 +162,13 @@ def test_tao_classify_spec_trains_evaluates_and_exports(size, stacked, tao_inspe
 def test_tao_multi_golden_spec_loads_and_builds(tmp_path, caplog):
     cfg = load_spec(SPECS / "classify_multi_golden.yaml", classify_paths(tmp_path, tmp_path), action="train")
     with torch.device("meta"):
-        model = build_model(cfg)
+        model = build_model(ModelOptions.from_spec(cfg))
     decoder = model.decoder
     assert cfg.model.backbone.type == "c_radio_p3_vit_huge_patch16_224_mlpnorm" and decoder.num_golden == 4
     assert tuple(decoder.position_embedding_c1.shape) == (1, 256, 8, 8) and hasattr(decoder, "attn_c4")
     assert count_parameters(model) > 600e6
     # TAO pairs its own spec's contrastive loss with a learnable head and stops; here: one line, then ce.
-    from changenet.model.loss import ClassifyLoss
 
     caplog.set_level(logging.WARNING)
-    assert ClassifyLoss(cfg).kind == "ce"
+    assert ClassifierModule.loss_for(cfg).kind == "ce"
     assert sum("train.classify.loss is 'contrastive'" in r.getMessage() for r in caplog.records) == 1

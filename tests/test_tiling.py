@@ -22,6 +22,10 @@ from changenet.geo import ArrayScene, RasterioScene
 rasterio = pytest.importorskip("rasterio")
 from rasterio.transform import from_origin  # noqa: E402
 
+from changenet.actions.inference import tiling_arguments
+from changenet.config.inputs import class_palette
+from changenet.model.options import ModelOptions
+
 MEAN = STD = (0.5, 0.5, 0.5)
 CRS = "EPSG:32633"
 TRANSFORM = from_origin(500000.0, 5200000.0, 10.0, 10.0)
@@ -162,11 +166,11 @@ def test_one_tile_image_matches_plain_inference_with_fan_tiny(tmp_path):
 
     torch.manual_seed(0)
     cfg = load_spec(overrides=["model.backbone.type=fan_tiny_8_p4_hybrid", "dataset.segment.img_size=64"])
-    predictor = TorchPredictor(build_model(cfg, load_pretrained=False), 2, device="cpu")
+    predictor = TorchPredictor(build_model(ModelOptions.from_spec(cfg), load_pretrained=False), 2, device="cpu")
     image_a, image_b = _random_pair(64, 64, seed=2)
     write_png(tmp_path / "a.png", image_a)
     write_png(tmp_path / "b.png", image_b)
-    predict_scene(predictor, tmp_path / "a.png", tmp_path / "b.png", tmp_path / "mask.png", cfg=cfg, progress=False)
+    predict_scene(predictor, tmp_path / "a.png", tmp_path / "b.png", tmp_path / "mask.png", **tiling_arguments(cfg), colours=class_palette(cfg), progress=False)
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "mask.png")),
                                   _plain_mask(predictor, image_a, image_b))
     # several windows with the real model: a full-size mask comes back
@@ -174,13 +178,13 @@ def test_one_tile_image_matches_plain_inference_with_fan_tiny(tmp_path):
     write_png(tmp_path / "big_a.png", big_a)
     write_png(tmp_path / "big_b.png", big_b)
     summary = predict_scene(predictor, tmp_path / "big_a.png", tmp_path / "big_b.png", tmp_path / "big.png",
-                            cfg=cfg, batch_size=3, progress=False)
+                            **{**tiling_arguments(cfg), "batch_size": 3}, colours=class_palette(cfg), progress=False)
     assert np.asarray(Image.open(tmp_path / "big.png")).shape == (80, 112)
     assert summary["windows"] == 2 * 2
     # A tile the backbone cannot take (fan: multiples of 16) is refused before any window runs.
     with pytest.raises(SpecError, match="tile_size is 72 but the model needs a multiple of 16; use 64 or 80"):
         predict_scene(predictor, tmp_path / "big_a.png", tmp_path / "big_b.png", tmp_path / "bad.png",
-                      cfg=cfg, tile_size=72, progress=False)
+                      **{**tiling_arguments(cfg), "tile_size": 72}, colours=class_palette(cfg), progress=False)
     assert not (tmp_path / "bad.png").exists()
 
 
@@ -374,7 +378,7 @@ def test_inference_action_routes_to_tiling(tmp_path, monkeypatch):
     (root / "list" / "predict.txt").write_text("scene.tif\nphoto.png\n")
 
     predictor = ConvPredictor(kernel=1)
-    monkeypatch.setattr("changenet.deploy.options.open_predictor", lambda options: predictor)
+    monkeypatch.setattr("changenet.actions.inference.open_predictor", lambda options: predictor)
     cfg = load_spec(overrides=[
         f"dataset.segment.root_dir={root}", f"results_dir={tmp_path / 'results'}", "inference.checkpoint=model.pth",
         "inference.tiling.enable=true", "inference.tiling.tile_size=32", "inference.tiling.overlap=8",

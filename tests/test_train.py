@@ -12,6 +12,7 @@ from conftest import NO_AUGMENTATION
 
 from changenet.actions.train import train
 from changenet.data import build_dataset
+from changenet.data.options import DataOptions
 from changenet.errors import DataError, ModelError, SpecError
 from changenet.model.checkpoint import (
     LATEST_CHECKPOINT_NAME,
@@ -20,6 +21,7 @@ from changenet.model.checkpoint import (
     load_model_from_checkpoint,
     save_model_checkpoint,
 )
+from changenet.model.options import ModelOptions
 from changenet.train.module import ChangeNetModule, linear_lr_factor, lr_scheduler
 from changenet.train.trainer import STATUS_FILE, plan_devices, precision_for
 
@@ -33,7 +35,7 @@ def read_status(results_dir: Path) -> list:
 
 def changed_fraction(cfg) -> float:
     """Fraction of labelled pixels marked "change" in the split the validation loop scores."""
-    labels = torch.stack([item["label"] for item in build_dataset(cfg, "val")])
+    labels = torch.stack([item["label"] for item in build_dataset(DataOptions.from_spec(cfg), "val")])
     labelled = labels != 255
     return float((labels[labelled] == 1).float().mean())
 
@@ -42,7 +44,7 @@ def write_checkpoint(path: Path, cfg, **meta_changes) -> Path:
     """A changenet checkpoint of an untrained model, its metadata entry changed by `meta_changes`."""
     from changenet.model import build_model
 
-    save_model_checkpoint(build_model(cfg, load_pretrained=False), cfg, path)
+    save_model_checkpoint(build_model(ModelOptions.from_spec(cfg), load_pretrained=False), ModelOptions.from_spec(cfg), path)
     if meta_changes:
         checkpoint = torch.load(path, weights_only=True)
         checkpoint[METADATA_KEY].update(meta_changes)
@@ -110,7 +112,7 @@ def test_checkpoints_status_and_latest(tiny_spec_factory, capsys):
     assert meta["feat_downsample"] is False and meta["class_names"] == ["no_change", "change"]
     assert checkpoint["tao_model"] == "visual_changenet_segment"  # TAO's marker: TAO's tools take the file
 
-    model = load_model_from_checkpoint(latest, cfg)
+    model = load_model_from_checkpoint(latest, ModelOptions.from_spec(cfg))
     assert not model.training
     with torch.no_grad():
         outputs = model(torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 32))
@@ -129,7 +131,7 @@ def test_checkpoints_status_and_latest(tiny_spec_factory, capsys):
 def test_load_model_accepts_a_changenet_checkpoint(tiny_spec_factory, tmp_path):
     cfg = tiny_spec_factory(*SMALL_MODEL)
     path = write_checkpoint(tmp_path / "ok.pth", cfg)
-    assert not load_model_from_checkpoint(path, cfg).training
+    assert not load_model_from_checkpoint(path, ModelOptions.from_spec(cfg)).training
 
 
 @pytest.mark.parametrize("case, message", [
@@ -158,7 +160,7 @@ def test_load_model_rejects_with_one_clear_sentence(tiny_spec_factory, tmp_path,
     elif case == "changenet_0.1":
         write_checkpoint(path, tiny_spec, format=1, changenet_version="0.1.0")
     with pytest.raises(ModelError) as error:
-        load_model_from_checkpoint(path, tiny_spec)
+        load_model_from_checkpoint(path, ModelOptions.from_spec(tiny_spec))
     text = str(error.value)
     assert message in text and str(path) in text and "\n" not in text
 

@@ -10,9 +10,11 @@ import sys
 import pytest
 import torch
 
+from changenet.calib.options import CalibrationOptions
 from changenet.config.loader import load_spec
 from changenet.model import build_model, create_backbone
 from changenet.model.checkpoint import save_model_checkpoint
+from changenet.model.options import ModelOptions
 from changenet.model.weights import load_backbone_weights
 
 SMALL = {"depth": 4, "embed_dim": 64, "num_heads": 2, "deform_num_heads": 2, "conv_inplane": 16,
@@ -92,8 +94,8 @@ def tao_layout_radio_checkpoint(tmp_path):
     """A TAO-layout checkpoint of c_radio_v2_vit_base_patch16_224 (untrained weights, no changenet entry), and
     the model it was saved from."""
     cfg = load_spec(None, RADIO_OVERRIDES + [f"results_dir={tmp_path}"])
-    model = build_model(cfg, load_pretrained=False)
-    checkpoint = save_model_checkpoint(model, cfg, tmp_path / "radio.pth")
+    model = build_model(ModelOptions.from_spec(cfg), load_pretrained=False)
+    checkpoint = save_model_checkpoint(model, ModelOptions.from_spec(cfg), tmp_path / "radio.pth")
     data = torch.load(checkpoint, map_location="cpu", weights_only=True)
     assert data["tao_model"] == "visual_changenet_segment" and data["tao_model_type"] == "radio"
     del data["changenet"]  # as TAO writes it
@@ -108,12 +110,12 @@ def test_a_tao_layout_checkpoint_of_a_named_vit_loads_by_its_name(tmp_path):
     from changenet.model.checkpoint import load_model_from_checkpoint
 
     checkpoint, saved = tao_layout_radio_checkpoint(tmp_path)
-    loaded = load_model_from_checkpoint(checkpoint, load_spec(None, RADIO_OVERRIDES))
+    loaded = load_model_from_checkpoint(checkpoint, ModelOptions.from_spec(load_spec(None, RADIO_OVERRIDES)))
     expected = saved.state_dict()
     assert all(torch.equal(tensor, expected[name]) for name, tensor in loaded.state_dict().items())
     wrong = load_spec(None, [o.replace("vit_base", "vit_large") for o in RADIO_OVERRIDES])
     with pytest.raises(ModelError, match="holds a model with backbone c_radio_v2_vit_base_patch16_224"):
-        load_model_from_checkpoint(checkpoint, wrong)
+        load_model_from_checkpoint(checkpoint, ModelOptions.from_spec(wrong))
 
 
 @pytest.mark.slow  # two CLI runs on ViT-B, ~2 min on 2 cores; CI runs the twin above
@@ -143,7 +145,7 @@ def test_deformable_attention_exports_as_tensorrt_plugin_on_request(tmp_path):
 
     cfg = load_spec(None, ["model.backbone.type=vit_large_nvdinov2", "dataset.segment.img_size=64",
                            "model.decode_head.decoder_params.embed_dim=16"])
-    model = build_model(cfg, load_pretrained=False, **SMALL).eval()
+    model = build_model(ModelOptions.from_spec(cfg), load_pretrained=False, **SMALL).eval()
     pair = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         plain = model(*pair)
@@ -175,11 +177,11 @@ def test_deformable_sampling_projections_can_stay_out_of_int8(tmp_path):
     cfg = load_spec(None, ["model.backbone.type=vit_large_nvdinov2", "dataset.segment.img_size=64",
                            "model.decode_head.decoder_params.embed_dim=16"])
     path = tmp_path / "vit.onnx"
-    export_onnx(build_model(cfg, load_pretrained=False, **SMALL).eval(), path, 64, 64, -1, 17, verify=False)
+    export_onnx(build_model(ModelOptions.from_spec(cfg), load_pretrained=False, **SMALL).eval(), path, 64, 64, -1, 17, verify=False)
     graph = onnx.load(str(path))
     nodes = deformable_sampling_nodes(graph)
     # 10 deformable attentions, each with its offsets and its weights projection, all MatMuls.
     assert len(nodes) == 20 and {n.op_type for n in graph.graph.node if n.name in nodes} == {"MatMul"}
-    assert resolve_exclusions(cfg, graph).nodes == []
+    assert resolve_exclusions(CalibrationOptions.from_spec(cfg), graph).nodes == []
     kept = load_spec(None, ["model.backbone.type=vit_large_nvdinov2", "calibrate.keep_deformable_sampling=true"])
-    assert resolve_exclusions(kept, graph).nodes == nodes
+    assert resolve_exclusions(CalibrationOptions.from_spec(kept), graph).nodes == nodes

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from changenet.contract import SEGMENT_IO
+from changenet.data.options import DataOptions
 from changenet.deploy.sidecar import write_sidecar
 
 SIZE = 32
@@ -115,7 +116,7 @@ def train_pairnet(model: PairNet, cfg, steps: int = 150) -> PairNet:
     near its class boundary, where any rounding flips the class, so its INT8 agreement says little."""
     from changenet.data.dataset import CNDataset
 
-    items = [CNDataset(cfg, str(cfg.dataset.segment.train_split), mode="eval")[i] for i in range(12)]
+    items = [CNDataset(DataOptions.from_spec(cfg), str(cfg.dataset.segment.train_split), mode="eval")[i] for i in range(12)]
     a, b = (torch.stack([item[key] for item in items]) for key in ("A", "B"))
     labels = torch.stack([item["label"] for item in items])
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)

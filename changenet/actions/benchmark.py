@@ -19,6 +19,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from changenet.config import is_set
+from changenet.config.inputs import input_size, num_golden
+from changenet.config.schema import BENCHMARK_MODEL_KEYS
 from changenet.console import console
 
 # measured_matmul_tflops lives in changenet.machine; imported here too for callers that take it from benchmark
@@ -27,7 +29,6 @@ from changenet.deploy.predictor import Predictor
 from changenet.errors import ChangenetError, SpecError
 from changenet.fileio import write_json
 from changenet.machine import describe_machine, estimate_cpu_peak_tflops, gpu_name, measured_matmul_tflops  # noqa: F401
-from changenet.task import input_size, num_golden
 
 # Dense peak throughput (TFLOP/s) of common NVIDIA GPUs, from their data sheets: (fp32, bf16/fp16 tensor).
 GPU_PEAK_TFLOPS = {
@@ -38,9 +39,9 @@ GPU_PEAK_TFLOPS = {
 REDUCED_PRECISION_BACKENDS = ("torch-bf16", "torch-bf16-cudagraph", "onnxruntime-int8", "tensorrt")
 # The arithmetic each CPU backend runs, for the peak it is measured against.
 # End-to-end runs: backend -> the benchmark key of the model file it needs.
-END_TO_END_SOURCES = {"torch": "checkpoint", "onnxruntime": "onnx_file", "onnxruntime-int8": "int8_onnx_file",
-                      "tensorrt": "trt_engine", "openvino": "onnx_file", "openvino-f32": "onnx_file",
-                      "openvino-bf16": "onnx_file", "openvino-int8": "openvino_int8_onnx_file"}
+# Backends whose end-to-end run reads a model file (their key: config.schema.BENCHMARK_MODEL_KEYS).
+END_TO_END_BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8", "tensorrt", "openvino", "openvino-f32",
+                       "openvino-bf16", "openvino-int8")
 CPU_PRECISION = {"torch-bf16": "bf16", "openvino-bf16": "bf16", "onnxruntime-int8": "int8", "openvino-int8": "int8"}
 
 
@@ -158,8 +159,9 @@ def benchmark_inputs(batch: int, size: Tuple[int, int], seed: int = 0, goldens: 
 def _model_gflops(cfg: DictConfig) -> Optional[float]:
     try:
         from changenet.model import model_flops
+        from changenet.model.options import ModelOptions
 
-        return model_flops(cfg)
+        return model_flops(ModelOptions.from_spec(cfg))
     except ChangenetError:
         return None
 
@@ -179,9 +181,9 @@ def end_to_end(cfg: DictConfig, backend: str, batch: int, backend_rate: Optional
     model the backend times (masks only: the pictures are not part of a deployment path)."""
     from changenet.actions.inference import infer_pairs
 
-    if backend not in END_TO_END_SOURCES:
-        raise SpecError(f"end-to-end mode supports {', '.join(END_TO_END_SOURCES)}, not {backend}")
-    origin = END_TO_END_SOURCES[backend]
+    if backend not in END_TO_END_BACKENDS:
+        raise SpecError(f"end-to-end mode supports {', '.join(END_TO_END_BACKENDS)}, not {backend}")
+    origin = BENCHMARK_MODEL_KEYS[backend]
     if not is_set(cfg, f"benchmark.{origin}"):
         raise SpecError(f"set benchmark.{origin} for the end-to-end run of {backend}")
     options = PredictorOptions.for_benchmark(cfg, backend)

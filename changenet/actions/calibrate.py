@@ -8,8 +8,8 @@ from typing import Any, Dict
 
 from omegaconf import DictConfig
 
-from changenet.calib.cache import default_cache_path
 from changenet.calib.calibrate import build_int8_onnx
+from changenet.calib.options import CalibrationOptions, ReportOptions
 from changenet.calib.report import REPORT_FILE, accuracy_report
 from changenet.config import is_set, require_path
 from changenet.errors import SpecError
@@ -22,11 +22,12 @@ def calibrate(cfg: DictConfig) -> Dict[str, Any]:
     target = str(cfg.calibrate.target)
     if cfg.calibrate.report:
         remove_leftovers(str(cfg.calibrate.results_dir), REPORT_FILE, REPORT_FILE.replace(".json", f".{target}.json"))
-    int8_path = build_int8_onnx(cfg, onnx_path, target)
+    options = CalibrationOptions.from_spec(cfg)
+    int8_path = build_int8_onnx(options, onnx_path, target)
     summary: Dict[str, Any] = {"source_onnx": str(onnx_path), "int8_onnx": str(int8_path), "target": target,
-                               "calibration_cache": str(default_cache_path(cfg))}
+                               "calibration_cache": str(options.cache_path)}
     if cfg.calibrate.report:
-        summary["report"] = accuracy_report(cfg, onnx_path, int8_path, target)
+        summary["report"] = accuracy_report(ReportOptions.from_spec(cfg, onnx_path, target), int8_path, target)
     return summary
 
 

@@ -19,19 +19,11 @@ from changenet.fileio import sha256_file
 def export(cfg: DictConfig) -> Dict[str, object]:
     """`changenet export -e spec.yaml export.checkpoint=... export.onnx_file=...`"""
     from changenet.config import require, require_path
-    from changenet.data import class_names, class_palette
+    from changenet.data.options import DataOptions
     from changenet.deploy.torch_predictor import pick_device
     from changenet.model import build_model
     from changenet.model.checkpoint import load_model_from_checkpoint
-    from changenet.task import (
-        input_size,
-        is_classify,
-        lighting_conditions,
-        normalisation,
-        num_classes,
-        num_golden,
-        size_keys,
-    )
+    from changenet.model.options import ModelOptions
 
     spec = cfg.export
     if spec.input_channel != 3:
@@ -41,40 +33,41 @@ def export(cfg: DictConfig) -> Dict[str, object]:
         )
     checkpoint = require_path(cfg, "export.checkpoint", "export")
     onnx_path = Path(str(require(cfg, "export.onnx_file", "export"))).expanduser()
-    data_height, data_width = input_size(cfg)
+    model_options = ModelOptions.from_spec(cfg)
+    layout = model_options.layout
+    data_height, data_width = layout.size
     height = int(spec.input_height if spec.input_height is not None else data_height)
     width = int(spec.input_width if spec.input_width is not None else data_width)
-    if is_classify(cfg) and (height, width) != (data_height, data_width):
+    if not layout.task.dense and (height, width) != (data_height, data_width):
         raise SpecError(f"export.input_height/input_width are {height}x{width} but the classifier's head is sized for "
-                        f"the data's {data_height}x{data_width} ({size_keys(cfg)}); leave them unset or set "
+                        f"the data's {data_height}x{data_width} ({layout.task.size_keys}); leave them unset or set "
                         f"export.input_height={data_height} export.input_width={data_width}")
     device = pick_device(spec.gpu_id, spec.on_cpu)
     # A shapes-only model on the meta device checks the input size before the (slow) checkpoint load.
     with torch.device("meta"):
-        check_model_input_size(build_model(cfg, load_pretrained=False), height, width, str(cfg.model.backbone.type))
+        check_model_input_size(build_model(model_options, load_pretrained=False), height, width, model_options.backbone)
 
     console = status_console
     with step(console, f"Loading checkpoint '{checkpoint}' (export on {device})"):
-        model = load_model_from_checkpoint(checkpoint, cfg)
+        model = load_model_from_checkpoint(checkpoint, model_options)
         checkpoint_sha256 = sha256_file(checkpoint)
     with step(console, "Preparing verification inputs"):
-        pairs = sample_pairs(cfg, 2 if spec.batch_size == -1 else spec.batch_size, height, width)
-    mean, std = normalisation(cfg)
+        pairs = sample_pairs(DataOptions.from_spec(cfg), 2 if spec.batch_size == -1 else spec.batch_size, height, width)
     fields = {
-        "task": str(cfg.task),
-        "num_classes": num_classes(cfg),
-        "backbone": str(cfg.model.backbone.type),
-        "mean": mean,
-        "std": std,
+        "task": layout.task.name,
+        "num_classes": layout.num_classes,
+        "backbone": model_options.backbone,
+        "mean": list(layout.mean),
+        "std": list(layout.std),
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": checkpoint_sha256,
     }
-    if is_classify(cfg):
-        fields.update(difference_module=str(cfg.model.classify.difference_module), num_golden=num_golden(cfg),
-                      lights=lighting_conditions(cfg), eval_margin=float(cfg.model.classify.eval_margin))
+    if layout.task.dense:
+        fields.update(class_names=list(layout.class_names), align_corners=bool(cfg.model.decode_head.align_corners),
+                      color_map={str(i): list(rgb) for i, rgb in enumerate(layout.class_colors)})
     else:
-        fields.update(class_names=class_names(cfg), align_corners=bool(cfg.model.decode_head.align_corners),
-                      color_map={str(i): [int(c) for c in rgb] for i, rgb in enumerate(class_palette(cfg))})
+        fields.update(difference_module=str(cfg.model.classify.difference_module), num_golden=layout.num_golden,
+                      lights=list(layout.lights), eval_margin=float(cfg.model.classify.eval_margin))
     result = export_onnx(
         model, onnx_path, height, width, spec.batch_size, spec.opset_version, device=device, pairs=pairs,
         sidecar=fields, verbose=spec.verbose, console=console, split_transposed_conv=spec.split_transposed_conv,

@@ -38,17 +38,19 @@ def calibrated_onnx(cfg: DictConfig, onnx_path: Path) -> Path:
     from changenet.calib.calibrate import build_int8_onnx  # ModelOpt and the data pipeline: load only when needed
 
     log.info("'%s' has no Q/DQ nodes: calibrating it for TensorRT first", onnx_path)
-    return Path(build_int8_onnx(cfg, onnx_path, target="tensorrt"))
+    from changenet.calib.options import CalibrationOptions
+
+    return Path(build_int8_onnx(CalibrationOptions.from_spec(cfg), onnx_path, target="tensorrt"))
 
 
 def model_info_from_spec(cfg: DictConfig) -> Dict[str, Any]:
     """Class and normalisation facts from the spec, used where the ONNX has no export sidecar."""
-    from changenet.task import normalisation, num_classes
+    from changenet.config.inputs import normalisation, num_classes, task_of
 
     mean, std = normalisation(cfg)
     info = {"task": str(cfg.task), "num_classes": num_classes(cfg), "mean": mean, "std": std,
             "backbone": str(cfg.model.backbone.type)}
-    if cfg.task == "segment":
+    if task_of(cfg).dense:
         seg = cfg.dataset.segment
         info.update(class_names=to_container(seg.class_names), color_map=to_container(seg.color_map),
                     align_corners=bool(cfg.model.decode_head.align_corners))

@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from changenet.config.inputs import input_size, task_of
 from changenet.config.loader import is_set, require, require_path
 from changenet.errors import ModelError, SpecError
 from changenet.fileio import atomic_path, remove_leftovers
@@ -30,8 +31,8 @@ from changenet.model.checkpoint import (
     optimizer_fit,
     read_checkpoint,
 )
+from changenet.model.options import ModelOptions
 from changenet.model.weights import safe_checkpoint_types
-from changenet.task import input_size, task_of
 from changenet.train.datamodule import ChangeDataModule
 from changenet.train.module import training_module
 from changenet.train.trainer import STATUS_FILE, build_trainer, format_epoch_line, plan_devices
@@ -145,7 +146,7 @@ def find_resume_checkpoint(cfg: DictConfig, results_dir: Path) -> Optional[Tuple
             checkpoint = read_checkpoint(path)
         except ModelError as unreadable:
             path, checkpoint = _newest_epoch_checkpoint(results_dir, path, unreadable)
-    check_matches_spec(checkpoint, cfg)
+    check_matches_spec(checkpoint, ModelOptions.from_spec(cfg))
     return path, checkpoint
 
 

@@ -177,6 +177,6 @@ def check_cache_belongs(cache_path: Path, onnx_path: Path, onnx_sha256: str, met
     return meta
 
 
-def default_cache_path(cfg: Any) -> Path:
-    configured: Optional[str] = cfg.gen_trt_engine.tensorrt.calibration.cal_cache_file
-    return Path(configured).expanduser() if configured else Path(str(cfg.calibrate.results_dir)) / "cal.cache"
+def default_cache_path(configured: Optional[str], results_dir: str | os.PathLike) -> Path:
+    """gen_trt_engine.tensorrt.calibration.cal_cache_file when set, else <calibrate.results_dir>/cal.cache."""
+    return Path(str(configured)).expanduser() if configured else Path(results_dir) / "cal.cache"

@@ -26,13 +26,11 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import onnx
-from omegaconf import DictConfig
 
 from changenet.calib.cache import (
     ALGORITHMS,
     CalibrationCache,
     check_cache_belongs,
-    default_cache_path,
     read_checked_cache,
     scale_from_amax,
     write_cache,
@@ -45,6 +43,7 @@ from changenet.calib.data import (
     check_input_size,
     model_inputs,
 )
+from changenet.calib.options import CalibrationOptions
 from changenet.calib.qdq import (
     HIGH_PRECISION_DTYPES,
     place_for_onnxruntime,
@@ -68,46 +67,46 @@ def say(message: str) -> None:
 
 
 # --------------------------------------------------------------------------- Python API
-def build_int8_onnx(cfg: DictConfig, onnx_path: str | Path, target: str) -> Path:
+def build_int8_onnx(options: CalibrationOptions, onnx_path: str | Path, target: str) -> Path:
     """The Q/DQ INT8 ONNX of `onnx_path` for `target` ("tensorrt" or "onnxruntime"): calibrates (or
     reuses the matching cache), places Q/DQ, checks every activation scale against the cache and
     writes the model with a sidecar. Returns its path (calibrate.output_onnx or the default)."""
     onnx_path = Path(onnx_path)
     if target not in CALIBRATION_TARGETS:
         raise SpecError(f"INT8 target must be one of {', '.join(CALIBRATION_TARGETS)}, got '{target}'")
-    if str(cfg.calibrate.high_precision_dtype) not in HIGH_PRECISION_DTYPES:
+    if options.high_precision_dtype not in HIGH_PRECISION_DTYPES:
         raise SpecError(f"spec key 'calibrate.high_precision_dtype' must be one of {', '.join(HIGH_PRECISION_DTYPES)}, "
-                        f"got '{cfg.calibrate.high_precision_dtype}'")
+                        f"got '{options.high_precision_dtype}'")
     if not onnx_path.is_file():
         raise ModelError(f"ONNX model '{onnx_path}' does not exist")
     graph = load_graph(onnx_path)
     if model_precision(graph) != "fp32":
         raise ModelError(f"'{onnx_path}' is already an {model_precision(graph).upper()} model; calibrate the FP32 export")
-    method = str(cfg.calibrate.method)
+    method = options.method
     inputs = model_inputs(graph, onnx_path)
-    check_input_size(inputs, onnx_path, cfg)
-    exclusions = resolve_exclusions(cfg, graph)
+    check_input_size(inputs, onnx_path, options.data.layout)
+    exclusions = resolve_exclusions(options, graph)
     for note in exclusions.notes:
         say(f"note: {note}")
 
-    results_dir = Path(str(cfg.calibrate.results_dir))
-    output = Path(cfg.calibrate.output_onnx).expanduser() if cfg.calibrate.output_onnx \
+    results_dir = options.results_dir
+    output = Path(options.output_onnx).expanduser() if options.output_onnx \
         else results_dir / f"model.{target}.int8.{'xml' if target == 'openvino' else 'onnx'}"
     digest = sha256_file(onnx_path)
     if target == "openvino":
-        return quantize_for_openvino(cfg, onnx_path, graph, digest, output, exclusions, inputs)
+        return quantize_for_openvino(options, onnx_path, graph, digest, output, exclusions, inputs)
 
-    cache_path = default_cache_path(cfg)
+    cache_path = options.cache_path
     remove_leftovers(output.parent, output.name, sidecar_path(output).name)
     remove_leftovers(cache_path.parent, cache_path.name, sidecar_path(cache_path).name)
-    scales = cached_or_calibrated_scales(cfg, onnx_path, graph, digest, cache_path, method, inputs)
+    scales = cached_or_calibrated_scales(options, onnx_path, graph, digest, inputs)
     start = time.perf_counter()
     # Model and sidecar are one group (fileio.atomic_group): a kill never leaves a new model beside an old sidecar.
     with console.status(f"Placing Q/DQ for {target}"), \
             atomic_group(output, sidecar_path(output)) as (tmp, sidecar_tmp):
         if target == "tensorrt":
-            place_for_tensorrt(onnx_path, tmp, cache_path, method, exclusions, _input_shapes(cfg, inputs),
-                               str(cfg.calibrate.high_precision_dtype), log_file=results_dir / "modelopt.log",
+            place_for_tensorrt(onnx_path, tmp, cache_path, method, exclusions, _input_shapes(options, inputs),
+                               options.high_precision_dtype, log_file=results_dir / "modelopt.log",
                                work_beside=output)
         else:
             place_for_onnxruntime(onnx_path, tmp, scales, exclusions, work_beside=output)
@@ -129,7 +128,7 @@ def build_int8_onnx(cfg: DictConfig, onnx_path: str | Path, target: str) -> Path
     return output
 
 
-def quantize_for_openvino(cfg: DictConfig, onnx_path: Path, graph: onnx.ModelProto, digest: str, output: Path,
+def quantize_for_openvino(options: CalibrationOptions, onnx_path: Path, graph: onnx.ModelProto, digest: str, output: Path,
                           exclusions, inputs: ModelInputs) -> Path:
     """INT8 for OpenVINO's CPU plugin: NNCF's post-training quantization of the model as OpenVINO reads it,
     over the same calibration pairs (both inputs fed), with NNCF's placement and ranges (OpenVINO cannot
@@ -144,7 +143,7 @@ def quantize_for_openvino(cfg: DictConfig, onnx_path: Path, graph: onnx.ModelPro
     weights = output.with_suffix(".bin")  # OpenVINO reads the weights from the .xml's name with .bin
     remove_leftovers(output.parent, output.name, weights.name, sidecar_path(output).name)
 
-    pairs = calibration_pairs(cfg, say=say)
+    pairs = calibration_pairs(options.data, options.draw, say=say)
     batch_size = inputs.batch_size or pairs.batch_size
     batches = list(pairs.batches(batch_size, full=inputs.batch_size is not None))
     first, second = inputs.names
@@ -175,20 +174,20 @@ def quantize_for_openvino(cfg: DictConfig, onnx_path: Path, graph: onnx.ModelPro
     return output
 
 
-def _input_shapes(cfg: DictConfig, inputs: ModelInputs) -> Dict[str, List[int]]:
+def _input_shapes(options: CalibrationOptions, inputs: ModelInputs) -> Dict[str, List[int]]:
     """Shapes of one batch of the model's inputs (the second one holds N golden images when N > 1)."""
-    from changenet.task import input_size, num_golden
-
-    batch, (height, width), goldens = inputs.batch_size or 1, input_size(cfg), num_golden(cfg)
+    layout = options.data.layout
+    batch, (height, width), goldens = inputs.batch_size or 1, layout.size, layout.num_golden
     first, second = inputs.names
     return {first: [batch, 3, height, width],
             second: [batch, goldens, 3, height, width] if goldens > 1 else [batch, 3, height, width]}
 
 
-def cached_or_calibrated_scales(cfg: DictConfig, onnx_path: Path, graph: onnx.ModelProto, digest: str,
-                                cache_path: Path, method: str, inputs: ModelInputs) -> Dict[str, np.float32]:
+def cached_or_calibrated_scales(options: CalibrationOptions, onnx_path: Path, graph: onnx.ModelProto, digest: str,
+                                inputs: ModelInputs) -> Dict[str, np.float32]:
     """The activation scales: from the cache when it was made for this model, else from a calibration
     over the spec's pairs (which then writes the cache)."""
+    cache_path, method = options.cache_path, options.method
     if cache_path.exists():
         meta = check_cache_belongs(cache_path, onnx_path, digest, method)  # another model's cache is refused
         cache, damage = read_checked_cache(cache_path, meta)
@@ -199,7 +198,7 @@ def cached_or_calibrated_scales(cfg: DictConfig, onnx_path: Path, graph: onnx.Mo
         # This model's own cache, cut short or damaged: calibrating again gives it back (same pairs, same seed).
         log.warning("calibration cache '%s' is damaged (%s); calibrating again and replacing it", cache_path, damage)
 
-    pairs = calibration_pairs(cfg, say=say)
+    pairs = calibration_pairs(options.data, options.draw, say=say)
     start = time.perf_counter()
     scales = collect_scales(onnx_path, graph, pairs, method, inputs, work_beside=cache_path)
     write_cache(cache_path, CalibrationCache(scales, ALGORITHMS[method]), {
@@ -208,7 +207,7 @@ def cached_or_calibrated_scales(cfg: DictConfig, onnx_path: Path, graph: onnx.Mo
         "method": method,
         "num_pairs": pairs.num_pairs,
         "pairs_source": pairs.source,
-        "seed": int(cfg.calibrate.seed),
+        "seed": options.draw.seed,
         "num_tensors": len(scales),
         "seconds": round(time.perf_counter() - start, 2),
     })

@@ -14,21 +14,24 @@ so a calibration is repeatable.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
-from omegaconf import DictConfig
 
 from changenet.config import is_set
 from changenet.data.dataset import IMAGE_SUFFIXES, CNDataset, find_split_list, read_split_list
+from changenet.data.options import DataOptions
 from changenet.data.pixels import dataset_mapping, fit_to_first
 from changenet.data.transforms import preprocess_image
 from changenet.errors import DataError, ModelError
+from changenet.task import DataLayout
 
 if TYPE_CHECKING:
     import onnx
+
+    from changenet.config.schema import SegmentDatasetConfig
 
 CAL_DIR_KEY = "gen_trt_engine.tensorrt.calibration.cal_image_dir"
 QUANT_DIR_KEY = "dataset.segment.quant_calibration_dataset.images_dir"
@@ -68,27 +71,36 @@ class CalibrationPairs:
             yield np.stack([a for a, _ in loaded]), np.stack([b for _, b in loaded])
 
 
-def calibration_pairs(cfg: DictConfig, say: Callable[[str], None] = print) -> CalibrationPairs:
-    """Draw the calibration pairs the spec asks for; `say` gets the one-line note when there are fewer."""
-    cal = cfg.gen_trt_engine.tensorrt.calibration
-    requested = int(cal.cal_batch_size) * int(cal.cal_batches)
-    folders, key = [Path(str(d)).expanduser() for d in cal.cal_image_dir], CAL_DIR_KEY
-    quant_key = f"dataset.{cfg.task}.quant_calibration_dataset.images_dir"
-    tao_images_dir = str(cfg.dataset[str(cfg.task)].quant_calibration_dataset.images_dir)
+@dataclass(frozen=True)
+class CalibrationDraw:
+    """How many pairs to draw, from where, with which seed (gen_trt_engine.tensorrt.calibration, calibrate.seed)."""
+
+    batch_size: int = 1
+    batches: int = 1
+    folders: Tuple[str, ...] = field(default=())  # cal_image_dir
+    seed: int = 0
+
+
+def calibration_pairs(data: DataOptions, draw: CalibrationDraw, say: Callable[[str], None] = print) -> CalibrationPairs:
+    """Draw the calibration pairs `draw` asks for; `say` gets the one-line note when there are fewer."""
+    requested = draw.batch_size * draw.batches
+    folders, key = [Path(d).expanduser() for d in draw.folders], CAL_DIR_KEY
+    quant_key = data.block_key("quant_calibration_dataset.images_dir")
+    tao_images_dir = str(data.block.quant_calibration_dataset.images_dir)
     if not folders and tao_images_dir:
         folders, key = [Path(tao_images_dir).expanduser()], quant_key
-    if cfg.task == "classify":
-        available, source, loader = _objects(cfg, folders, key)
+    if not data.task.dense:
+        available, source, loader = _objects(data, folders, key)
     elif folders:
-        available, source = _pairs_from_folders(cfg, folders), f"{key} ({', '.join(map(str, folders))})"
-        loader = _pair_loader(cfg, available, folders[0])
+        available, source = _pairs_from_folders(data.block, folders), f"{key} ({', '.join(map(str, folders))})"
+        loader = _pair_loader(data, available, folders[0])
     else:
-        available, source = _pairs_from_train_split(cfg)
-        loader = _pair_loader(cfg, available, None)
+        available, source = _pairs_from_train_split(data)
+        loader = _pair_loader(data, available, None)
     if not available:
         raise DataError(f"no calibration image pairs found in {source}; add A/B image pairs there or set {CAL_DIR_KEY}")
 
-    rng = np.random.default_rng(int(cfg.calibrate.seed))
+    rng = np.random.default_rng(draw.seed)
     if len(available) > requested:
         chosen = sorted(rng.choice(len(available), size=requested, replace=False).tolist())
         pairs = [available[i] for i in chosen]
@@ -97,27 +109,28 @@ def calibration_pairs(cfg: DictConfig, say: Callable[[str], None] = print) -> Ca
         if len(available) < requested:
             say(f"calibration: {len(available)} pairs available in {source}, fewer than the "
                 f"{requested} asked for (cal_batch_size x cal_batches); using all {len(available)}")
-    return CalibrationPairs(pairs, int(cal.cal_batch_size), source, loader)
+    return CalibrationPairs(pairs, draw.batch_size, source, loader)
 
 
-def _pair_loader(cfg: DictConfig, pairs: Sequence[PairPaths],
+def _pair_loader(data: DataOptions, pairs: Sequence[PairPaths],
                  folder: Optional[Path]) -> Callable[[PairPaths], Tuple[np.ndarray, np.ndarray]]:
     """Loads a pair as training sees it: the dataset's bands and stretch (its stored limits when
     dataset.segment.root_dir has them, else estimated from these pairs and stored in `folder`), B on A's grid."""
-    root = Path(str(cfg.dataset.segment.root_dir)).expanduser() if is_set(cfg, "dataset.segment.root_dir") else None
+    seg = data.block
+    root = Path(str(seg.root_dir)).expanduser() if is_set(seg, "root_dir") else None
     home = root if root is not None and root.is_dir() else (folder or Path("."))
-    mapping = dataset_mapping(cfg, home, list(pairs))
+    mapping = dataset_mapping(seg, home, list(pairs))
 
     def load(paths: PairPaths) -> Tuple[np.ndarray, np.ndarray]:
         path_a, path_b = paths
         image_a = mapping.read(path_a, "A")
         image_b = fit_to_first(image_a, mapping.read(path_b, "B"), Path(path_a), Path(path_b))
-        return preprocess_image(image_a, cfg), preprocess_image(image_b, cfg)
+        return preprocess_image(image_a, data.layout), preprocess_image(image_b, data.layout)
 
     return load
 
 
-def _objects(cfg: DictConfig, folders: Sequence[Path], key: str):
+def _objects(data: DataOptions, folders: Sequence[Path], key: str):
     """Classification: (object indices, source, loader) over one dataset of (test, golden) objects: the
     CSVs of the folders (images relative to each folder), else the training CSV. Items come out as
     evaluation sees them (no augmentation)."""
@@ -126,7 +139,7 @@ def _objects(cfg: DictConfig, folders: Sequence[Path], key: str):
     from changenet.data.inspection import InspectionDataset
 
     if not folders:
-        dataset = InspectionDataset(cfg, "val", source=("train_dataset",))
+        dataset = InspectionDataset(data, "val", source=("train_dataset",))
         return list(range(len(dataset))), f"the training CSV '{dataset.csv_path}'", _item_loader(dataset)
     parts = []
     for folder in folders:
@@ -134,7 +147,7 @@ def _objects(cfg: DictConfig, folders: Sequence[Path], key: str):
         if not tables:
             raise DataError(f"calibration folder '{folder}' (spec key {key}) holds no CSV; a classification "
                             "calibration folder holds a CSV in TAO's format and the images it names (paths relative to it)")
-        parts += [InspectionDataset(cfg, "val", source=("calibration", table, folder)) for table in tables]
+        parts += [InspectionDataset(data, "val", source=("calibration", table, folder)) for table in tables]
     dataset = ConcatDataset(parts)
     return list(range(len(dataset))), f"{key} ({', '.join(map(str, folders))})", _item_loader(dataset)
 
@@ -147,18 +160,17 @@ def _item_loader(dataset) -> Callable[[int], Tuple[np.ndarray, np.ndarray]]:
     return load
 
 
-def _pairs_from_train_split(cfg: DictConfig) -> Tuple[List[PairPaths], str]:
-    seg = cfg.dataset.segment
-    if not is_set(cfg, "dataset.segment.root_dir"):
+def _pairs_from_train_split(data: DataOptions) -> Tuple[List[PairPaths], str]:
+    seg = data.block
+    if not is_set(seg, "root_dir"):
         raise DataError(f"no calibration image pairs: {CAL_DIR_KEY} is empty and dataset.segment.root_dir is not set; "
                         "set one of them (calibration uses the training split by default)")
-    dataset = CNDataset(cfg, str(seg.train_split), mode="predict", split_key="dataset.segment.train_split")
+    dataset = CNDataset(data, str(seg.train_split), mode="predict", split_key="dataset.segment.train_split")
     source = f"the training split '{dataset.list_path}'"
     return [(dataset.image_dir / n, dataset.change_image_dir / n) for n in dataset.names], source
 
 
-def _pairs_from_folders(cfg: DictConfig, folders: Sequence[Path]) -> List[PairPaths]:
-    seg = cfg.dataset.segment
+def _pairs_from_folders(seg: "SegmentDatasetConfig", folders: Sequence[Path]) -> List[PairPaths]:
     pairs: List[PairPaths] = []
     for folder in folders:
         dir_a, dir_b = folder / str(seg.image_folder_name), folder / str(seg.change_image_folder_name)
@@ -198,15 +210,13 @@ def model_inputs(model: "onnx.ModelProto", onnx_path: Path) -> ModelInputs:
     return ModelInputs(list(io.inputs), dims[0] if dims else None, size)
 
 
-def check_input_size(inputs: ModelInputs, onnx_path: Path, cfg: DictConfig) -> None:
+def check_input_size(inputs: ModelInputs, onnx_path: Path, layout: DataLayout) -> None:
     """A model built for another size than the preprocessed images gets a clear error, not an ORT one."""
-    from changenet.task import input_size, size_override
-
-    height, width = input_size(cfg)
+    height, width = layout.size
     if inputs.size is not None and inputs.size != (height, width):
         raise ModelError(
             f"'{onnx_path}' takes {inputs.size[0]}x{inputs.size[1]} inputs but the spec's data is {height}x{width}; "
-            f"set {size_override(cfg, *inputs.size)} or export the model at {height}x{width}"
+            f"set {layout.size_override(*inputs.size)} or export the model at {height}x{width}"
         )
 
 

@@ -27,16 +27,18 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Sequence
+from typing import TYPE_CHECKING, Dict, List, Mapping, Sequence
 
 import numpy as np
 import onnx
-from omegaconf import DictConfig
 from onnx import numpy_helper
 
 from changenet.calib.cache import INT8_MAX
 from changenet.errors import ModelError, SpecError
 from changenet.fileio import temp_folder_beside
+
+if TYPE_CHECKING:
+    from changenet.calib.options import CalibrationOptions
 
 PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): the signal a process gets when its parent dies
 
@@ -61,17 +63,17 @@ class Exclusions:
     notes: List[str] = field(default_factory=list)
 
 
-def resolve_exclusions(cfg: DictConfig, model: onnx.ModelProto) -> Exclusions:
+def resolve_exclusions(options: "CalibrationOptions", model: onnx.ModelProto) -> Exclusions:
     """calibrate.exclude_op_types / exclude_nodes plus gen_trt_engine.tensorrt.layers_precision
     ('name_or_optype:fp32' as in TAO, or a bare name meaning fp32), resolved to op types and exact
     node names of `model`. Node entries are names or regular expressions matching whole names."""
     op_types_present = {n.op_type for n in model.graph.node}
     node_names = [n.name for n in model.graph.node if n.name]
     result = Exclusions()
-    wanted_op_types = [(str(t), "calibrate.exclude_op_types", "fp32") for t in cfg.calibrate.exclude_op_types]
-    wanted_nodes = [(str(p), "calibrate.exclude_nodes") for p in cfg.calibrate.exclude_nodes]
+    wanted_op_types = [(t, "calibrate.exclude_op_types", "fp32") for t in options.exclude_op_types]
+    wanted_nodes = [(p, "calibrate.exclude_nodes") for p in options.exclude_nodes]
 
-    for entry in cfg.gen_trt_engine.tensorrt.layers_precision:
+    for entry in options.layers_precision:
         name, sep, precision = str(entry).rpartition(":")
         if not sep:
             name, precision = str(entry), "fp32"
@@ -97,7 +99,7 @@ def resolve_exclusions(cfg: DictConfig, model: onnx.ModelProto) -> Exclusions:
         if precision == "fp32" and op_type not in result.fp32_op_types:
             result.fp32_op_types.append(op_type)
 
-    if cfg.calibrate.get("keep_deformable_sampling"):
+    if options.keep_deformable_sampling:
         sampling = deformable_sampling_nodes(model)
         if not sampling:
             result.notes.append("calibrate.keep_deformable_sampling: the model has no deformable attention")

@@ -13,11 +13,11 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from rich.table import Table
 from torch.utils.data import DataLoader
 
 from changenet.calib.calibrate import say
+from changenet.calib.options import ReportOptions
 from changenet.console import console, progress_bar
 from changenet.errors import DataError, SpecError
 from changenet.evaluation.metrics import ConfusionMatrix
@@ -27,22 +27,17 @@ REPORT_FILE = "calibration_report.json"
 SHOWN_METRICS = ("acc", "miou", "mf1")
 
 
-def write_report(cfg: DictConfig, report: Dict[str, Any]) -> Path:
+def write_report(folder: Path, report: Dict[str, Any]) -> Path:
     """calibration_report.<target>.json (each target keeps its own) and calibration_report.json (the latest)."""
-    folder = Path(str(cfg.calibrate.results_dir))
     write_json(folder / REPORT_FILE.replace(".json", f".{report['target']}.json"), report)
     return write_json(folder / REPORT_FILE, report)
 
 
-def report_predictors(cfg: DictConfig, fp32_onnx: Path, int8_onnx: Path, target: str):
-    """The FP32 and INT8 models on the runtime of the target's CPU stand-in: OpenVINO (FP32 arithmetic outside
-    the INT8 layers) for target openvino, else ONNX Runtime."""
-    from changenet.deploy.options import PredictorOptions, open_predictor
+def report_predictors(options: ReportOptions, int8_onnx: Path):
+    """The FP32 and INT8 models on the runtime of the target's CPU stand-in (ReportOptions.from_spec)."""
+    from changenet.deploy.options import open_predictor
 
-    options = PredictorOptions.for_model(cfg, "onnx_file", str(fp32_onnx), runtime="openvino" if target == "openvino" else "onnxruntime")
-    if target == "openvino":
-        options = options.with_openvino_precision("f32")
-    return open_predictor(options), open_predictor(options.with_path(str(int8_onnx)))
+    return open_predictor(options.fp32_model), open_predictor(options.fp32_model.with_path(str(int8_onnx)))
 
 
 def runtime_name(predictor) -> str:
@@ -51,33 +46,34 @@ def runtime_name(predictor) -> str:
     return f"onnxruntime ({', '.join(predictor.providers)})"
 
 
-def validation_loader(cfg: DictConfig) -> Optional[DataLoader]:
+def validation_loader(options: ReportOptions) -> Optional[DataLoader]:
     """The validation split in order, or None (said in one line) when the spec has none usable."""
     from changenet.data import build_dataset
 
-    block = cfg.dataset[cfg.task]
     try:
-        dataset = build_dataset(cfg, "val")
+        dataset = build_dataset(options.data, "val")
     except (DataError, SpecError) as exc:
         say(f"accuracy report skipped: {exc} (calibrate.report=false turns the report off)")
         return None
-    return DataLoader(dataset, batch_size=int(cfg.evaluate.batch_size or block.batch_size), shuffle=False,
-                      num_workers=int(block.workers))
+    return DataLoader(dataset, batch_size=options.batch_size, shuffle=False, num_workers=int(options.data.block.workers))
 
 
-def accuracy_report(cfg: DictConfig, fp32_onnx: Path, int8_onnx: Path, target: str) -> Optional[Dict[str, Any]]:
+def accuracy_report(options: ReportOptions, int8_onnx: Path, target: str) -> Optional[Dict[str, Any]]:
     """Compare the two models on the validation split; returns the report (None when there is no split)."""
+    report = segment_report if options.data.task.dense else classifier_report
+    return report(options, int8_onnx, target)
 
-    if cfg.task == "classify":
-        return classifier_report(cfg, fp32_onnx, int8_onnx, target)
-    seg = cfg.dataset.segment
-    loader = validation_loader(cfg)
+
+def segment_report(options: ReportOptions, int8_onnx: Path, target: str) -> Optional[Dict[str, Any]]:
+    """Segmentation: argmax agreement of the two models per pixel, and each one's metrics."""
+    layout = options.data.layout
+    fp32_onnx = options.fp32_model.path
+    loader = validation_loader(options)
     if loader is None:
         return None
     dataset = loader.dataset
-    fp32, int8 = report_predictors(cfg, fp32_onnx, int8_onnx, target)
-    metrics = {"fp32": ConfusionMatrix(seg.num_classes, seg.class_names),
-               "int8": ConfusionMatrix(seg.num_classes, seg.class_names)}
+    fp32, int8 = report_predictors(options, int8_onnx)
+    metrics = {name: ConfusionMatrix(layout.num_classes, list(layout.class_names)) for name in ("fp32", "int8")}
     seconds = {"fp32": 0.0, "int8": 0.0}
     agreeing = pixels = pairs = 0
     progress = progress_bar()
@@ -113,7 +109,7 @@ def accuracy_report(cfg: DictConfig, fp32_onnx: Path, int8_onnx: Path, target: s
         "fp32": scores["fp32"],
         "int8": scores["int8"],
     }
-    path = write_report(cfg, report)
+    path = write_report(options.results_dir, report)
     print_report(report)
     say(f"report written to {path}")
     return report
@@ -135,20 +131,21 @@ def print_report(report: Dict[str, Any]) -> None:
 CLASSIFY_METRICS = ("total_accuracy", "false_alarm_rate", "miss_rate")
 
 
-def classifier_report(cfg: DictConfig, fp32_onnx: Path, int8_onnx: Path, target: str) -> Optional[Dict[str, Any]]:
+def classifier_report(options: ReportOptions, int8_onnx: Path, target: str) -> Optional[Dict[str, Any]]:
     """Classification: both models' scores on the validation CSV; agreement of their decisions at the eval
     margin, the figures of each, and the largest score change."""
-    from changenet.evaluation.classify_metrics import decision_figures, decision_margin, defect_scores, threshold_sweep
+    from changenet.evaluation.classify_metrics import decision_figures, defect_scores, threshold_sweep
 
-    loader = validation_loader(cfg)
+    fp32_onnx = options.fp32_model.path
+    loader = validation_loader(options)
     if loader is None:
         return None
     dataset = loader.dataset
-    margin = decision_margin(cfg)
+    margin = options.margin
     scores: Dict[str, list] = {"fp32": [], "int8": []}
     seconds = {"fp32": 0.0, "int8": 0.0}
     progress = progress_bar()
-    fp32, int8 = report_predictors(cfg, fp32_onnx, int8_onnx, target)
+    fp32, int8 = report_predictors(options, int8_onnx)
     with fp32, int8, progress:
         task = progress.add_task("FP32 vs INT8 on the validation CSV", total=len(loader))
         for batch in loader:
@@ -160,7 +157,7 @@ def classifier_report(cfg: DictConfig, fp32_onnx: Path, int8_onnx: Path, target:
     labels = np.asarray(dataset.labels, dtype=np.int64)
     joined = {name: np.concatenate(values) for name, values in scores.items()}
     figures = {name: decision_figures(values, labels, margin) for name, values in joined.items()}
-    sweeps = {name: threshold_sweep(values, labels, float(cfg.evaluate.target_miss_rate)) for name, values in joined.items()}
+    sweeps = {name: threshold_sweep(values, labels, options.target_miss_rate) for name, values in joined.items()}
     same = (joined["fp32"] > margin) == (joined["int8"] > margin)
     report: Dict[str, Any] = {
         "target": target, "fp32_onnx": str(fp32_onnx), "int8_onnx": str(int8_onnx), "split": str(dataset.csv_path),
@@ -175,7 +172,7 @@ def classifier_report(cfg: DictConfig, fp32_onnx: Path, int8_onnx: Path, target:
     for key in CLASSIFY_METRICS:
         fp, q = figures["fp32"][key], figures["int8"][key]
         report[f"{key}_change_points"] = None if fp is None or q is None else 100.0 * (q - fp)
-    path = write_report(cfg, report)
+    path = write_report(options.results_dir, report)
     table = Table(title=f"INT8 ({target}) vs FP32, '{dataset.csv_path.name}', {len(labels)} objects, margin {margin:.4g}")
     table.add_column("model")
     for key in CLASSIFY_METRICS + ("roc_auc",):

@@ -263,7 +263,12 @@ def is_set(cfg: DictConfig, key: str) -> bool:
 
 def require_path(cfg: DictConfig, key: str, action: str, kind: str = "file") -> Path:
     """The existing file (or directory) named by `key`."""
-    path = Path(str(require(cfg, key, action))).expanduser()
+    return existing_path(require(cfg, key, action), key, kind)
+
+
+def existing_path(value: Any, key: str, kind: str = "file") -> Path:
+    """`value` (read from spec key `key`) as the path of an existing file (or directory)."""
+    path = Path(str(value)).expanduser()
     exists = path.is_dir() if kind == "dir" else path.is_file()
     if not exists:
         raise SpecError(f"{kind} '{path}' named by spec key '{key}' does not exist")

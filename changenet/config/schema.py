@@ -485,8 +485,15 @@ CALIBRATION_TARGETS = ("tensorrt", "onnxruntime", "openvino")  # calibrate.targe
 ONNX_RUNTIMES = ("onnxruntime", "openvino")  # evaluate/inference.onnx_runtime
 OPENVINO_PRECISIONS = ("auto", "f32", "bf16")  # openvino.precision
 OPENVINO_HINTS = ("latency", "throughput")  # openvino.performance_hint
-BENCHMARK_BACKENDS = ("torch", "torch-bf16", "torch-cudagraph", "torch-bf16-cudagraph", "onnxruntime", "onnxruntime-int8",
-                      "openvino", "openvino-f32", "openvino-bf16", "openvino-int8", "tensorrt")
+# benchmark.backends: each name -> the benchmark.* key naming the model it runs (PyTorch: an untrained model
+# of the spec when benchmark.checkpoint is unset).
+BENCHMARK_MODEL_KEYS = {
+    "torch": "checkpoint", "torch-bf16": "checkpoint", "torch-cudagraph": "checkpoint", "torch-bf16-cudagraph": "checkpoint",
+    "onnxruntime": "onnx_file", "onnxruntime-int8": "int8_onnx_file",
+    "openvino": "onnx_file", "openvino-f32": "onnx_file", "openvino-bf16": "onnx_file",
+    "openvino-int8": "openvino_int8_onnx_file", "tensorrt": "trt_engine",
+}
+BENCHMARK_BACKENDS = tuple(BENCHMARK_MODEL_KEYS)
 
 # Where evaluate/inference/benchmark find their model: spec field -> backend that runs it.
 MODEL_SOURCES = {"checkpoint": "torch", "onnx_file": "onnxruntime", "trt_engine": "tensorrt"}

@@ -215,7 +215,7 @@ def _check_color_map(seg: DictConfig) -> None:
 
 
 def _check_classify(cfg: DictConfig) -> None:
-    from changenet.task import check_layout
+    from changenet.config.inputs import check_layout
 
     classify = cfg.dataset.classify
     modules = cfg.model.classify.learnable_difference_modules

@@ -10,8 +10,6 @@ from typing import Any
 _EXPORTS = {
     "CNDataset": "changenet.data.dataset",
     "build_dataset": "changenet.data.dataset",
-    "class_names": "changenet.data.dataset",
-    "class_palette": "changenet.data.dataset",
     "IGNORE_INDEX": "changenet.data.transforms",
     "denormalize": "changenet.data.transforms",
     "preprocess_image": "changenet.data.transforms",

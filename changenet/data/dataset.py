@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import colorsys
 import csv
 import logging
 from pathlib import Path
@@ -18,11 +17,12 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from torch.utils.data import Dataset, default_collate
 
 from changenet.config import is_set
+from changenet.config.schema import SegmentDatasetConfig
 from changenet.data.io import read_label
+from changenet.data.options import DataOptions
 from changenet.data.pixels import (
     NEAR_EQUAL_PIXELS,
     dataset_mapping,
@@ -37,7 +37,6 @@ from changenet.data.transforms import (
     preprocess_image,
     resize_image,
     resize_label,
-    segment_config,
     to_class_indices,
 )
 from changenet.errors import DataError, SpecError
@@ -56,7 +55,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 NAMED_PROBLEMS = 5  # bad pairs named in one error line (the count says how many more)
 
 
-def _split_key_for(seg: DictConfig, split: str) -> Optional[str]:
+def _split_key_for(seg: SegmentDatasetConfig, split: str) -> Optional[str]:
     for key, _mode in STAGES.values():
         if seg.get(key) == split:
             return f"dataset.segment.{key}"
@@ -106,12 +105,12 @@ class CNDataset(Dataset):
     {"name", "error"} instead, and `collate_skipping` leaves it out of its batch.
     """
 
-    def __init__(self, cfg: DictConfig, split: str, mode: str = "eval", split_key: Optional[str] = None,
+    def __init__(self, data: DataOptions, split: str, mode: str = "eval", split_key: Optional[str] = None,
                  skip_bad: bool = False):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        self.cfg = cfg
-        seg = segment_config(cfg)
+        self.layout = data.layout
+        seg = data.block
         self.mode = mode
         self.split = str(split)
         self.img_size = int(seg.img_size)
@@ -119,8 +118,8 @@ class CNDataset(Dataset):
         self.label_transform = seg.label_transform
         self.label_suffix = str(seg.label_suffix)
         self.mean, self.std = list(seg.augmentation.mean), list(seg.augmentation.std)
-        self.palette = class_palette(cfg)
-        self.class_names = class_names(cfg)
+        self.palette = np.asarray(self.layout.class_colors, dtype=np.uint8)
+        self.class_names = list(self.layout.class_names)
 
         if not is_set(seg, "root_dir"):
             raise SpecError("spec key 'dataset.segment.root_dir' is not set; point it at the dataset folder "
@@ -140,12 +139,12 @@ class CNDataset(Dataset):
         self.skip_bad = bool(skip_bad)
         if not self.skip_bad:
             self._check_pairs()
-        self.pixels = dataset_mapping(cfg, self.root, self._stretch_sample(seg))
+        self.pixels = dataset_mapping(seg, self.root, self._stretch_sample(seg))
 
         self.augment = PairAugmentation(seg.augmentation, self.img_size) if mode == "train" else None
         self._augment_seed: Optional[int] = None
 
-    def _folder(self, seg: DictConfig, key: str) -> Path:
+    def _folder(self, seg: SegmentDatasetConfig, key: str) -> Path:
         folder = self.root / str(seg[key])
         if not folder.is_dir():
             raise DataError(f"folder '{folder}' (spec key dataset.segment.{key}) does not exist")
@@ -154,7 +153,7 @@ class CNDataset(Dataset):
     def label_path(self, name: str) -> Path:
         return self.label_dir / (Path(name).stem + self.label_suffix)
 
-    def _stretch_sample(self, seg: DictConfig) -> list:
+    def _stretch_sample(self, seg: SegmentDatasetConfig) -> list:
         """Pairs to estimate the stretch from: the training split's when it exists (so every split of the
         dataset gets the limits training used), else this split's."""
         names = self.names
@@ -254,8 +253,8 @@ class CNDataset(Dataset):
             item["B"] = torch.from_numpy(normalize(image_b, self.mean, self.std))
             item["label"] = torch.from_numpy(np.ascontiguousarray(label).astype(np.int64))
             return item
-        item["A"] = torch.from_numpy(preprocess_image(pair["A"], self.cfg))
-        item["B"] = torch.from_numpy(preprocess_image(pair["B"], self.cfg))
+        item["A"] = torch.from_numpy(preprocess_image(pair["A"], self.layout))
+        item["B"] = torch.from_numpy(preprocess_image(pair["B"], self.layout))
         if self.mode == "eval":
             item["label"] = torch.from_numpy(resize_label(pair["label"], self.img_size).astype(np.int64))
         return item
@@ -269,59 +268,15 @@ def collate_skipping(items: List[Dict[str, Any]]) -> Dict[str, Any]:
     return batch
 
 
-def build_dataset(cfg: DictConfig, stage: str, skip_bad: bool = False) -> Dataset:
+def build_dataset(data: DataOptions, stage: str, skip_bad: bool = False) -> Dataset:
     """The dataset of a stage: "train" (augmented), "val"/"test" (labelled), "predict" (no labels); a
     CNDataset for task segment, an InspectionDataset (changenet.data.inspection) for task classify.
     skip_bad: unreadable pairs become skipped items instead of errors (segment inference)."""
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {tuple(STAGES)}, got {stage!r}")
-    if cfg.get("task") == "classify":
+    if not data.task.dense:
         from changenet.data.inspection import InspectionDataset
 
-        return InspectionDataset(cfg, stage)
+        return InspectionDataset(data, stage)
     key, mode = STAGES[stage]
-    split = segment_config(cfg)[key]
-    return CNDataset(cfg, split, mode, split_key=f"dataset.segment.{key}", skip_bad=skip_bad)
-
-
-# --------------------------------------------------------------------------- classes: colours and names
-# Binary change maps are shown white on black; more classes get distinct colours (class 0 stays black).
-_MULTI_CLASS_COLOURS = [
-    (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200),
-    (245, 130, 48), (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60),
-]
-# TAO's colours for its LandSCD land-cover change classes (data_name: LandSCD), class 0 first.
-LANDSCD_COLOURS = [
-    (255, 255, 255), (255, 165, 0), (230, 30, 100), (70, 140, 0), (218, 112, 214),
-    (0, 170, 240), (127, 235, 170), (230, 80, 0), (205, 220, 57), (218, 165, 32),
-]
-
-
-def class_palette(cfg: DictConfig) -> np.ndarray:
-    """uint8 [num_classes, 3] display colour of each class: dataset.segment.color_map, else the dataset's
-    defaults (TAO's LandSCD colours for data_name LandSCD, white on black for two classes)."""
-    seg = segment_config(cfg)
-    count = int(seg.num_classes)
-    if count == 2:
-        colours = [(0, 0, 0), (255, 255, 255)]
-    elif str(seg.get("data_name", "")).lower() == "landscd" and count <= len(LANDSCD_COLOURS):
-        colours = list(LANDSCD_COLOURS[:count])
-    else:
-        colours = list(_MULTI_CLASS_COLOURS[:count])
-        for index in range(len(colours), count):  # beyond the table: evenly spaced hues
-            r, g, b = colorsys.hsv_to_rgb((index * 0.618034) % 1.0, 0.8, 0.95)
-            colours.append((int(r * 255), int(g * 255), int(b * 255)))
-    palette = np.asarray(colours, dtype=np.uint8)
-    for key, colour in (seg.color_map or {}).items():
-        palette[int(key)] = np.asarray(list(colour), dtype=np.uint8)
-    return palette
-
-
-def class_names(cfg: DictConfig) -> List[str]:
-    """Name of each class: dataset.segment.class_names, else no_change/change (binary) or class_<i>."""
-    seg = segment_config(cfg)
-    if seg.get("class_names"):
-        return [str(n) for n in seg.class_names]
-    if int(seg.num_classes) == 2:
-        return ["no_change", "change"]
-    return [f"class_{i}" for i in range(int(seg.num_classes))]
+    return CNDataset(data, data.block[key], mode, split_key=data.block_key(key), skip_bad=skip_bad)

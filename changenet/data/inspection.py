@@ -30,14 +30,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from torch.utils.data import Dataset, WeightedRandomSampler
 
 from changenet.config import is_set
+from changenet.config.schema import DataPathConfig
+from changenet.data.options import DataOptions
 from changenet.data.pixels import read_image
 from changenet.data.transforms import ObjectAugmentation, normalize, resize_image
 from changenet.errors import DataError, SpecError
-from changenet.task import lighting_conditions, normalisation, tile_grid
 
 # stage -> (spec block under dataset.classify, dataset mode)
 STAGES = {
@@ -86,7 +86,7 @@ class InspectionDataset(Dataset):
     """The objects of one split. Items: {"A": float32 [3, H, W] test input, "B": golden input [3, H, W]
     (or [N, 3, H, W] with num_golden N > 1), "label": int64 0/1 (not in predict mode), "name", "index"}."""
 
-    def __init__(self, cfg: DictConfig, stage: str, source: Optional[tuple] = None) -> None:
+    def __init__(self, data: DataOptions, stage: str, source: Optional[tuple] = None) -> None:
         """stage: train (augmented, random golden draws), val / test (labelled), predict (labels optional).
         source: read another CSV in that stage's way: (block,) names another dataset.classify block, or
         (name, csv_path, images_dir) any CSV (e.g. a calibration folder's)."""
@@ -96,36 +96,36 @@ class InspectionDataset(Dataset):
         if source is not None and len(source) == 1:
             block_key = source[0]
         self.stage = stage
-        self.cfg = cfg
-        classify = cfg.dataset.classify
-        self.key = f"dataset.classify.{block_key}"
+        self.layout = layout = data.layout
+        classify = data.block
+        self.key = data.block_key(block_key)
         if not classify.image_ext:
             raise SpecError("spec key 'dataset.classify.image_ext' is not set; give the images' extension, e.g. .jpg")
         self.ext = str(classify.image_ext)
-        self.lights = lighting_conditions(cfg)
-        self.grid = tile_grid(cfg)
-        self.tile_size = (int(classify.image_height), int(classify.image_width))
-        self.num_golden = int(classify.num_golden)
-        self.mean, self.std = normalisation(cfg)
+        self.lights = list(layout.lights)
+        self.grid = layout.grid
+        self.tile_size = layout.tile_size
+        self.num_golden = layout.num_golden
+        self.mean, self.std = list(layout.mean), list(layout.std)
         if source is not None and len(source) == 3:
             self.key = str(source[0])
             self.csv_path, self.images_dir = Path(source[1]), Path(source[2])
         else:
-            self.csv_path, self.images_dir = self._paths(cfg, block_key)
+            self.csv_path, self.images_dir = self._paths(classify[block_key])
         self.columns, self.objects = self._read_objects()
         aug = classify.augmentation_config
         self.augment = ObjectAugmentation(aug, self.tile_size) if self.mode == "train" and aug.augment else None
         self._augment_seed: Optional[int] = None
 
     # ----------------------------------------------------------------------- reading the CSV
-    def _paths(self, cfg: DictConfig, block_key: str) -> Tuple[Path, Path]:
-        if not is_set(cfg, f"{self.key}.csv_path") or not str(cfg.dataset.classify[block_key].csv_path):
+    def _paths(self, split: "DataPathConfig") -> Tuple[Path, Path]:
+        if not is_set(split, "csv_path") or not str(split.csv_path):
             raise SpecError(f"spec key '{self.key}.csv_path' is not set; point it at the split's CSV "
                             "(input_path, golden_path, label, object_name)")
-        csv_path = Path(str(cfg.dataset.classify[block_key].csv_path)).expanduser()
+        csv_path = Path(str(split.csv_path)).expanduser()
         if not csv_path.is_file():
             raise DataError(f"CSV '{csv_path}' (spec key {self.key}.csv_path) does not exist")
-        images = str(cfg.dataset.classify[block_key].images_dir or "")
+        images = str(split.images_dir or "")
         images_dir = Path(images).expanduser() if images else csv_path.parent
         if not images_dir.is_dir():
             raise DataError(f"folder '{images_dir}' (spec key {self.key}.images_dir) does not exist")

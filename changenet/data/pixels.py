@@ -23,12 +23,15 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from changenet.data.io import open_image
 from changenet.errors import ChangenetError, DataError
+
+if TYPE_CHECKING:
+    from changenet.config.schema import SegmentDatasetConfig
 
 log = logging.getLogger(__name__)
 
@@ -259,12 +262,11 @@ def _read_stored(path: Path, bands: int) -> Tuple[Optional[dict], Optional[str]]
     return record, None
 
 
-def dataset_mapping(cfg, root: Path, pairs: Sequence[Tuple[Path, Path]]) -> PixelMapping:
+def dataset_mapping(seg: "SegmentDatasetConfig", root: Path, pairs: Sequence[Tuple[Path, Path]]) -> PixelMapping:
     """The PixelMapping of the dataset at `root` (dataset.segment.bands / stretch / percentiles), with stretch
     limits read from `<root>/changenet_stretch.json`, or estimated from a sample of `pairs` and stored there."""
     from changenet.fileio import remove_leftovers, write_json
 
-    seg = cfg.dataset.segment
     bands = tuple(int(b) for b in seg.bands) if seg.bands else None
     mode, percentiles = str(seg.stretch), [float(p) for p in seg.percentiles]
     if mode == "none" or not pairs:

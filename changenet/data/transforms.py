@@ -14,18 +14,12 @@ from typing import Any, Optional, Sequence, Tuple
 import albumentations as A
 import cv2
 import numpy as np
-from omegaconf import DictConfig
 
+from changenet.config.schema import PairAugmentationConfig
 from changenet.errors import DataError
+from changenet.task import DataLayout
 
 IGNORE_INDEX = 255  # label value excluded from loss and metrics (padding, unlabelled pixels)
-
-
-def segment_config(cfg: DictConfig) -> DictConfig:
-    """The `dataset.segment` block, given either the whole spec or that block itself."""
-    dataset = cfg.get("dataset")
-    # In the segment block itself, "dataset" is the loader name ("CNDataset"), not a block.
-    return dataset.segment if isinstance(dataset, DictConfig) else cfg
 
 
 # --------------------------------------------------------------------------- resize + normalise
@@ -59,30 +53,20 @@ def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) ->
     return chw
 
 
-def preprocess_image(image: np.ndarray, cfg: DictConfig) -> np.ndarray:
-    """uint8 RGB [H, W, 3] -> float32 [3, S, S] model input (S = dataset.segment.img_size).
-
-    `cfg` is the whole spec (or its dataset.segment block). Returns a numpy array: wrap it with
-    torch.from_numpy for PyTorch; ONNX Runtime and TensorRT take it as is.
+def preprocess_image(image: np.ndarray, layout: DataLayout) -> np.ndarray:
+    """uint8 RGB [H, W, 3] -> float32 [3, H', W'] model input of `layout` (its size and normalisation; a
+    spec's: config.inputs.data_layout). Returns a numpy array: wrap it with torch.from_numpy for PyTorch;
+    ONNX Runtime and TensorRT take it as is.
     """
-    seg = segment_config(cfg)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise DataError(f"preprocess_image takes uint8 RGB [H, W, 3] images, got {image.dtype} {image.shape}")
-    return normalize(resize_image(image, int(seg.img_size)), seg.augmentation.mean, seg.augmentation.std)
+    return normalize(resize_image(image, layout.size), layout.mean, layout.std)
 
 
-def denormalize(chw: np.ndarray, cfg: DictConfig) -> np.ndarray:
-    """Inverse of `normalize` for visualisation: float32 [3, H, W] -> uint8 [H, W, 3]. `cfg`: the whole spec
-    (its task's normalisation) or the dataset.segment block."""
-    if cfg.get("task") == "classify":
-        from changenet.task import normalisation
-
-        mean_values, std_values = normalisation(cfg)
-    else:
-        seg = segment_config(cfg)
-        mean_values, std_values = seg.augmentation.mean, seg.augmentation.std
-    mean = np.asarray(mean_values, dtype=np.float32).reshape(3, 1, 1)
-    std = np.asarray(std_values, dtype=np.float32).reshape(3, 1, 1)
+def denormalize(chw: np.ndarray, layout: DataLayout) -> np.ndarray:
+    """Inverse of `normalize` with `layout`'s normalisation, for pictures: float32 [3, H, W] -> uint8 [H, W, 3]."""
+    mean = np.asarray(layout.mean, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(layout.std, dtype=np.float32).reshape(3, 1, 1)
     image = (np.asarray(chw, dtype=np.float32) * std + mean) * 255.0
     return np.clip(np.rint(image), 0, 255).astype(np.uint8).transpose(1, 2, 0)
 
@@ -145,7 +129,7 @@ class PairAugmentation:
     # with_random_crop shifts the crop window by up to img_size / 16 past the border.
     CROP_PAD_FRACTION = 1 / 16
 
-    def __init__(self, aug_cfg: DictConfig, img_size: int):
+    def __init__(self, aug_cfg: PairAugmentationConfig, img_size: int):
         size = int(img_size)
         geometric: list = []
         flip = aug_cfg.random_flip
@@ -208,7 +192,7 @@ class ObjectAugmentation:
     CROP_AREA = (0.8, 1.0)
     BLUR_SIGMA = (1e-3, 1.0)
 
-    def __init__(self, aug_cfg: DictConfig, tile_size: Tuple[int, int]):
+    def __init__(self, aug_cfg: PairAugmentationConfig, tile_size: Tuple[int, int]):
         height, width = (int(v) for v in tile_size)
         steps: list = []
         flip = aug_cfg.random_flip

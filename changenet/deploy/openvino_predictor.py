@@ -29,12 +29,6 @@ CACHE_RECORD = "changenet_cache.json"  # per cache folder: size and SHA-256 of e
 log = logging.getLogger(__name__)
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), from changenet.machine (which honours
-    $CHANGENET_CPUINFO)."""
-    return bf16_native(this_cpu())
-
-
 class OpenVinoPredictor(Predictor):
     backend = "openvino"
 
@@ -50,7 +44,7 @@ class OpenVinoPredictor(Predictor):
             raise ModelError(f"ONNX file '{path}' does not exist")
         if precision not in PRECISIONS:
             raise ModelError(f"openvino.precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
-        if precision == "bf16" and not cpu_has_bf16():
+        if precision == "bf16" and not bf16_native(this_cpu()):
             raise UnsupportedError("openvino.precision=bf16 needs a CPU with AVX512-BF16 or AMX; this one has neither "
                                    "(use f32 or auto)")
         core = ov.Core()

@@ -16,7 +16,7 @@ from typing import Callable, Optional, Tuple, Union
 from omegaconf import DictConfig, OmegaConf
 
 from changenet.config import is_set
-from changenet.config.schema import MODEL_SOURCES
+from changenet.config.schema import BENCHMARK_MODEL_KEYS, MODEL_SOURCES
 from changenet.deploy.predictor import Predictor
 from changenet.errors import ModelError, SpecError
 
@@ -27,7 +27,6 @@ SOURCES = ("checkpoint", "onnx_file", "trt_engine", "untrained")
 TORCH_BACKENDS = {"torch": ("fp32", False), "torch-bf16": ("bf16", False), "torch-cudagraph": ("fp32", True),
                   "torch-bf16-cudagraph": ("bf16", True)}
 OPENVINO_BACKENDS = {"openvino": None, "openvino-f32": "f32", "openvino-bf16": "bf16", "openvino-int8": None}
-ONNXRUNTIME_BACKENDS = {"onnxruntime": "benchmark.onnx_file", "onnxruntime-int8": "benchmark.int8_onnx_file"}
 
 
 @dataclass(frozen=True)
@@ -70,24 +69,24 @@ class PredictorOptions:
     @classmethod
     def for_model(cls, cfg: DictConfig, source: str, path: Optional[str], **settings) -> "PredictorOptions":
         """Options for a model of the spec's task and architecture in `path` (a file of kind `source`)."""
-        from changenet.task import input_size, task_of
+        from changenet.model.options import ModelOptions
 
-        task = task_of(cfg)
+        model = ModelOptions.from_spec(cfg)
+        task, (height, width) = model.task, model.layout.size
         block = cfg.dataset[task.name]
-        height, width = input_size(cfg)
         segment = task.dense
         loader = None
         if source == "checkpoint":
             from changenet.model.checkpoint import load_model_from_checkpoint
 
-            loader = lambda: load_model_from_checkpoint(path, cfg)  # noqa: E731 - reads the file when opened
+            loader = lambda: load_model_from_checkpoint(path, model)  # noqa: E731 - reads the file when opened
         elif source == "untrained":
             from changenet.model import build_model
 
-            loader = lambda: build_model(cfg, load_pretrained=False)  # noqa: E731
+            loader = lambda: build_model(model, load_pretrained=False)  # noqa: E731
         ov = cfg.openvino
         return cls(source=source, path=None if path is None else str(path), task=task.name,
-                   num_classes=int(block.num_classes), img_size=height if segment else (height, width),
+                   num_classes=model.layout.num_classes, img_size=height if segment else (height, width),
                    multi_scale_infer=bool(block.multi_scale_infer) if segment else False,
                    align_corners=bool(cfg.model.decode_head.align_corners) if segment else False,
                    openvino=OpenVinoOptions(str(ov.precision), str(ov.performance_hint),
@@ -97,26 +96,24 @@ class PredictorOptions:
     @classmethod
     def for_benchmark(cls, cfg: DictConfig, backend: str) -> "PredictorOptions":
         """Options for a benchmark backend name (torch, torch-bf16, onnxruntime-int8, openvino-bf16, tensorrt, ...)."""
+        if backend not in BENCHMARK_MODEL_KEYS:
+            raise SpecError(f"unknown benchmark backend '{backend}'")
+        key = f"benchmark.{BENCHMARK_MODEL_KEYS[backend]}"
         if backend in TORCH_BACKENDS:
             precision, cuda_graphs = TORCH_BACKENDS[backend]
-            has_checkpoint = is_set(cfg, "benchmark.checkpoint")
+            has_checkpoint = is_set(cfg, key)
             options = cls.for_model(cfg, "checkpoint" if has_checkpoint else "untrained",
-                                    str(cfg.benchmark.checkpoint) if has_checkpoint else None)
+                                    str(OmegaConf.select(cfg, key)) if has_checkpoint else None)
             return dataclasses.replace(options, torch=TorchOptions(precision, cuda_graphs))
-        if backend in ONNXRUNTIME_BACKENDS or backend in OPENVINO_BACKENDS:
-            key = ONNXRUNTIME_BACKENDS.get(backend) or (
-                "benchmark.openvino_int8_onnx_file" if backend == "openvino-int8" else "benchmark.onnx_file")
-            if not is_set(cfg, key):
-                raise SpecError(f"set {key} to benchmark {backend}")
-            options = cls.for_model(cfg, "onnx_file", str(OmegaConf.select(cfg, key)),
-                                    runtime="openvino" if backend in OPENVINO_BACKENDS else "onnxruntime")
-            precision = OPENVINO_BACKENDS.get(backend)
-            return options.with_openvino_precision(precision) if precision else options
+        if not is_set(cfg, key):
+            raise SpecError(f"set {key} to benchmark {backend}")
+        path = str(OmegaConf.select(cfg, key))
         if backend == "tensorrt":
-            if not is_set(cfg, "benchmark.trt_engine"):
-                raise SpecError("set benchmark.trt_engine to benchmark tensorrt")
-            return cls.for_model(cfg, "trt_engine", str(cfg.benchmark.trt_engine))
-        raise SpecError(f"unknown benchmark backend '{backend}'")
+            return cls.for_model(cfg, "trt_engine", path)
+        options = cls.for_model(cfg, "onnx_file", path,
+                                runtime="openvino" if backend in OPENVINO_BACKENDS else "onnxruntime")
+        precision = OPENVINO_BACKENDS.get(backend)
+        return options.with_openvino_precision(precision) if precision else options
 
     def with_openvino_precision(self, precision: str) -> "PredictorOptions":
         return dataclasses.replace(self, openvino=dataclasses.replace(self.openvino, precision=precision))

@@ -14,14 +14,16 @@ import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
-from omegaconf import DictConfig
 
 from changenet.deploy.predictor import Predictor
 from changenet.errors import ModelError
+
+if TYPE_CHECKING:
+    from changenet.data.options import DataOptions
 
 DISTANCE_TOLERANCE = 1e-3  # relative: a classifier's distances count as agreeing within it
 MIN_AGREEMENT = 0.999  # share of pixels whose predicted class must match PyTorch
@@ -81,17 +83,15 @@ def check_graph(onnx_path: str | os.PathLike) -> onnx.ModelProto:
     return onnx.load(str(onnx_path), load_external_data=False)
 
 
-def sample_pairs(cfg: DictConfig, count: int, height: int, width: int, seed: int = 0) -> Pairs:
+def sample_pairs(data: "DataOptions", count: int, height: int, width: int, seed: int = 0) -> Pairs:
     """`count` normalised input pairs [count, 3, H, W] (classification with several golden images:
     B [count, N, 3, H, W]): from the test (or val) split when the spec's data exists, else random images;
     plus a note saying which."""
-    from changenet.task import normalisation, num_golden
-
-    real = _dataset_pairs(cfg, count, height, width)
+    real = _dataset_pairs(data, count, height, width)
     if real is not None:
         return real
-    mean, std = normalisation(cfg)
-    return random_pairs(count, height, width, mean, std, seed, goldens=num_golden(cfg))
+    layout = data.layout
+    return random_pairs(count, height, width, layout.mean, layout.std, seed, goldens=layout.num_golden)
 
 
 def random_pairs(count: int, height: int, width: int, mean: Sequence[float] = (0.5, 0.5, 0.5),
@@ -105,17 +105,18 @@ def random_pairs(count: int, height: int, width: int, mean: Sequence[float] = (0
     return a.astype(np.float32), b.astype(np.float32), "random images"
 
 
-def _has_data(cfg: DictConfig) -> bool:
+def _has_data(data: "DataOptions") -> bool:
     from changenet.config import is_set
 
-    if cfg.task == "classify":
-        return any(is_set(cfg, f"dataset.classify.{key}.csv_path") and Path(str(cfg.dataset.classify[key].csv_path)).is_file()
+    block = data.block
+    if not data.task.dense:
+        return any(is_set(block, f"{key}.csv_path") and Path(str(block[key].csv_path)).is_file()
                    for key in ("test_dataset", "validation_dataset"))
-    return is_set(cfg, "dataset.segment.root_dir") and Path(str(cfg.dataset.segment.root_dir)).is_dir()
+    return is_set(block, "root_dir") and Path(str(block.root_dir)).is_dir()
 
 
-def _dataset_pairs(cfg: DictConfig, count: int, height: int, width: int) -> Optional[Pairs]:
-    if not _has_data(cfg):
+def _dataset_pairs(data: "DataOptions", count: int, height: int, width: int) -> Optional[Pairs]:
+    if not _has_data(data):
         return None
     import torch
     import torch.nn.functional as F
@@ -125,7 +126,7 @@ def _dataset_pairs(cfg: DictConfig, count: int, height: int, width: int) -> Opti
 
     for stage in ("test", "val"):
         try:
-            dataset = build_dataset(cfg, stage)
+            dataset = build_dataset(data, stage)
         except ChangenetError:
             continue  # this split's list is missing: try the next one
         if len(dataset) == 0:

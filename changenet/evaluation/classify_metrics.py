@@ -20,7 +20,6 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from torchmetrics import Metric
 from torchmetrics.functional.classification import (
     binary_auroc,
@@ -28,6 +27,8 @@ from torchmetrics.functional.classification import (
     binary_precision_recall_curve,
     binary_roc,
 )
+
+from changenet.config.schema import ClassifyModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,11 @@ def defect_scores(prediction: np.ndarray | torch.Tensor) -> np.ndarray | torch.T
     return (shifted[:, 1] / shifted.sum(axis=1)).astype(np.float32)
 
 
-def decision_margin(cfg: DictConfig, say: bool = True) -> float:
-    """model.classify.eval_margin; for the learnable head a margin >= 1 would flag nothing (TAO's default 2.0
-    is a distance), so 0.5 is used then and said once."""
-    margin = float(cfg.model.classify.eval_margin)
-    if cfg.model.classify.difference_module == "learnable" and margin >= 1.0:
+def decision_margin(heads: ClassifyModelConfig, say: bool = True) -> float:
+    """model.classify.eval_margin (`heads`: the spec's model.classify block); for the learnable head a margin
+    >= 1 would flag nothing (TAO's default 2.0 is a distance), so 0.5 is used then and said once."""
+    margin = float(heads.eval_margin)
+    if heads.difference_module == "learnable" and margin >= 1.0:
         if say:
             log.warning("model.classify.eval_margin=%g can never be exceeded by the learnable head's defect "
                         "probability; using %g (set model.classify.eval_margin below 1 to choose)", margin, LEARNABLE_MARGIN)

@@ -7,11 +7,10 @@ from __future__ import annotations
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from changenet.console import progress_bar
@@ -19,6 +18,9 @@ from changenet.deploy.predictor import Predictor
 from changenet.errors import SkippedInputs
 from changenet.evaluation.visualize import colorize
 from changenet.fileio import remove_leftovers
+
+if TYPE_CHECKING:
+    from changenet.data.options import DataOptions
 
 log = logging.getLogger(__name__)
 OUTPUT_FOLDERS = ("mask", "color", "vis")  # what segmentation inference writes under its results_dir
@@ -105,19 +107,18 @@ def write_mask(writer: "BackgroundWriter", folder: Path, image_a: Path, mask: np
     writer.submit(write_png, folder.parent / "color" / f"{stem}.png", colorize(mask, colours))
 
 
-def pair_loader(cfg: DictConfig, block: str, stage: str, skip_bad: bool = False,
-                batch_size: Optional[int] = None) -> DataLoader:
-    """The segmentation pairs of `stage` ("test": labels required, "predict": none) in `batch_size`, else
-    `block`'s batch size."""
+def pair_loader(data: "DataOptions", stage: str, batch_size: Optional[int] = None,
+                skip_bad: bool = False) -> DataLoader:
+    """The pairs (or objects) of `stage` in order ("test": labels required, "predict": none), in `batch_size`,
+    else the dataset block's batch size. skip_bad: unreadable pairs are skipped items (segmentation)."""
     from changenet.data.dataset import build_dataset, collate_skipping
 
-    seg = cfg.dataset.segment
-    dataset = build_dataset(cfg, stage, skip_bad)  # "test" -> eval mode (labels required), "predict" -> no labels
+    dataset = build_dataset(data, stage, skip_bad)
     return DataLoader(
         dataset,
-        batch_size=batch_size or cfg[block].batch_size or seg.batch_size,
+        batch_size=int(batch_size or data.block.batch_size),
         shuffle=False,
-        num_workers=seg.workers,
+        num_workers=int(data.block.workers),
         persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
         **({"collate_fn": collate_skipping} if skip_bad else {}),

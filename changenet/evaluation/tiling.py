@@ -27,24 +27,21 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
 from rich.progress import Progress, TextColumn
 from rich.table import Table
 
+from changenet.config.inputs import palette_for
 from changenet.console import console, progress_bar
-from changenet.data import class_palette
 from changenet.data.io import StripWriter, strip_writer_group
 from changenet.data.transforms import normalize
 from changenet.deploy.predictor import Predictor
-from changenet.errors import DataError, ModelError, SpecError
+from changenet.errors import ModelError, SpecError
 from changenet.evaluation.visualize import colorize
-from changenet.fileio import write_json
 from changenet.geo import (
     DEFAULT_PERCENTILES,
     STRETCH_MODES,
     Scene,
     check_pair,
-    is_geotiff,
     open_scene,
     open_strip_writer,
 )
@@ -193,26 +190,23 @@ class TileSettings:
     percentiles: Tuple[float, float]
 
 
-def _pick(explicit: Any, cfg: Optional[DictConfig], key: str, default: Any) -> Any:
-    """The explicit argument, else the spec's value at `key` when set, else `default`."""
-    if explicit is not None:
-        return explicit
-    if cfg is not None:
-        value = OmegaConf.select(cfg, key, default=None)
-        if value is not None:
-            return OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
-    return default
+def _given(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
-def resolve_settings(predictor: Predictor, cfg: Optional[DictConfig] = None, **explicit: Any) -> TileSettings:
-    """Arguments override inference.tiling.* and dataset.segment.*; the tile defaults to the model's fixed
-    input size (engines and fixed-shape ONNX models), else img_size."""
+def resolve_settings(predictor: Predictor, tile_size: Optional[int] = None, overlap: Optional[int] = None,
+                     batch_size: Optional[int] = None, mean: Optional[Sequence[float]] = None,
+                     std: Optional[Sequence[float]] = None, bands: Optional[Sequence[int]] = None,
+                     stretch: Optional[str] = None, percentiles: Optional[Sequence[float]] = None,
+                     img_size: Optional[int] = None) -> TileSettings:
+    """The settings of a scene (unset: the defaults; the action passes inference.tiling.* and dataset.segment.*).
+    The tile defaults to the model's fixed input size (engines and fixed-shape ONNX models), else img_size."""
     fixed = predictor.input_size
     if fixed is not None and fixed[0] != fixed[1]:
         raise SpecError(f"tiled inference needs a square model input, but this {predictor.backend} model takes "
                         f"{fixed[0]}x{fixed[1]}; export/build it for a square size")
-    fallback_tile = fixed[0] if fixed is not None else _pick(None, cfg, "dataset.segment.img_size", DEFAULT_TILE)
-    tile = int(_pick(explicit.get("tile_size"), cfg, "inference.tiling.tile_size", fallback_tile))
+    fallback_tile = fixed[0] if fixed is not None else _given(img_size, DEFAULT_TILE)
+    tile = int(_given(tile_size, fallback_tile))
     if fixed is not None and tile != fixed[0]:
         raise SpecError(f"inference.tiling.tile_size is {tile} but this {predictor.backend} model takes "
                         f"{fixed[0]}x{fixed[1]} inputs; set tile_size={fixed[0]} or leave it unset")
@@ -223,23 +217,20 @@ def resolve_settings(predictor: Predictor, cfg: Optional[DictConfig] = None, **e
         lower, upper = nearest_multiples(tile, multiple)
         raise SpecError(f"inference.tiling.tile_size is {tile} but the model needs a multiple of {multiple}; "
                         f"use {lower} or {upper}")
-    overlap = int(_pick(explicit.get("overlap"), cfg, "inference.tiling.overlap", tile // 8))
-    batch = int(_pick(explicit.get("batch_size"), cfg, "inference.tiling.batch_size", DEFAULT_BATCH))
+    overlap = int(_given(overlap, tile // 8))
+    batch = int(_given(batch_size, DEFAULT_BATCH))
     if batch < 1:
         raise SpecError(f"inference.tiling.batch_size must be >= 1, got {batch}")
-    stretch = str(_pick(explicit.get("stretch"), cfg, "inference.tiling.stretch", "auto"))
+    stretch = str(_given(stretch, "auto"))
     if stretch not in STRETCH_MODES:
         raise SpecError(f"inference.tiling.stretch must be one of {', '.join(STRETCH_MODES)}, got {stretch!r}")
-    percentiles = tuple(float(p) for p in _pick(explicit.get("percentiles"), cfg, "inference.tiling.percentiles",
-                                                DEFAULT_PERCENTILES))
+    percentiles = tuple(float(p) for p in _given(percentiles, DEFAULT_PERCENTILES))
     if len(percentiles) != 2 or not 0.0 <= percentiles[0] < percentiles[1] <= 100.0:
         raise SpecError(f"inference.tiling.percentiles must be two values 0 <= low < high <= 100, got {list(percentiles)}")
-    bands = _pick(explicit.get("bands"), cfg, "inference.tiling.bands",
-                  _pick(None, cfg, "dataset.segment.bands", None))
     return TileSettings(
         tile_size=tile, overlap=overlap, batch_size=batch,
-        mean=tuple(float(m) for m in _pick(explicit.get("mean"), cfg, "dataset.segment.augmentation.mean", DEFAULT_MEAN_STD)),
-        std=tuple(float(s) for s in _pick(explicit.get("std"), cfg, "dataset.segment.augmentation.std", DEFAULT_MEAN_STD)),
+        mean=tuple(float(m) for m in _given(mean, DEFAULT_MEAN_STD)),
+        std=tuple(float(s) for s in _given(std, DEFAULT_MEAN_STD)),
         bands=tuple(int(b) for b in bands) if bands else None,
         stretch=stretch, percentiles=percentiles,  # type: ignore[arg-type]
     )
@@ -255,7 +246,6 @@ def predict_scene(
     path_a: str | os.PathLike,
     path_b: str | os.PathLike,
     out_path: str | os.PathLike,
-    cfg: Optional[DictConfig] = None,
     tile_size: Optional[int] = None,
     overlap: Optional[int] = None,
     batch_size: Optional[int] = None,
@@ -264,18 +254,19 @@ def predict_scene(
     bands: Optional[Sequence[int]] = None,
     stretch: Optional[str] = None,
     percentiles: Optional[Sequence[float]] = None,
+    img_size: Optional[int] = None,
+    colours: Optional[np.ndarray] = None,
     color_path: Optional[str | os.PathLike] = None,
     progress: bool = True,
 ) -> Dict[str, Any]:
     """Change mask of a whole image pair at full resolution, written to `out_path` (.tif: GeoTIFF with
     A's CRS and transform, single-band uint8 class indices with a colour table; .png: grey class indices).
-    `color_path` adds an RGB rendering in the class colours. Unset arguments come from `cfg`
-    (inference.tiling.*, dataset.segment.augmentation.mean/std, color_map) or the defaults. Returns a summary dict.
+    `color_path` adds an RGB rendering in `colours` (uint8 [classes, 3]; default: the default class colours).
+    Unset settings take the defaults (resolve_settings). Returns a summary dict.
     """
-    settings = resolve_settings(predictor, cfg, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
-                                mean=mean, std=std, bands=bands, stretch=stretch, percentiles=percentiles)
-    colours = class_palette(cfg if cfg is not None else
-                            OmegaConf.create({"dataset": {"segment": {"num_classes": predictor.num_classes, "color_map": None}}}))
+    settings = resolve_settings(predictor, tile_size=tile_size, overlap=overlap, batch_size=batch_size, mean=mean,
+                                std=std, bands=bands, stretch=stretch, percentiles=percentiles, img_size=img_size)
+    colours = palette_for(predictor.num_classes) if colours is None else colours
     start = time.perf_counter()
     class_pixels = np.zeros(predictor.num_classes, dtype=np.int64)
     writers: List[StripWriter] = []
@@ -314,55 +305,7 @@ def predict_scene(
     }
 
 
-# --------------------------------------------------------------------------- `changenet inference` with tiling
-def tiled_inference(cfg: DictConfig) -> Dict[str, Any]:
-    """`inference` with inference.tiling.enable: every pair of the predict split at full resolution.
-
-    Masks go to <results_dir>/mask, colour renderings to <results_dir>/color: GeoTIFF for GeoTIFF
-    inputs, PNG otherwise.
-    """
-    from changenet.data import build_dataset
-    from changenet.deploy.options import PredictorOptions, open_predictor
-    from changenet.evaluation.outputs import OUTPUT_FOLDERS, note_skipped, raise_if_skipped, remove_output_leftovers
-
-    fail_fast = bool(cfg.inference.fail_fast)
-    # The split's file names; with fail_fast bad pairs are reported up front, else skipped one by one.
-    dataset = build_dataset(cfg, "predict", skip_bad=not fail_fast)
-    out_dir = Path(cfg.inference.results_dir)
-    remove_output_leftovers(out_dir, OUTPUT_FOLDERS)  # what a killed run left under temporary names
-    scenes: List[Dict[str, Any]] = []
-    skipped: List[Dict[str, str]] = []
-    start = time.perf_counter()
-    with open_predictor(PredictorOptions.from_spec(cfg, "inference")) as predictor:
-        for name in dataset.names:
-            suffix = ".tif" if is_geotiff(name) else ".png"
-            stem = Path(name).stem
-            try:  # a failed scene leaves no partial file (the strip writers remove theirs)
-                scenes.append(predict_scene(
-                    predictor, dataset.image_dir / name, dataset.change_image_dir / name,
-                    out_dir / "mask" / f"{stem}{suffix}", cfg=cfg, color_path=out_dir / "color" / f"{stem}{suffix}",
-                ))
-            except DataError as exc:
-                if fail_fast:
-                    raise
-                skipped += note_skipped({"skipped": [(name, str(exc))]})
-        backend = predictor.backend
-    seconds = time.perf_counter() - start
-    megapixels = sum(s["height"] * s["width"] for s in scenes) / 1e6
-    summary = {
-        "backend": backend, "num_pairs": len(scenes), "seconds": round(seconds, 3),
-        "pairs_per_second": round(len(scenes) / seconds, 2) if seconds else None,
-        "megapixels_per_second": round(megapixels / seconds, 3) if seconds else None,
-        "results_dir": str(out_dir), "tiled": True, "scenes": scenes, "skipped": skipped,
-    }
-    write_json(out_dir / "inference.json", summary)
-    _print_scenes(scenes, backend)
-    console.print(f"{len(scenes)} masks written to {out_dir / 'mask'} ({summary['megapixels_per_second'] or 0:.3g} MP/s, {backend})")
-    raise_if_skipped(skipped, len(scenes), out_dir)
-    return summary
-
-
-def _print_scenes(scenes: List[Dict[str, Any]], backend: str) -> None:
+def print_scenes(scenes: List[Dict[str, Any]], backend: str) -> None:
     table = Table(title=f"tiled inference ({backend})")
     for column in ("scene", "size", "windows", "seconds", "MP/s", "changed"):
         table.add_column(column)

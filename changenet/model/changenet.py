@@ -6,11 +6,11 @@ import logging
 from typing import List
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 from changenet.contract import SEGMENT_IO
 from changenet.model.decoder import ChangeDecoder
+from changenet.model.options import ModelOptions
 from changenet.model.registry import create_backbone
 from changenet.model.siamese import SiameseModel, check_input_size, decoder_levels, with_spec_weights
 
@@ -39,28 +39,28 @@ class ChangeNet(SiameseModel):
         return self.decoder([level[:batch] for level in pyramid], [level[batch:] for level in pyramid])
 
 
-def build_segmenter(cfg: DictConfig, load_pretrained: bool = True, **backbone_kwargs) -> "ChangeNet":
+def build_segmenter(options: ModelOptions, load_pretrained: bool = True, **backbone_kwargs) -> "ChangeNet":
     """The ChangeNet a segmentation spec describes (model.*, dataset.segment.num_classes/img_size); see
     model.build.build_model for the arguments."""
-    backbone_cfg, head = cfg.model.backbone, cfg.model.decode_head
-    seg = cfg.dataset.segment
-    name = str(backbone_cfg.type)
+    backbone_cfg, head = options.model.backbone, options.model.decode_head
+    img_size = options.layout.height
+    name = options.backbone
     if name.startswith("fan_"):
         backbone_kwargs.setdefault("feat_downsample", bool(backbone_cfg.feat_downsample))
     else:
         if backbone_cfg.feat_downsample:
             log.warning("model.backbone.feat_downsample applies to FAN backbones only; ignored for %s", name)
         backbone_kwargs.setdefault("use_summary_token", bool(head.use_summary_token))
-        backbone_kwargs.setdefault("img_size", int(seg.img_size))
+        backbone_kwargs.setdefault("img_size", img_size)
     backbone = create_backbone(name, **backbone_kwargs)
-    in_index, strides, channels = decoder_levels(cfg, backbone, name)
-    check_input_size(backbone, int(seg.img_size), name)
+    in_index, strides, channels = decoder_levels(options, backbone)
+    check_input_size(backbone, img_size, name)
 
     decoder = ChangeDecoder(
         in_channels=channels,
         feature_strides=strides,
-        num_classes=int(seg.num_classes),
+        num_classes=options.layout.num_classes,
         embed_dim=int(head.decoder_params.embed_dim),
         in_index=in_index,
     )
-    return with_spec_weights(ChangeNet(backbone, decoder), cfg, load_pretrained)
+    return with_spec_weights(ChangeNet(backbone, decoder), options, load_pretrained)

@@ -17,6 +17,7 @@ inference and export load models without it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
@@ -24,11 +25,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 import changenet
 from changenet.errors import ModelError
+from changenet.model.options import ModelOptions
 from changenet.model.weights import find_state_dict, load_torch_file, refuse_encrypted
+from changenet.task import task_named
 
 LATEST_CHECKPOINT_NAME = "changenet_model_segment_latest.pth"  # task segment; see latest_checkpoint_name
 METADATA_KEY = "changenet"
@@ -76,47 +78,44 @@ def epoch_checkpoint_name(epoch: int) -> str:
 
 
 # --------------------------------------------------------------------------- writing
-def checkpoint_metadata(cfg: DictConfig) -> Dict[str, Any]:
+def checkpoint_metadata(options: ModelOptions) -> Dict[str, Any]:
     """The "changenet" entry: what the checkpoint holds, in plain types (weights_only-loadable)."""
-    from changenet.task import input_size, lighting_conditions, normalisation
-
-    mean, std = normalisation(cfg)
+    layout = options.layout
     meta: Dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
         "changenet_version": changenet.__version__,
-        "task": str(cfg.task),
-        **spec_architecture(cfg),
-        "input_size": list(input_size(cfg)),
-        "mean": mean,
-        "std": std,
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "task": options.task.name,
+        **spec_architecture(options),
+        "input_size": list(layout.size),
+        "mean": list(layout.mean),
+        "std": list(layout.std),
+        "model": dataclasses.asdict(options.model),
     }
-    if cfg.task == "classify":
-        classify = cfg.dataset.classify
-        meta.update(lights=lighting_conditions(cfg), concat_type=classify.concat_type,
-                    grid_map=OmegaConf.to_container(classify.grid_map) if classify.grid_map else None)
+    if not layout.task.dense:
+        rows, columns = layout.grid
+        meta.update(lights=list(layout.lights), concat_type=layout.concat_type,
+                    grid_map={"x": columns, "y": rows} if layout.concat_type == "grid" else None)
         return meta
-    from changenet.data import class_names, class_palette
-
-    meta.update(img_size=int(cfg.dataset.segment.img_size), class_names=class_names(cfg),
-                class_colors=class_palette(cfg).tolist())
+    meta.update(img_size=layout.height, class_names=list(layout.class_names),
+                class_colors=[list(rgb) for rgb in layout.class_colors])
     return meta
 
 
-def tao_fields(cfg: DictConfig) -> Dict[str, Any]:
+def tao_fields(options: ModelOptions) -> Dict[str, Any]:
     """The top-level entries by which TAO recognises a Visual ChangeNet checkpoint: its task's tao_model and,
     for C-RADIO backbones, TAO's tao_model_type (segmentation: radio; classification: radio_learnable with
     the learnable head)."""
-    fields = {TAO_MODEL_KEY: TAO_MODELS[str(cfg.task)]}
-    if "radio" in str(cfg.model.backbone.type):
-        if cfg.task == "segment":
+    fields = {TAO_MODEL_KEY: TAO_MODELS[options.task.name]}
+    if "radio" in options.backbone:
+        if options.task.dense:
             fields["tao_model_type"] = "radio"
-        elif cfg.model.classify.difference_module == "learnable":
+        elif options.model.classify.difference_module == "learnable":
             fields["tao_model_type"] = "radio_learnable"
     return fields
 
 
-def save_model_checkpoint(model: torch.nn.Module, cfg: DictConfig, path: str | os.PathLike, epoch: int = 0) -> Path:
+def save_model_checkpoint(model: torch.nn.Module, options: ModelOptions, path: str | os.PathLike,
+                          epoch: int = 0) -> Path:
     """Write `model`'s weights as a checkpoint that evaluate, inference, export and TAO load.
 
     For weights that did not come from `changenet train` (converted or hand-built models); it holds no
@@ -131,7 +130,7 @@ def save_model_checkpoint(model: torch.nn.Module, cfg: DictConfig, path: str | o
     with atomic_path(path) as tmp:
         torch.save({"epoch": int(epoch), "global_step": 0, "pytorch-lightning_version": lightning.__version__,
                     "state_dict": state, "optimizer_states": [], "lr_schedulers": [],
-                    **tao_fields(cfg), METADATA_KEY: checkpoint_metadata(cfg)}, tmp)
+                    **tao_fields(options), METADATA_KEY: checkpoint_metadata(options)}, tmp)
     return path
 
 
@@ -229,24 +228,24 @@ ARCHITECTURE_KEYS = tuple(SPEC_KEYS)
 CLASSIFY_SPEC_KEYS = {**SPEC_KEYS, "num_classes": "dataset.classify.num_classes"}
 
 
-def spec_architecture(cfg: DictConfig) -> Dict[str, Any]:
+def spec_architecture(options: ModelOptions) -> Dict[str, Any]:
     """The architecture the spec builds, in the terms of SPEC_KEYS."""
-    name = str(cfg.model.backbone.type)
+    name, model = options.backbone, options.model
     found = {
         "backbone": name,
-        "num_classes": int(cfg.dataset[str(cfg.task)].num_classes),
-        "embed_dim": int(cfg.model.decode_head.decoder_params.embed_dim),
-        "feat_downsample": bool(cfg.model.backbone.feat_downsample) and name.startswith("fan_"),
+        "num_classes": options.layout.num_classes,
+        "embed_dim": int(model.decode_head.decoder_params.embed_dim),
+        "feat_downsample": bool(model.backbone.feat_downsample) and name.startswith("fan_"),
     }
     if name.startswith("c_radio"):  # the only backbones whose weights depend on use_summary_token
-        found["summary"] = bool(cfg.model.decode_head.use_summary_token)
-    if cfg.task == "classify":
-        heads = cfg.model.classify
+        found["summary"] = bool(model.decode_head.use_summary_token)
+    if not options.task.dense:
+        heads = model.classify
         found["difference_module"] = str(heads.difference_module)
         if heads.difference_module == "learnable":
             found.update(embed_dec=int(heads.embed_dec),
                          learnable_difference_modules=int(heads.learnable_difference_modules),
-                         num_golden=min(int(cfg.dataset.classify.num_golden), 2))  # the weights tell 1 from more
+                         num_golden=min(options.layout.num_golden, 2))  # the weights tell 1 from more
         else:
             for key in ("num_classes", "embed_dim"):  # the euclidean head has neither
                 found.pop(key)
@@ -303,15 +302,17 @@ def _classifier_head(state: Dict[str, torch.Tensor]) -> Dict[str, Any]:
     }
 
 
-def check_matches_spec(checkpoint: Checkpoint, cfg: DictConfig) -> None:
+def check_matches_spec(checkpoint: Checkpoint, options: ModelOptions) -> None:
     """ModelError when the checkpoint holds another task or architecture than the spec describes."""
-    if checkpoint.task != cfg.task:
-        kind = {"segment": "change segmentation", "classify": "classification"}[checkpoint.task]
-        raise ModelError(f"{checkpoint.origin} checkpoint '{checkpoint.path}' is a {kind} model but the spec says "
-                         f"task={cfg.task}; set task={checkpoint.task} (with its dataset block) or choose another checkpoint")
-    wanted = spec_architecture(cfg)
+    task = options.task
+    if checkpoint.task != task.name:
+        held = task_named(checkpoint.task)
+        raise ModelError(f"{checkpoint.origin} checkpoint '{checkpoint.path}' is a {held.model_kind} model but the spec "
+                         f"says task={task.name}; set task={held.name} (with its dataset block) or choose another "
+                         "checkpoint")
+    wanted = spec_architecture(options)
     found = checkpoint.architecture()
-    keys = CLASSIFY_SPEC_KEYS if cfg.task == "classify" else SPEC_KEYS
+    keys = SPEC_KEYS if task.dense else CLASSIFY_SPEC_KEYS
 
     def fits(key: str) -> bool:
         held = found[key]
@@ -367,16 +368,16 @@ def load_strict(model: torch.nn.Module, state: Dict[str, torch.Tensor], path: st
     model.load_state_dict(state, strict=True)
 
 
-def load_model_from_checkpoint(path: str | os.PathLike, cfg: DictConfig) -> torch.nn.Module:
+def load_model_from_checkpoint(path: str | os.PathLike, options: ModelOptions) -> torch.nn.Module:
     """The trained model of a TAO or changenet checkpoint (ChangeNet or ChangeNetClassifier), in eval mode
     on the CPU. The spec must describe the same task and architecture (backbone, classes, widths, heads).
     """
     from changenet.model import build_model
 
     checkpoint = read_checkpoint(path)
-    check_matches_spec(checkpoint, cfg)
+    check_matches_spec(checkpoint, options)
     # The trained weights replace any initialisation, so no pretrained weights are read.
-    model = build_model(cfg, load_pretrained=False)
+    model = build_model(options, load_pretrained=False)
     load_strict(model, checkpoint.model_state, path)
     return model.eval()
 

@@ -22,14 +22,13 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torch import nn
 
 from changenet.contract import CLASSIFY_IO
 from changenet.errors import SpecError
 from changenet.model.decoder import LEVELS, DifferencePyramid, resize_to
+from changenet.model.options import ModelOptions
 from changenet.model.siamese import SiameseModel
-from changenet.task import input_size
 
 log = logging.getLogger(__name__)
 
@@ -168,35 +167,32 @@ class ChangeNetClassifier(SiameseModel):
         return self.decoder(pyramid_test, pyramid_golden)
 
 
-def check_tile_size(cfg: DictConfig, backbone: nn.Module, name: str) -> None:
+def check_tile_size(options: ModelOptions, backbone: nn.Module) -> None:
     """The joined input's sides must be multiples of the backbone's largest stride (and patch stride); the
     error names the tile size to set."""
     from changenet.model.siamese import input_size_multiple, nearest_multiples
-    from changenet.task import tile_grid
-
     multiple = input_size_multiple(backbone)
-    rows, columns = tile_grid(cfg)
-    classify = cfg.dataset.classify
-    for side, tile, count, key in ((input_size(cfg)[0], int(classify.image_height), rows, "image_height"),
-                                   (input_size(cfg)[1], int(classify.image_width), columns, "image_width")):
+    layout = options.layout
+    (rows, columns), (tile_height, tile_width) = layout.grid, layout.tile_size
+    for side, tile, count, key in ((layout.height, tile_height, rows, "image_height"),
+                                   (layout.width, tile_width, columns, "image_width")):
         if side % multiple:
             step = multiple // math.gcd(multiple, count)  # the tile sides that make count tiles a multiple
             lower, upper = nearest_multiples(tile, step)
             raise SpecError(f"spec key 'dataset.classify.{key}' is {tile}, so {count} tile(s) make {side} px, but backbone "
-                            f"'{name}' needs a multiple of {multiple}; use {lower} or {upper}")
+                            f"'{options.backbone}' needs a multiple of {multiple}; use {lower} or {upper}")
 
 
-def build_classifier(cfg: DictConfig, load_pretrained: bool = True, **backbone_kwargs) -> ChangeNetClassifier:
+def build_classifier(options: ModelOptions, load_pretrained: bool = True, **backbone_kwargs) -> ChangeNetClassifier:
     """The ChangeNetClassifier the spec describes (model.*, model.classify.*, dataset.classify.*)."""
     from changenet.model.registry import create_backbone
     from changenet.model.siamese import decoder_levels, with_spec_weights
 
-    backbone_cfg, head, heads = cfg.model.backbone, cfg.model.decode_head, cfg.model.classify
-    classify = cfg.dataset.classify
-    name = str(backbone_cfg.type)
-    height, width = input_size(cfg)
+    backbone_cfg, head, heads = options.model.backbone, options.model.decode_head, options.model.classify
+    name = options.backbone
+    height, width = options.layout.size
     difference = str(heads.difference_module)
-    golden = int(classify.num_golden)
+    golden = options.layout.num_golden
     fan = name.startswith("fan_")
     if fan:
         if backbone_cfg.feat_downsample:
@@ -216,8 +212,8 @@ def build_classifier(cfg: DictConfig, load_pretrained: bool = True, **backbone_k
         raise SpecError(f"dataset.classify.num_golden={golden} needs a ViT backbone with the learnable head "
                         "(TAO's multi-golden fusion exists only there); set dataset.classify.num_golden=1")
     backbone = create_backbone(name, **backbone_kwargs)
-    in_index, strides, channels = decoder_levels(cfg, backbone, name)
-    check_tile_size(cfg, backbone, name)
+    in_index, strides, channels = decoder_levels(options, backbone)
+    check_tile_size(options, backbone)
     if golden > 1 and (height % (max(strides) * WINDOW) or width % (max(strides) * WINDOW)):
         multiple = max(strides) * WINDOW
         raise SpecError(f"with dataset.classify.num_golden > 1 the input side must be a multiple of {multiple} "
@@ -225,11 +221,11 @@ def build_classifier(cfg: DictConfig, load_pretrained: bool = True, **backbone_k
 
     if difference == "learnable":
         decoder = ClassifierDecoder(
-            channels, strides, int(head.decoder_params.embed_dim), (height, width), int(classify.num_classes),
+            channels, strides, int(head.decoder_params.embed_dim), (height, width), options.layout.num_classes,
             int(heads.embed_dec), int(heads.learnable_difference_modules), golden, in_index)
         model = ChangeNetClassifier(backbone, difference, decoder=decoder)
     else:
         deepest = backbone.out_channels[-1] * (height // backbone.strides[-1]) * (width // backbone.strides[-1])
         model = ChangeNetClassifier(backbone, difference, fc1=mlp_head(deepest, EMBEDDING_HIDDEN,
                                                                         int(heads.embedding_vectors)))
-    return with_spec_weights(model, cfg, load_pretrained)
+    return with_spec_weights(model, options, load_pretrained)

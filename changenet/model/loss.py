@@ -9,7 +9,6 @@ from typing import Dict, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torch import nn
 
 from changenet.errors import ModelError, SpecError
@@ -37,12 +36,14 @@ def resize_label(label: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 class ChangeNetLoss(nn.Module):
     """loss(outputs, label) -> (total, {"loss_<output>": value}) for the five decoder outputs."""
 
-    def __init__(self, cfg: DictConfig) -> None:
+    def __init__(self, multi_scale: bool, weights: Sequence[float], loss: str = "ce") -> None:
+        """multi_scale: dataset.segment.multi_scale_train; weights: train.segment.weights (one per output);
+        loss: train.segment.loss."""
         super().__init__()
-        if cfg.train.segment.loss != "ce":
-            raise SpecError(f"spec key 'train.segment.loss' must be 'ce', got '{cfg.train.segment.loss}'")
-        self.multi_scale = bool(cfg.dataset.segment.multi_scale_train)
-        self.weights = [float(w) for w in cfg.train.segment.weights]
+        if loss != "ce":
+            raise SpecError(f"spec key 'train.segment.loss' must be 'ce', got '{loss}'")
+        self.multi_scale = bool(multi_scale)
+        self.weights = [float(w) for w in weights]
         if len(self.weights) != len(OUTPUT_NAMES):
             raise SpecError(f"spec key 'train.segment.weights' needs {len(OUTPUT_NAMES)} weights, got {self.weights}")
 
@@ -75,17 +76,19 @@ class ClassifyLoss(nn.Module):
     label with every distance of the batch; here each pair counts with its own label.
     """
 
-    def __init__(self, cfg: DictConfig) -> None:
+    def __init__(self, difference_module: str, loss: str, cls_weight: Sequence[float], margin: float) -> None:
+        """difference_module: model.classify.difference_module; loss: train.classify.loss; cls_weight:
+        train.classify.cls_weight; margin: model.classify.train_margin_euclid."""
         super().__init__()
-        difference = str(cfg.model.classify.difference_module)
+        difference = str(difference_module)
         self.kind = "ce" if difference == "learnable" else "contrastive"
-        asked = str(cfg.train.classify.loss)
+        asked = str(loss)
         if asked != self.kind:
             log.warning("train.classify.loss is '%s', which does not go with difference_module '%s' (TAO stops here); "
                         "training with '%s' (set train.classify.loss=%s to say so)", asked, difference, self.kind, self.kind)
         if self.kind == "ce":
-            self.register_buffer("weight", torch.tensor([float(w) for w in cfg.train.classify.cls_weight]))
-        self.margin = float(cfg.model.classify.train_margin_euclid)
+            self.register_buffer("weight", torch.tensor([float(w) for w in cls_weight]))
+        self.margin = float(margin)
 
     def forward(self, output: torch.Tensor, label: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         label = label.reshape(-1)

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import List
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from changenet.config.loader import is_set, require_path
+from changenet.config.loader import existing_path
 from changenet.errors import SpecError
 from changenet.model.weights import load_backbone_weights, load_pretrained_model
+
+if TYPE_CHECKING:
+    from changenet.model.options import ModelOptions
 
 log = logging.getLogger(__name__)
 
@@ -39,26 +41,30 @@ class SiameseModel(nn.Module):
         return self
 
 
-def decoder_levels(cfg: DictConfig, backbone: nn.Module, name: str):
+def decoder_levels(options: "ModelOptions", backbone: nn.Module):
     """(in_index, strides, channels) of the backbone levels the head reads (model.decode_head.in_index);
     the spec's feature_strides / in_channels are only checked against the backbone's."""
-    in_index = [int(i) for i in cfg.model.decode_head.in_index]
+    head = options.model.decode_head
+    in_index = [int(i) for i in head.in_index]
     check_in_index(in_index, len(backbone.strides))
     strides = [backbone.strides[i] for i in in_index]
     channels = [backbone.out_channels[i] for i in in_index]
-    note_spec_disagreement(cfg, "model.decode_head.feature_strides", strides, name)
-    note_spec_disagreement(cfg, "model.decode_head.in_channels", channels, name)
+    for key, given, actual in (("feature_strides", head.feature_strides, strides),
+                               ("in_channels", head.in_channels, channels)):
+        note_spec_disagreement(f"model.decode_head.{key}", given, actual, options.backbone, in_index)
     return in_index, strides, channels
 
 
-def with_spec_weights(model: SiameseModel, cfg: DictConfig, load_pretrained: bool) -> SiameseModel:
+def with_spec_weights(model: SiameseModel, options: "ModelOptions", load_pretrained: bool) -> SiameseModel:
     """The model with the spec's pretrained weights (when load_pretrained) and frozen backbone applied."""
+    backbone = options.model.backbone
     if load_pretrained:
-        if is_set(cfg, "model.backbone.pretrained_backbone_path"):
-            load_backbone_weights(model.backbone, require_path(cfg, "model.backbone.pretrained_backbone_path", "train"))
-        if is_set(cfg, "train.pretrained_model_path"):
-            load_pretrained_model(model, require_path(cfg, "train.pretrained_model_path", "train"))
-    if cfg.model.backbone.freeze_backbone:
+        if backbone.pretrained_backbone_path:
+            load_backbone_weights(model.backbone, existing_path(backbone.pretrained_backbone_path,
+                                                                "model.backbone.pretrained_backbone_path"))
+        if options.pretrained_model_path:
+            load_pretrained_model(model, existing_path(options.pretrained_model_path, "train.pretrained_model_path"))
+    if backbone.freeze_backbone:
         model.freeze_backbone()
     return model
 
@@ -71,13 +77,13 @@ def check_in_index(in_index: List[int], levels: int) -> None:
         )
 
 
-def note_spec_disagreement(cfg: DictConfig, key: str, actual: List[int], name: str) -> None:
+def note_spec_disagreement(key: str, given: Optional[Sequence[int]], actual: List[int], name: str,
+                           in_index: List[int]) -> None:
     """TAO takes the decoder's channels and strides from the backbone whatever the spec says, and so do we;
     a spec value that disagrees is named once (it describes another backbone, or feat_downsample)."""
-    given = OmegaConf.select(cfg, key)
     if given is not None and [int(v) for v in given] != actual:
         log.warning("spec key '%s' is %s but backbone '%s' gives %s at in_index %s; using %s",
-                    key, list(given), name, actual, list(cfg.model.decode_head.in_index), actual)
+                    key, list(given), name, actual, in_index, actual)
 
 
 def input_size_multiple(backbone: nn.Module) -> int:

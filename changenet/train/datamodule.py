@@ -14,9 +14,10 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, WeightedRandomSampler
 
+from changenet.config.inputs import dataset_block, is_classify
 from changenet.data import build_dataset
+from changenet.data.options import DataOptions
 from changenet.errors import SpecError
-from changenet.task import dataset_block, is_classify
 
 
 class ChangeDataModule(L.LightningDataModule):
@@ -35,8 +36,9 @@ class ChangeDataModule(L.LightningDataModule):
             if is_classify(self.cfg) and int(self.cfg.dataset.classify.batch_size) < 2:
                 raise SpecError("spec key 'dataset.classify.batch_size' must be at least 2 for training (the heads' "
                                 f"BatchNorm1d needs two objects), got {self.cfg.dataset.classify.batch_size}")
-            self.train_set = build_dataset(self.cfg, "train")
-            self.val_set = build_dataset(self.cfg, "val")
+            data = DataOptions.from_spec(self.cfg)
+            self.train_set = build_dataset(data, "train")
+            self.val_set = build_dataset(data, "val")
 
     def _shards(self) -> Optional[Tuple[int, int]]:
         """(processes, this process's rank) when the data module shards the data itself (several

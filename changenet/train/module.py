@@ -13,8 +13,11 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
+from changenet.config.inputs import task_of
 from changenet.model import build_model
 from changenet.model.checkpoint import METADATA_KEY, checkpoint_metadata, tao_fields
+from changenet.model.options import ModelOptions
+from changenet.task import CLASSIFY, SEGMENT
 
 
 class TrainingModule(L.LightningModule):
@@ -27,7 +30,19 @@ class TrainingModule(L.LightningModule):
         """load_pretrained: read the spec's pretrained weights (False when resuming from a checkpoint)."""
         super().__init__()
         self.cfg = cfg
-        self.model = build_model(cfg, load_pretrained=load_pretrained)
+        self.model_options = ModelOptions.from_spec(cfg)
+        self.model = build_model(self.model_options, load_pretrained=load_pretrained)
+        self.criterion = self.loss_for(cfg)
+
+    @staticmethod
+    def loss_for(cfg: DictConfig) -> torch.nn.Module:
+        """The task's loss with the spec's settings."""
+        raise NotImplementedError
+
+    @staticmethod
+    def has_unused_parameters(cfg: DictConfig) -> bool:
+        """Whether some trainable parameters get no gradient in a step (DDP must then look for them)."""
+        raise NotImplementedError
 
     def forward(self, image_a: torch.Tensor, image_b: torch.Tensor):
         return self.model(image_a, image_b)
@@ -78,23 +93,32 @@ class TrainingModule(L.LightningModule):
 
     # ----------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        checkpoint.update(tao_fields(self.cfg))
-        checkpoint[METADATA_KEY] = checkpoint_metadata(self.cfg)
+        checkpoint.update(tao_fields(self.model_options))
+        checkpoint[METADATA_KEY] = checkpoint_metadata(self.model_options)
 
 
 class ChangeNetModule(TrainingModule):
-    """Trains a ChangeNet with `ChangeNetLoss(cfg)`; validates with a confusion matrix."""
+    """Trains a ChangeNet with ChangeNetLoss; validates with a confusion matrix."""
 
     VAL_METRICS = ("miou", "mf1", "acc")
 
     def __init__(self, cfg: DictConfig, load_pretrained: bool = True) -> None:
-        from changenet.data import class_names
         from changenet.evaluation.metrics import ConfusionMatrix
-        from changenet.model import ChangeNetLoss
 
         super().__init__(cfg, load_pretrained)
-        self.criterion = ChangeNetLoss(cfg)
-        self.val_confusion = ConfusionMatrix(int(cfg.dataset.segment.num_classes), class_names(cfg))
+        layout = self.model_options.layout
+        self.val_confusion = ConfusionMatrix(layout.num_classes, list(layout.class_names))
+
+    @staticmethod
+    def loss_for(cfg: DictConfig) -> torch.nn.Module:
+        from changenet.model import ChangeNetLoss
+
+        return ChangeNetLoss(cfg.dataset.segment.multi_scale_train, cfg.train.segment.weights, cfg.train.segment.loss)
+
+    @staticmethod
+    def has_unused_parameters(cfg: DictConfig) -> bool:
+        # A single-scale loss leaves the heads of the four coarser outputs without gradient.
+        return not bool(cfg.dataset.segment.multi_scale_train)
 
     def update_val_metrics(self, outputs, labels: torch.Tensor) -> None:
         # The metrics score the full-resolution output, as evaluation and inference do.
@@ -107,7 +131,7 @@ class ChangeNetModule(TrainingModule):
 
 
 class ClassifierModule(TrainingModule):
-    """Trains a ChangeNetClassifier with `ClassifyLoss(cfg)`; validates TAO's decision figures at the eval
+    """Trains a ChangeNetClassifier with ClassifyLoss; validates TAO's decision figures at the eval
     margin (TAO's own training logs use a fixed margin of 2.0, which a learnable head never exceeds)."""
 
     # ROC AUC: how well the scores rank defects above good objects, whatever the margin (chance: 0.5).
@@ -115,12 +139,25 @@ class ClassifierModule(TrainingModule):
 
     def __init__(self, cfg: DictConfig, load_pretrained: bool = True) -> None:
         from changenet.evaluation.classify_metrics import ScoreCollector, decision_margin
-        from changenet.model.loss import ClassifyLoss
 
         super().__init__(cfg, load_pretrained)
-        self.criterion = ClassifyLoss(cfg)
-        self.margin = decision_margin(cfg)
+        self.margin = decision_margin(cfg.model.classify)
         self.val_scores = ScoreCollector()
+
+    @staticmethod
+    def loss_for(cfg: DictConfig) -> torch.nn.Module:
+        from changenet.model.loss import ClassifyLoss
+
+        heads = cfg.model.classify
+        return ClassifyLoss(heads.difference_module, cfg.train.classify.loss, cfg.train.classify.cls_weight,
+                            heads.train_margin_euclid)
+
+    @staticmethod
+    def has_unused_parameters(cfg: DictConfig) -> bool:
+        # Classifier levels left out of the fusion (learnable_difference_modules < 4), or the euclidean head's
+        # unused pyramid levels, get no gradient.
+        heads = cfg.model.classify
+        return not (heads.difference_module == "learnable" and int(heads.learnable_difference_modules) == 4)
 
     def update_val_metrics(self, output, labels: torch.Tensor) -> None:
         from changenet.evaluation.classify_metrics import defect_scores
@@ -133,10 +170,17 @@ class ClassifierModule(TrainingModule):
         self.log_val_metrics(figures)
 
 
+TRAINING_MODULES = {SEGMENT: ChangeNetModule, CLASSIFY: ClassifierModule}
+
+
+def training_module_class(cfg: DictConfig) -> type:
+    """The LightningModule class of the spec's task."""
+    return TRAINING_MODULES[task_of(cfg)]
+
+
 def training_module(cfg: DictConfig, load_pretrained: bool = True) -> TrainingModule:
     """The LightningModule of the spec's task."""
-    module = ClassifierModule if cfg.task == "classify" else ChangeNetModule
-    return module(cfg, load_pretrained=load_pretrained)
+    return training_module_class(cfg)(cfg, load_pretrained=load_pretrained)
 
 
 def lr_scheduler(optimizer: torch.optim.Optimizer, policy: str, num_epochs: int) -> torch.optim.lr_scheduler.LRScheduler:

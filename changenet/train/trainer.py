@@ -17,10 +17,10 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import DictConfig
 
+from changenet.config.inputs import task_of
 from changenet.errors import SpecError
 from changenet.fileio import atomic_path
 from changenet.model.checkpoint import EPOCH_CHECKPOINT_PATTERN, STEP_CHECKPOINT_PATTERN, latest_checkpoint_name
-from changenet.task import task_of
 from changenet.train.datamodule import seed_epoch
 
 STATUS_FILE = "status.json"
@@ -112,12 +112,11 @@ def build_trainer(cfg: DictConfig, results_dir: Path, plan: Optional[DevicePlan]
 
 
 def has_unused_parameters(cfg: DictConfig) -> bool:
-    """Whether some trainable parameters get no gradient in a step (DDP must then look for them): the heads of
-    the outputs a single-scale segmentation loss ignores, classifier levels left out of the fusion, ..."""
-    if cfg.task == "segment":
-        return not bool(cfg.dataset.segment.multi_scale_train)
-    heads = cfg.model.classify
-    return not (heads.difference_module == "learnable" and int(heads.learnable_difference_modules) == 4)
+    """Whether some trainable parameters get no gradient in a step (DDP must then look for them); the task's
+    LightningModule knows which."""
+    from changenet.train.module import training_module_class
+
+    return training_module_class(cfg).has_unused_parameters(cfg)
 
 
 # --------------------------------------------------------------------------- checkpoints
