@@ -144,6 +144,26 @@ for _action in ACTIONS:
     _make_action_command(_action)
 
 
+@app.command("spec")
+def spec(
+    action: str = typer.Argument(..., help="The action whose spec to print: " + ", ".join(ACTIONS) + "."),
+    as_json: bool = typer.Option(False, "--json", help="JSON instead of YAML."),
+    schema: bool = typer.Option(False, "--schema", help="The JSON Schema: types, defaults, choices, ranges, help."),
+) -> None:
+    """Print the default spec of an action (YAML; values you must give read ???), or its JSON Schema."""
+    import json
+
+    from changenet.config.spec_schema import default_spec, default_spec_yaml, json_schema
+
+    with reported_errors():
+        if schema:
+            typer.echo(json.dumps(json_schema(action), indent=2))
+        elif as_json:
+            typer.echo(json.dumps(default_spec(action), indent=2))
+        else:
+            typer.echo(default_spec_yaml(action), nl=False)
+
+
 @dataset_app.command("synth")
 def dataset_synth(
     out: Path = typer.Option(..., "--out", help="Output dataset root."),
