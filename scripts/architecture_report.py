@@ -4,7 +4,8 @@
 
 - import circles between modules and between subpackages (every import counts, also those inside functions);
 - functions below the action layer that take the whole spec (a parameter named `cfg` or typed DictConfig),
-  outside the spec readers (config/, cli.py, actions/, the Lightning module and datamodule);
+  outside the spec readers (config/, cli.py, actions/, the Lightning module and datamodule), and apart from
+  them those that take one block of it typed by its schema class (e.g. SegmentDatasetConfig);
 - task branches: comparisons with the strings "segment" / "classify" outside task.py;
 - `raise ... from None`, rich Console() and Progress() constructions, and process-wide patches.
 """
@@ -23,6 +24,7 @@ from typing import Dict, Iterable, List, Set
 SPEC_READERS = ("config.", "cli", "actions.", "train.module", "train.datamodule")
 TASK_HOME = ("task",)
 TASK_WORDS = {"segment", "classify"}
+SCHEMA_CLASSES: Set[str] = set()  # filled from config/schema.py
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -114,6 +116,13 @@ def takes_whole_spec(func: ast.AST) -> bool:
     return False
 
 
+def takes_spec_block(func: ast.AST) -> bool:
+    """A parameter annotated with a schema class of config/schema.py (one typed block, not the whole spec)."""
+    args = func.args  # type: ignore[attr-defined]
+    return any(arg.annotation is not None and ast.unparse(arg.annotation).strip("'\"") in SCHEMA_CLASSES
+               for arg in [*args.posonlyargs, *args.args, *args.kwonlyargs])
+
+
 def is_task_branch(node: ast.Compare) -> bool:
     operands = [node.left, *node.comparators]
     for operand in operands:
@@ -156,7 +165,10 @@ def report(root: Path) -> Dict[str, object]:
     circle_edges = {edge: sorted(found) for edge, found in sorted(package_edges.items())
                     if edge.split(" -> ")[0] in in_circle and in_circle.get(edge.split(" -> ")[0]) == in_circle.get(edge.split(" -> ")[1])}
 
+    SCHEMA_CLASSES.update(n.name for n in ast.walk(modules.get("config.schema", ast.Module(body=[], type_ignores=[])))
+                          if isinstance(n, ast.ClassDef))
     spec_functions: List[str] = []
+    block_functions: List[str] = []
     task_branches: List[str] = []
     raise_from_none = consoles = progresses = 0
     for name, tree in modules.items():
@@ -164,6 +176,8 @@ def report(root: Path) -> Dict[str, object]:
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not reader and takes_whole_spec(node):
                 spec_functions.append(f"{name}.{node.name}")
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not reader and takes_spec_block(node):
+                block_functions.append(f"{name}.{node.name}")
             if isinstance(node, ast.Compare) and name not in TASK_HOME and is_task_branch(node):
                 task_branches.append(f"{name}:{node.lineno}")
             if isinstance(node, ast.Raise) and isinstance(node.cause, ast.Constant) and node.cause.value is None:
@@ -177,12 +191,14 @@ def report(root: Path) -> Dict[str, object]:
         "module_circles": strongly_connected(module_graph),
         "subpackage_circles": circles,
         "functions_taking_the_spec_below_actions": len(spec_functions),
+        "functions_taking_one_typed_spec_block": len(block_functions),
         "task_branches_outside_task_py": len(task_branches),
         "task_branch_files": len({b.split(":")[0] for b in task_branches}),
         "raise_from_none": raise_from_none,
         "console_constructions": consoles,
         "progress_constructions": progresses,
-        "details": {"functions_taking_the_spec": spec_functions, "task_branches": task_branches,
+        "details": {"functions_taking_the_spec": spec_functions, "functions_taking_a_block": block_functions,
+                    "task_branches": task_branches,
                     "subpackage_circle_edges": [f"{edge}: {', '.join(found)}" for edge, found in circle_edges.items()]},
     }
 
