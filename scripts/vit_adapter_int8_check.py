@@ -19,6 +19,7 @@ from changenet.calib.report import accuracy_report
 from changenet.config.loader import load_spec
 from changenet.data import build_dataset
 from changenet.deploy.export import export_onnx
+from changenet.deploy.sidecar import ModelContract
 from changenet.deploy.verify import sample_pairs
 from changenet.evaluation.metrics import ConfusionMatrix
 from changenet.model import ChangeNetLoss, build_model
@@ -55,7 +56,7 @@ for epoch in range(EPOCHS):
             cm.update(model(batch["A"], batch["B"])[-1].argmax(1), batch["label"])
     print(f"epoch {epoch} loss {total / len(loader):.3f} val mIoU {cm.compute()['miou']:.4f} {time.time() - start:.0f} s", flush=True)
 onnx_path = f"{OUT}/small_vit.onnx"
-export_onnx(model, onnx_path, 128, 128, -1, 17, pairs=sample_pairs(cfg, 2, 128, 128), sidecar={"num_classes": 2})
+export_onnx(model, onnx_path, 128, 128, -1, 17, pairs=sample_pairs(cfg, 2, 128, 128), sidecar=ModelContract(num_classes=2))
 results = {}
 for target in ("onnxruntime", "tensorrt"):
     for keep in (False, True):

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from changenet.console import status_console
 from changenet.deploy.export import check_model_input_size, export_onnx, print_export_table, step
+from changenet.deploy.sidecar import ModelContract
 from changenet.deploy.verify import sample_pairs
 from changenet.errors import SpecError
 from changenet.fileio import sha256_file
@@ -60,25 +61,18 @@ def export(cfg: DictConfig) -> Dict[str, object]:
     with step(console, "Preparing verification inputs"):
         pairs = sample_pairs(cfg, 2 if spec.batch_size == -1 else spec.batch_size, height, width)
     mean, std = normalisation(cfg)
-    fields = {
-        "task": str(cfg.task),
-        "num_classes": num_classes(cfg),
-        "backbone": str(cfg.model.backbone.type),
-        "mean": mean,
-        "std": std,
-        "checkpoint": str(checkpoint),
-        "checkpoint_sha256": checkpoint_sha256,
-    }
+    facts = ModelContract.of(task=str(cfg.task), num_classes=num_classes(cfg), backbone=str(cfg.model.backbone.type),
+                             mean=mean, std=std, checkpoint=str(checkpoint), checkpoint_sha256=checkpoint_sha256)
     if is_classify(cfg):
-        fields.update(difference_module=str(cfg.model.classify.difference_module), num_golden=num_golden(cfg),
-                      lights=lighting_conditions(cfg), eval_margin=float(cfg.model.classify.eval_margin))
+        facts = facts.updated(difference_module=str(cfg.model.classify.difference_module), num_golden=num_golden(cfg),
+                              lights=lighting_conditions(cfg), eval_margin=float(cfg.model.classify.eval_margin))
     else:
-        fields.update(class_names=class_names(cfg), align_corners=bool(cfg.model.decode_head.align_corners),
-                      color_map={str(i): [int(c) for c in rgb] for i, rgb in enumerate(class_palette(cfg))})
+        facts = facts.updated(class_names=class_names(cfg), align_corners=bool(cfg.model.decode_head.align_corners),
+                              color_map={str(i): [int(c) for c in rgb] for i, rgb in enumerate(class_palette(cfg))})
     result = export_onnx(
         model, onnx_path, height, width, spec.batch_size, spec.opset_version, device=device, pairs=pairs,
-        sidecar=fields, verbose=spec.verbose, console=console, split_transposed_conv=spec.split_transposed_conv,
+        sidecar=facts, verbose=spec.verbose, console=console, split_transposed_conv=spec.split_transposed_conv,
         deformable_attention=str(spec.deformable_attention),
     )
     print_export_table(result, console)
-    return result.sidecar
+    return result.sidecar.to_dict()
