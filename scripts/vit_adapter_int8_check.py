@@ -21,6 +21,7 @@ from changenet.config.loader import load_spec
 from changenet.data import build_dataset
 from changenet.data.options import DataOptions
 from changenet.deploy.export import export_onnx
+from changenet.deploy.sidecar import ModelContract
 from changenet.deploy.verify import sample_pairs
 from changenet.evaluation.metrics import ConfusionMatrix
 from changenet.model import build_model
@@ -59,7 +60,8 @@ for epoch in range(EPOCHS):
             cm.update(model(batch["A"], batch["B"])[-1].argmax(1), batch["label"])
     print(f"epoch {epoch} loss {total / len(loader):.3f} val mIoU {cm.compute()['miou']:.4f} {time.time() - start:.0f} s", flush=True)
 onnx_path = f"{OUT}/small_vit.onnx"
-export_onnx(model, onnx_path, 128, 128, -1, 17, pairs=sample_pairs(DataOptions.from_spec(cfg), 2, 128, 128), sidecar={"num_classes": 2})
+export_onnx(model, onnx_path, 128, 128, -1, 17, pairs=sample_pairs(DataOptions.from_spec(cfg), 2, 128, 128),
+            sidecar=ModelContract(num_classes=2))
 results = {}
 for target in ("onnxruntime", "tensorrt"):
     for keep in (False, True):

@@ -20,7 +20,7 @@ from changenet.calib.cache import (
 from changenet.calib.calibrate import build_int8_onnx
 from changenet.calib.options import CalibrationOptions
 from changenet.calib.qdq import activation_scales
-from changenet.deploy.sidecar import read_sidecar
+from changenet.deploy.sidecar import ModelContract
 from changenet.errors import ModelError
 from changenet.fileio import sha256_file
 
@@ -84,8 +84,8 @@ def test_cache_is_reused_without_calibrating(spec, tmp_path, monkeypatch, capsys
     cfg = spec(model, f"gen_trt_engine.tensorrt.calibration.cal_cache_file={cache_file}")
     first = build_int8_onnx(CalibrationOptions.from_spec(cfg), model, "onnxruntime")
     cache = read_cache(cache_file)
-    meta = read_sidecar(cache_file)
-    assert meta["source_onnx_sha256"] == sha256_file(model) and meta["num_pairs"] == 8
+    meta = ModelContract.load(cache_file)
+    assert meta.source_onnx_sha256 == sha256_file(model) and meta.num_pairs == 8
     assert {"input0", "input1"} <= set(cache.scales)
     first_bytes = first.read_bytes()
 
@@ -126,7 +126,7 @@ def test_cache_checks_method_and_sidecar(tmp_path):
     digest = sha256_file(model)
     cache_file = write_cache(tmp_path / "cal.cache", CalibrationCache({"input0": np.float32(0.01)}),
                              {"source_onnx": str(model), "source_onnx_sha256": digest, "method": "entropy"})
-    assert check_cache_belongs(cache_file, model, digest, "entropy")["method"] == "entropy"
+    assert check_cache_belongs(cache_file, model, digest, "entropy").method == "entropy"
     with pytest.raises(ModelError, match="holds entropy scales but calibrate.method is max"):
         check_cache_belongs(cache_file, model, digest, "max")
 

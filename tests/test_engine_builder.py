@@ -16,7 +16,7 @@ from changenet.cli import app
 from changenet.config import load_spec
 from changenet.deploy.engine_builder import BuildOptions, build_engine
 from changenet.deploy.fp16 import convert_to_fp16, load_graph, model_precision, parse_layers_precision
-from changenet.deploy.sidecar import read_sidecar
+from changenet.deploy.sidecar import BatchProfile, read_sidecar
 from changenet.deploy.tensorrt_api import (
     DEFAULT_RTX_COMPUTE_CAPABILITIES,
     TensorRT,
@@ -119,7 +119,7 @@ def test_fixed_batch_onnx_gets_static_profile(tmp_path, caplog):
             tmp_path / "fixed.engine",
             BuildOptions(builder="tensorrt_rtx", compute_capabilities=[89], max_batch_size=8, show_progress=False),
         )
-    assert result.metadata["profile"] == {"min": 3, "opt": 3, "max": 3}
+    assert result.metadata.profile == BatchProfile(min=3, opt=3, max=3)
     assert "fixed batch of 3" in caplog.text
 
 

@@ -33,7 +33,7 @@ from typer.testing import CliRunner
 
 from changenet.calib.cache import read_checked_cache
 from changenet.cli import app
-from changenet.deploy.sidecar import read_sidecar, sidecar_path
+from changenet.deploy.sidecar import ModelContract, read_sidecar, sidecar_path
 from changenet.errors import ModelError
 from changenet.fileio import (
     atomic_group,
@@ -68,7 +68,7 @@ def check_whole(path: Path, sizes: Dict[str, Tuple[int, int]]) -> None:
         onnx.checker.check_model(str(path))
         read_sidecar(path, required=True)  # published with the model, and of the model's size
     elif name.endswith(".engine"):
-        assert read_sidecar(path, required=True)["kind"] == "tensorrt_engine"
+        assert ModelContract.load(path, required=True).is_engine
     elif name.endswith(".pth"):
         read_checkpoint(path)
     elif name == "status.json":  # appended line by line: a kill may cut the last line, read_status skips it
@@ -77,7 +77,7 @@ def check_whole(path: Path, sizes: Dict[str, Tuple[int, int]]) -> None:
     elif name.endswith(".json"):
         json.loads(path.read_text())
     elif name.endswith(".cache"):
-        cache, damage = read_checked_cache(path, read_sidecar(path, required=True, check_size=False))
+        cache, damage = read_checked_cache(path, ModelContract.load(path, required=True, check_size=False))
         assert damage is None and cache.scales, (path, damage)
     elif path.suffix in (".png", ".tif"):
         with Image.open(path) as image:

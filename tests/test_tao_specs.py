@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from changenet.config.inputs import class_palette
+from changenet.config.inputs import LANDSCD_COLOURS, class_palette
 from changenet.config.loader import load_spec
 from changenet.config.tao_compat import settings_without_effect
-from changenet.config.inputs import LANDSCD_COLOURS
 from changenet.model import build_model, count_parameters
 from changenet.model.options import ModelOptions
 from changenet.train.module import ClassifierModule

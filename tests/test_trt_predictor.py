@@ -1,5 +1,6 @@
 """TensorRT Predictor: host-side logic everywhere; the CUDA path where a GPU and TensorRT exist."""
 
+import dataclasses
 import importlib.util
 import logging
 
@@ -13,7 +14,7 @@ from changenet.deploy.engine_builder import BuildOptions, build_engine
 from changenet.deploy.onnxruntime_predictor import OnnxRuntimePredictor
 from changenet.deploy.options import PredictorOptions, open_predictor
 from changenet.deploy.predictor import Predictor
-from changenet.deploy.sidecar import read_sidecar, sidecar_path
+from changenet.deploy.sidecar import ENGINE_KIND, ModelContract, TensorRTBuild, sidecar_path
 from changenet.deploy.tensorrt_api import gpu_compute_capabilities, load_tensorrt
 from changenet.deploy.trt_predictor import (
     NO_GPU_MESSAGE,
@@ -128,16 +129,15 @@ def test_chunked_pipeline_matches_one_pass(low, high, batch, chunks):
 
 # --------------------------------------------------------------------------- sidecar checks
 def _meta(**changes):
-    meta = {
-        "kind": "tensorrt_engine",
-        "tensorrt": {"flavour": "tensorrt_rtx", "version": "1.7.1.116"},
-        "num_classes": 2,
-        "input_height": 64,
-        "input_width": 64,
-        "compute_capabilities": [86, 89],
-    }
-    meta.update(changes)
-    return meta
+    meta = ModelContract(
+        kind=ENGINE_KIND,
+        tensorrt=TensorRTBuild("tensorrt_rtx", "1.7.1.116"),
+        num_classes=2,
+        input_height=64,
+        input_width=64,
+        compute_capabilities=[86, 89],
+    )
+    return dataclasses.replace(meta, **changes)
 
 
 def test_sidecar_checked_against_spec_and_machine():
@@ -235,7 +235,7 @@ def test_engine_matches_onnxruntime_on_gpu(tmp_path, streams):
     a, b = random_pairs(7)  # two chunks (4 + 3): the second is enqueued before the first is collected
     with OnnxRuntimePredictor(onnx_path, num_classes=2) as reference:
         expected = reference.forward_all(a, b)
-    assert read_sidecar(engine)["compute_capabilities"] == [GPUS[0]] and sidecar_path(engine).is_file()
+    assert ModelContract.load(engine).compute_capabilities == [GPUS[0]] and sidecar_path(engine).is_file()
     with TensorRTPredictor(engine, num_classes=2, streams=streams) as predictor:
         outputs = predictor.forward_all(a, b)
         again = predictor.forward_all(a[:1], b[:1])

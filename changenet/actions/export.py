@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from changenet.console import status_console
 from changenet.deploy.export import check_model_input_size, export_onnx, print_export_table, step
+from changenet.deploy.sidecar import ModelContract
 from changenet.deploy.verify import sample_pairs
 from changenet.errors import SpecError
 from changenet.fileio import sha256_file
@@ -53,25 +54,19 @@ def export(cfg: DictConfig) -> Dict[str, object]:
         checkpoint_sha256 = sha256_file(checkpoint)
     with step(console, "Preparing verification inputs"):
         pairs = sample_pairs(DataOptions.from_spec(cfg), 2 if spec.batch_size == -1 else spec.batch_size, height, width)
-    fields = {
-        "task": layout.task.name,
-        "num_classes": layout.num_classes,
-        "backbone": model_options.backbone,
-        "mean": list(layout.mean),
-        "std": list(layout.std),
-        "checkpoint": str(checkpoint),
-        "checkpoint_sha256": checkpoint_sha256,
-    }
+    facts = ModelContract.of(task=layout.task.name, num_classes=layout.num_classes, backbone=model_options.backbone,
+                             mean=list(layout.mean), std=list(layout.std), checkpoint=str(checkpoint),
+                             checkpoint_sha256=checkpoint_sha256)
     if layout.task.dense:
-        fields.update(class_names=list(layout.class_names), align_corners=bool(cfg.model.decode_head.align_corners),
-                      color_map={str(i): list(rgb) for i, rgb in enumerate(layout.class_colors)})
+        facts = facts.updated(class_names=list(layout.class_names), align_corners=bool(cfg.model.decode_head.align_corners),
+                              color_map={str(i): list(rgb) for i, rgb in enumerate(layout.class_colors)})
     else:
-        fields.update(difference_module=str(cfg.model.classify.difference_module), num_golden=layout.num_golden,
-                      lights=list(layout.lights), eval_margin=float(cfg.model.classify.eval_margin))
+        facts = facts.updated(difference_module=str(cfg.model.classify.difference_module), num_golden=layout.num_golden,
+                              lights=list(layout.lights), eval_margin=float(cfg.model.classify.eval_margin))
     result = export_onnx(
         model, onnx_path, height, width, spec.batch_size, spec.opset_version, device=device, pairs=pairs,
-        sidecar=fields, verbose=spec.verbose, console=console, split_transposed_conv=spec.split_transposed_conv,
+        sidecar=facts, verbose=spec.verbose, console=console, split_transposed_conv=spec.split_transposed_conv,
         deformable_attention=str(spec.deformable_attention),
     )
     print_export_table(result, console)
-    return result.sidecar
+    return result.sidecar.to_dict()

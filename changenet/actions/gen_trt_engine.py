@@ -13,6 +13,7 @@ from changenet.config import require_path, to_container
 from changenet.console import status_console
 from changenet.deploy.engine_builder import BuildOptions, build_engine, print_build_table, show_tensorrt_log
 from changenet.deploy.fp16 import load_graph, model_precision
+from changenet.deploy.sidecar import ModelContract
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def gen_trt_engine(cfg: DictConfig) -> Dict[str, Any]:
         build_from = calibrated_onnx(cfg, onnx_path)
     result = build_engine(build_from, engine_path, options, model_info=model_info_from_spec(cfg), source_onnx=onnx_path)
     print_build_table(result, status_console)
-    return result.metadata
+    return result.metadata.to_dict()
 
 
 def calibrated_onnx(cfg: DictConfig, onnx_path: Path) -> Path:
@@ -43,15 +44,15 @@ def calibrated_onnx(cfg: DictConfig, onnx_path: Path) -> Path:
     return Path(build_int8_onnx(CalibrationOptions.from_spec(cfg), onnx_path, target="tensorrt"))
 
 
-def model_info_from_spec(cfg: DictConfig) -> Dict[str, Any]:
+def model_info_from_spec(cfg: DictConfig) -> ModelContract:
     """Class and normalisation facts from the spec, used where the ONNX has no export sidecar."""
     from changenet.config.inputs import normalisation, num_classes, task_of
 
     mean, std = normalisation(cfg)
-    info = {"task": str(cfg.task), "num_classes": num_classes(cfg), "mean": mean, "std": std,
-            "backbone": str(cfg.model.backbone.type)}
+    info = ModelContract.of(task=str(cfg.task), num_classes=num_classes(cfg), mean=mean, std=std,
+                            backbone=str(cfg.model.backbone.type))
     if task_of(cfg).dense:
         seg = cfg.dataset.segment
-        info.update(class_names=to_container(seg.class_names), color_map=to_container(seg.color_map),
-                    align_corners=bool(cfg.model.decode_head.align_corners))
+        info = info.updated(class_names=to_container(seg.class_names), color_map=to_container(seg.color_map),
+                            align_corners=bool(cfg.model.decode_head.align_corners))
     return info

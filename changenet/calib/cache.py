@@ -22,11 +22,11 @@ import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-from changenet.deploy.sidecar import read_sidecar, recorded_size, sidecar_path, write_sidecar_for
+from changenet.deploy.sidecar import CACHE_KIND, ModelContract, as_contract, sidecar_path
 from changenet.errors import ModelError
 from changenet.fileio import atomic_group
 
@@ -91,10 +91,11 @@ def scale_from_amax(amax: float) -> np.float32:
     return scale if scale > np.finfo(np.float32).tiny else np.float32(1.0)
 
 
-def write_cache(path: str | os.PathLike, cache: CalibrationCache, sidecar: Dict[str, Any]) -> Path:
-    """Write the cache file and its sidecar as one group (fileio.atomic_group): a kill leaves the old pair,
-    no cache, or the new pair. The sidecar records the file's size and tensor count, by which a cache
-    damaged later is told from a whole one."""
+def write_cache(path: str | os.PathLike, cache: CalibrationCache,
+                sidecar: Union[ModelContract, Mapping[str, Any]]) -> Path:
+    """Write the cache file and its sidecar (`sidecar`: the calibration's facts) as one group
+    (fileio.atomic_group): a kill leaves the old pair, no cache, or the new pair. The sidecar records the
+    file's size and tensor count, by which a cache damaged later is told from a whole one."""
     lines = [cache.header]
     for name, scale in cache.scales.items():
         if not math.isfinite(float(scale)) or float(scale) <= 0:
@@ -103,11 +104,11 @@ def write_cache(path: str | os.PathLike, cache: CalibrationCache, sidecar: Dict[
             raise ModelError(f"tensor name '{name}' cannot be written to a TensorRT calibration cache")
         lines.append(f"{name}: {scale_to_hex(scale)}")
     path = Path(path)
-    record = {"kind": "tensorrt_calibration_cache", "algorithm": cache.algorithm, **sidecar,
-              "num_tensors": len(cache.scales)}
+    described = ModelContract.of(kind=CACHE_KIND, algorithm=cache.algorithm).merged(as_contract(sidecar))
+    record = described.updated(num_tensors=len(cache.scales))
     with atomic_group(path, sidecar_path(path)) as (cache_tmp, sidecar_tmp):
         cache_tmp.write_text("\n".join(lines) + "\n")
-        write_sidecar_for(sidecar_tmp, record, cache_tmp)
+        record.write_for(sidecar_tmp, cache_tmp)
     return path
 
 
@@ -134,10 +135,10 @@ def read_cache(path: str | os.PathLike) -> CalibrationCache:
     return CalibrationCache(scales, algorithm=header[2], trt_version=int(header[1]))
 
 
-def read_checked_cache(path: Path, meta: Dict[str, Any]) -> Tuple[Optional[CalibrationCache], Optional[str]]:
+def read_checked_cache(path: Path, meta: ModelContract) -> Tuple[Optional[CalibrationCache], Optional[str]]:
     """The cache at `path` checked against its sidecar `meta`: (cache, None) when it is whole, else
     (None, what is wrong) for a file that was cut short or damaged after it was written."""
-    size = recorded_size(meta)
+    size = meta.recorded_size
     actual = path.stat().st_size
     if size is not None and actual != size:
         return None, f"{actual} bytes, written with {size}"
@@ -145,32 +146,32 @@ def read_checked_cache(path: Path, meta: Dict[str, Any]) -> Tuple[Optional[Calib
         cache = read_cache(path)
     except ModelError:
         return None, "not in TensorRT's cache format"
-    expected = meta.get("num_tensors")
+    expected = meta.num_tensors
     if isinstance(expected, int) and len(cache.scales) != expected:
         return None, f"{len(cache.scales)} of its {expected} tensors"
     return cache, None
 
 
-def check_cache_belongs(cache_path: Path, onnx_path: Path, onnx_sha256: str, method: str) -> Dict[str, Any]:
+def check_cache_belongs(cache_path: Path, onnx_path: Path, onnx_sha256: str, method: str) -> ModelContract:
     """The sidecar of an existing cache, after checking it was made from this very ONNX file with this
     calibration method; a ModelError naming both files/hashes otherwise."""
     how_to_fix = (f"delete '{cache_path}' to recalibrate, or point gen_trt_engine.tensorrt.calibration.cal_cache_file "
                   "at another file")
     try:
-        meta = read_sidecar(cache_path, check_size=False)  # a damaged cache of this model is rebuilt, not refused
+        meta = ModelContract.load(cache_path, check_size=False)  # a damaged cache of this model is rebuilt, not refused
     except ModelError:
         raise ModelError(f"calibration cache '{cache_path}' has a damaged sidecar '{cache_path}.json' (not valid JSON), "
                          "so the model it was made for is unknown; delete both to recalibrate") from None
-    made_for = meta.get("source_onnx_sha256")
+    made_for = meta.source_onnx_sha256
     if not made_for:
         raise ModelError(f"calibration cache '{cache_path}' has no sidecar '{cache_path}.json' recording the model it "
                          f"was made for, so it cannot be checked against '{onnx_path}'; {how_to_fix}")
     if made_for != onnx_sha256:
         raise ModelError(
-            f"calibration cache '{cache_path}' was made for '{meta.get('source_onnx', '?')}' (sha256 {made_for[:16]}...) "
+            f"calibration cache '{cache_path}' was made for '{meta.source_onnx or '?'}' (sha256 {made_for[:16]}...) "
             f"but the model is '{onnx_path}' (sha256 {onnx_sha256[:16]}...); {how_to_fix}"
         )
-    cached_method = meta.get("method")
+    cached_method = meta.method
     if cached_method and canonical_method(cached_method) != canonical_method(method):
         raise ModelError(f"calibration cache '{cache_path}' holds {cached_method} scales but calibrate.method is {method}; "
                          f"{how_to_fix}")

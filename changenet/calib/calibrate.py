@@ -54,7 +54,7 @@ from changenet.calib.qdq import (
 from changenet.config.schema import CALIBRATION_TARGETS
 from changenet.console import console, progress_bar
 from changenet.deploy.fp16 import load_graph, model_precision
-from changenet.deploy.sidecar import read_sidecar, sidecar_path, write_sidecar_for
+from changenet.deploy.sidecar import ModelContract, sidecar_path
 from changenet.errors import ModelError, SpecError
 from changenet.fileio import atomic_group, remove_leftovers, sha256_file, temp_folder_beside
 
@@ -111,18 +111,17 @@ def build_int8_onnx(options: CalibrationOptions, onnx_path: str | Path, target: 
         else:
             place_for_onnxruntime(onnx_path, tmp, scales, exclusions, work_beside=output)
         quantized = verify_scales(tmp, scales, shown_as=output)
-        write_sidecar_for(sidecar_tmp, {
-            **read_sidecar(onnx_path),  # the export's facts: classes, normalisation, input size
-            "precision": "int8",
-            "int8_target": target,
-            "source_onnx": str(onnx_path),
-            "source_onnx_sha256": digest,
-            "calibration_cache": str(cache_path),
-            "calibration_method": method,
-            "quantized_activations": quantized,
-            "excluded_op_types": list(exclusions.op_types),
-            "excluded_nodes": list(exclusions.nodes),
-        }, tmp)
+        ModelContract.load(onnx_path).updated(  # the export's facts (classes, normalisation, input size) carry on
+            precision="int8",
+            int8_target=target,
+            source_onnx=str(onnx_path),
+            source_onnx_sha256=digest,
+            calibration_cache=str(cache_path),
+            calibration_method=method,
+            quantized_activations=quantized,
+            excluded_op_types=list(exclusions.op_types),
+            excluded_nodes=list(exclusions.nodes),
+        ).write_for(sidecar_tmp, tmp)
     say(f"INT8 model for {target}: {output} ({quantized} activations quantized, scales from {cache_path}; "
         f"{time.perf_counter() - start:.1f} s)")
     return output
@@ -162,13 +161,12 @@ def quantize_for_openvino(options: CalibrationOptions, onnx_path: Path, graph: o
         ov.save_model(quantized, str(work / output.name))  # .xml and .bin side by side
         os.replace(work / weights.name, weights_tmp)
         os.replace(work / output.name, xml_tmp)
-        write_sidecar_for(sidecar_tmp, {
-            **read_sidecar(onnx_path), "precision": "int8", "int8_target": "openvino", "source_onnx": str(onnx_path),
-            "source_onnx_sha256": digest,
-            "calibration": f"NNCF {nncf.__version__}, {pairs.num_pairs} pairs from {pairs.source}",
-            "quantized_activations": count, "excluded_op_types": list(exclusions.op_types),
-            "excluded_nodes": list(exclusions.nodes),
-        }, xml_tmp)
+        ModelContract.load(onnx_path).updated(
+            precision="int8", int8_target="openvino", source_onnx=str(onnx_path), source_onnx_sha256=digest,
+            calibration=f"NNCF {nncf.__version__}, {pairs.num_pairs} pairs from {pairs.source}",
+            quantized_activations=count, excluded_op_types=list(exclusions.op_types),
+            excluded_nodes=list(exclusions.nodes),
+        ).write_for(sidecar_tmp, xml_tmp)
     say(f"INT8 model for openvino: {output} ({count} tensors quantized by NNCF on {pairs.num_pairs} pairs; "
         f"{time.perf_counter() - start:.1f} s)")
     return output
@@ -201,16 +199,16 @@ def cached_or_calibrated_scales(options: CalibrationOptions, onnx_path: Path, gr
     pairs = calibration_pairs(options.data, options.draw, say=say)
     start = time.perf_counter()
     scales = collect_scales(onnx_path, graph, pairs, method, inputs, work_beside=cache_path)
-    write_cache(cache_path, CalibrationCache(scales, ALGORITHMS[method]), {
-        "source_onnx": str(onnx_path),
-        "source_onnx_sha256": digest,
-        "method": method,
-        "num_pairs": pairs.num_pairs,
-        "pairs_source": pairs.source,
-        "seed": options.draw.seed,
-        "num_tensors": len(scales),
-        "seconds": round(time.perf_counter() - start, 2),
-    })
+    write_cache(cache_path, CalibrationCache(scales, ALGORITHMS[method]), ModelContract.of(
+        source_onnx=str(onnx_path),
+        source_onnx_sha256=digest,
+        method=method,
+        num_pairs=pairs.num_pairs,
+        pairs_source=pairs.source,
+        seed=options.draw.seed,
+        num_tensors=len(scales),
+        seconds=round(time.perf_counter() - start, 2),
+    ))
     say(f"calibrated {len(scales)} activation tensors on {pairs.num_pairs} pairs ({method}) -> {cache_path}")
     return scales
 

@@ -11,14 +11,13 @@ Next to the engine, `<engine>.json` records what the runtime checks before runni
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from omegaconf import DictConfig
 from rich.console import Console
@@ -30,7 +29,14 @@ from changenet.config.schema import DATA_TYPES
 from changenet.console import progress_bar, status_console
 from changenet.contract import ModelIO, io_from_names
 from changenet.deploy.fp16 import convert_to_fp16, load_graph, model_precision, parse_layers_precision
-from changenet.deploy.sidecar import read_sidecar, sidecar_path
+from changenet.deploy.sidecar import (
+    ENGINE_KIND,
+    BatchProfile,
+    ModelContract,
+    TensorRTBuild,
+    as_contract,
+    sidecar_path,
+)
 from changenet.deploy.tensorrt_api import (
     LOG,
     TRT_MSDA_PLUGIN,
@@ -45,9 +51,6 @@ from changenet.deploy.tensorrt_api import (
 from changenet.errors import ModelError, SpecError
 from changenet.fileio import atomic_group, atomic_path, remove_leftovers, sha256_file
 
-# Fields of the export sidecar that the engine sidecar carries on for evaluation and inference.
-MODEL_INFO_KEYS = ("task", "num_classes", "class_names", "color_map", "mean", "std", "backbone", "align_corners",
-                   "difference_module", "num_golden", "lights", "eval_margin")
 PROGRESS_DEPTH = 2  # TensorRT nests build phases deeply; show the outer two levels
 
 
@@ -91,7 +94,7 @@ class BuildOptions:
 @dataclass
 class BuildResult:
     engine_path: Path
-    metadata: Dict[str, Any]  # the sidecar's content
+    metadata: ModelContract  # the sidecar's content
     seconds: float
 
     @property
@@ -109,19 +112,19 @@ def show_tensorrt_log(verbose: bool) -> None:
 
 def print_build_table(result: BuildResult, console: Console) -> None:
     meta = result.metadata
-    profile = meta["profile"]
+    profile = meta.profile
     table = Table(title="TensorRT engine", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
     rows = [
         ("engine", str(result.engine_path)),
-        ("TensorRT", f"{meta['tensorrt']['flavour']} {meta['tensorrt']['version']}"),
-        ("precision", meta["precision"]),
-        ("batch profile (min/opt/max)", f"{profile['min']}/{profile['opt']}/{profile['max']}"),
-        ("input (H x W)", f"{meta['input_height']} x {meta['input_width']}"),
-        ("compute capabilities", ", ".join(f"SM{cc}" for cc in meta["compute_capabilities"])),
-        ("classes", str(meta["num_classes"])),
-        ("size", f"{meta['engine_bytes'] / 2**20:.1f} MiB"),
+        ("TensorRT", f"{meta.tensorrt.flavour} {meta.tensorrt.version}"),
+        ("precision", meta.precision),
+        ("batch profile (min/opt/max)", f"{profile.min}/{profile.opt}/{profile.max}"),
+        ("input (H x W)", f"{meta.input_height} x {meta.input_width}"),
+        ("compute capabilities", ", ".join(f"SM{cc}" for cc in meta.compute_capabilities)),
+        ("classes", str(meta.num_classes)),
+        ("size", f"{meta.engine_bytes / 2**20:.1f} MiB"),
         ("build time", f"{result.seconds:.1f} s"),
         ("sidecar", str(result.sidecar_path)),
     ]
@@ -135,14 +138,15 @@ def build_engine(
     onnx_path: str | os.PathLike,
     engine_path: str | os.PathLike,
     options: Optional[BuildOptions] = None,
-    model_info: Optional[Dict[str, Any]] = None,
+    model_info: Union[ModelContract, Mapping[str, Any], None] = None,
     source_onnx: Optional[str | os.PathLike] = None,
 ) -> BuildResult:
     """Build `engine_path` (and its sidecar) from `onnx_path`.
 
     `onnx_path` is an FP32 export (FP32; FP16, converted here) or a Q/DQ model (INT8). `source_onnx` is
     the export it came from (default `onnx_path`): its sidecar and hash go into the engine sidecar.
-    `model_info` fills what that sidecar lacks (classes, colours, normalisation).
+    `model_info` (a ModelContract, or a dict of sidecar keys) fills what that sidecar lacks (classes, colours,
+    normalisation).
     """
     options = options or BuildOptions()
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
@@ -182,7 +186,7 @@ def build_engine(
     io, input_shapes, fixed_batch, num_classes = _check_io(network, network_onnx)
     input_shape = input_shapes[io.inputs[0]]
     profile = _batch_profile(fixed_batch, options, network_onnx)
-    info = _model_info(source, num_classes, model_info or {})
+    info = _model_info(source, num_classes, as_contract(model_info))
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.module.MemoryPoolType.WORKSPACE, int(options.workspace_size) << 20)
@@ -218,7 +222,7 @@ def build_engine(
             engine_bytes=engine_tmp.stat().st_size,
             seconds=seconds,
         )
-        sidecar_tmp.write_text(json.dumps(metadata, indent=2) + "\n")
+        metadata.write_to(sidecar_tmp)
     if cache_loaded is not None:
         _save_timing_cache(config, options.timing_cache)
     return BuildResult(engine_path, metadata, seconds)
@@ -425,51 +429,50 @@ def _engine_metadata(
     profile: Tuple[int, int, int],
     io: ModelIO,
     input_shape: Tuple[int, int, int],
-    info: Dict[str, Any],
+    info: ModelContract,
     source: Path,
     network_onnx: Path,
     engine_bytes: int,
     seconds: float,
-) -> Dict[str, Any]:
-    metadata: Dict[str, Any] = {
-        "kind": "tensorrt_engine",
-        "tensorrt": trt.describe(),
-        "precision": options.data_type,
-        "profile": dict(zip(("min", "opt", "max"), profile)),
-        "input_names": list(io.inputs),
-        "output_names": list(io.outputs),
-        "input_height": input_shape[1],
-        "input_width": input_shape[2],
-        "compute_capabilities": list(targets),
-        **info,
-        "source_onnx": str(source),
-        "source_onnx_sha256": sha256_file(source),
-        "engine_bytes": engine_bytes,
-        "build_seconds": round(seconds, 3),
-    }
+) -> ModelContract:
+    built = ModelContract.of(
+        kind=ENGINE_KIND,
+        tensorrt=TensorRTBuild(trt.flavour, trt.version),
+        precision=options.data_type,
+        profile=BatchProfile(*profile),
+        input_names=list(io.inputs),
+        output_names=list(io.outputs),
+        input_height=input_shape[1],
+        input_width=input_shape[2],
+        compute_capabilities=list(targets),
+    )
+    metadata = built.merged(info).updated(
+        source_onnx=str(source),
+        source_onnx_sha256=sha256_file(source),
+        engine_bytes=engine_bytes,
+        build_seconds=round(seconds, 3),
+    )
     if network_onnx != source:  # FP16 conversion or calibrated Q/DQ model
-        metadata["built_onnx"] = str(network_onnx)
-        metadata["built_onnx_sha256"] = sha256_file(network_onnx)
+        metadata = metadata.updated(built_onnx=str(network_onnx), built_onnx_sha256=sha256_file(network_onnx))
     return metadata
 
 
-def _model_info(source: Path, num_classes: int, fallback: Dict[str, Any]) -> Dict[str, Any]:
+def _model_info(source: Path, num_classes: int, fallback: ModelContract) -> ModelContract:
     """Classes, colours and normalisation: from the export sidecar, else from `fallback` (the spec)."""
-    exported = read_sidecar(source)
-    if exported.get("num_classes") not in (None, num_classes):
+    exported = ModelContract.load(source)
+    if exported.records_other_classes(num_classes):
         raise ModelError(
-            f"'{sidecar_path(source)}' says {exported['num_classes']} classes but '{source}' predicts {num_classes}; "
+            f"'{sidecar_path(source)}' says {exported.num_classes} classes but '{source}' predicts {num_classes}; "
             "export the model again"
         )
-    info = {key: exported.get(key, fallback.get(key)) for key in MODEL_INFO_KEYS}
-    if not exported and fallback.get("num_classes") not in (None, num_classes):
+    info = exported.model_info(fallback)
+    if exported.is_empty and fallback.records_other_classes(num_classes):
         LOG.warning(
             "'%s' predicts %d classes but the spec's num_classes=%s; class names and colours are left out "
             "of the engine sidecar",
             source,
             num_classes,
-            fallback["num_classes"],
+            fallback.num_classes,
         )
-        info.update(class_names=None, color_map=None)
-    info["num_classes"] = num_classes
-    return info
+        info = info.updated(class_names=None, color_map=None)
+    return info.updated(num_classes=num_classes)

@@ -22,7 +22,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import onnx
@@ -35,7 +35,7 @@ from torch import nn
 from changenet.console import status_console
 from changenet.contract import SEGMENT_IO, ModelIO
 from changenet.deploy.inference_layers import to_inference_form
-from changenet.deploy.sidecar import sidecar_path, write_sidecar_for
+from changenet.deploy.sidecar import ModelContract, as_contract, sidecar_path
 from changenet.deploy.tensorrt_api import TRT_MSDA_PLUGIN, TRT_PLUGIN_DOMAIN
 from changenet.deploy.torch_predictor import output_list
 from changenet.deploy.verify import (
@@ -78,7 +78,7 @@ class ExportResult:
     external_data: Optional[Path] = None
     split_transposed_convs: int = 0  # transposed convolutions written as phase convolutions
     io: ModelIO = SEGMENT_IO
-    sidecar: Optional[Dict[str, object]] = None  # what was written to <onnx_path>.json, if anything
+    sidecar: Optional[ModelContract] = None  # what was written to <onnx_path>.json, if anything
 
 
 # --------------------------------------------------------------------------- Python API
@@ -95,7 +95,7 @@ def export_onnx(
     verify: bool = True,
     min_agreement: float = MIN_AGREEMENT,
     exporter: str = "auto",
-    sidecar: Optional[Dict[str, object]] = None,
+    sidecar: Union[ModelContract, Mapping[str, Any], None] = None,
     verbose: bool = False,
     console: Optional[Console] = None,
     split_transposed_conv: bool = True,
@@ -104,8 +104,9 @@ def export_onnx(
     """Export a ChangeNet to `onnx_path` for [batch_size, 3, height, width] inputs (-1: dynamic batch).
 
     `pairs` = (A, B, note): normalised float32 [N, 3, H, W] arrays for the verification (default
-    random images). With `sidecar`, `<onnx_path>.json` is written holding those fields plus the export's
-    own (input size, batch size, opset, verification). The ONNX file appears only once it has passed.
+    random images). With `sidecar` (the model's facts: a ModelContract, or a dict of its keys),
+    `<onnx_path>.json` is written holding those facts plus the export's own (input size, batch size, opset,
+    verification). The ONNX file appears only once it has passed.
     `split_transposed_conv` exports transposed convolutions as phase convolutions (inference_layers.py);
     the verification compares the file with the unchanged model, so it proves the two equal.
     `deformable_attention="tensorrt_plugin"` writes deformable attention as TensorRT's
@@ -185,16 +186,16 @@ def export_onnx(
             external_data=data_path, split_transposed_convs=split, io=io,
         )
         if sidecar is not None:
-            result.sidecar = write_sidecar_for(sidecar_tmp, sidecar_record(result, sidecar), final_tmp)
+            result.sidecar = sidecar_record(result, as_contract(sidecar)).write_for(sidecar_tmp, final_tmp)
         else:
             sidecar_tmp.unlink()  # an old sidecar would describe another model
     return result
 
 
-def sidecar_record(result: ExportResult, fields: Dict[str, object]) -> Dict[str, object]:
-    """The sidecar: the caller's fields (classes, normalisation, ...) plus the export's own figures."""
-    record = dict(fields)
-    record.update(
+def sidecar_record(result: ExportResult, facts: ModelContract) -> ModelContract:
+    """The sidecar: the caller's facts (classes, normalisation, ...) plus the export's own figures, which are
+    always recorded (verification: null when the file was not verified)."""
+    return facts.updated(
         input_height=result.input_height,
         input_width=result.input_width,
         batch_size=result.batch_size,
@@ -205,7 +206,6 @@ def sidecar_record(result: ExportResult, fields: Dict[str, object]) -> Dict[str,
         split_transposed_convs=result.split_transposed_convs,
         verification=result.verification.to_dict() if result.verification else None,
     )
-    return record
 
 
 # --------------------------------------------------------------------------- checks

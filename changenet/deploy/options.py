@@ -176,9 +176,9 @@ def open_predictor(options: PredictorOptions, device: Optional[str] = None) -> P
 
 def _check_exported_classes(options: PredictorOptions) -> None:
     """An ONNX model's sidecar (when it has one) must agree with the spec's class count."""
-    from changenet.deploy.sidecar import read_sidecar
+    from changenet.deploy.sidecar import ModelContract
 
-    meta = read_sidecar(options.path)
-    if meta.get("num_classes") not in (None, options.num_classes):
-        raise ModelError(f"'{options.path}' was exported for {meta['num_classes']} classes but the spec says "
+    meta = ModelContract.load(options.path)
+    if meta.records_other_classes(options.num_classes):
+        raise ModelError(f"'{options.path}' was exported for {meta.num_classes} classes but the spec says "
                          f"dataset.{options.task}.num_classes={options.num_classes}")

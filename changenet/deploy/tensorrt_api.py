@@ -69,9 +69,6 @@ class TensorRT:
         members = self.module.ComputeCapability.__members__
         return sorted(int(name[2:]) for name in members if name.startswith("SM") and name[2:].isdigit())
 
-    def describe(self) -> dict:
-        return {"flavour": self.flavour, "version": self.version}
-
 
 def _import(flavour: str) -> ModuleType:
     try:

@@ -21,7 +21,7 @@ import numpy as np
 
 from changenet.contract import SEGMENT_IO, ModelIO, io_from_names
 from changenet.deploy.predictor import Predictor
-from changenet.deploy.sidecar import read_sidecar
+from changenet.deploy.sidecar import ModelContract
 from changenet.deploy.tensorrt_api import TensorRT, gpu_compute_capabilities, load_tensorrt, make_logger, select_gpu
 from changenet.errors import ModelError, SpecError, UnsupportedError
 from changenet.task import task_named
@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 NO_GPU_MESSAGE = (
     "this engine needs an NVIDIA GPU with TensorRT; use evaluate.onnx_file to run the ONNX model on the CPU"
 )
-ENGINE_KIND = "tensorrt_engine"
 
 
 # --------------------------------------------------------------------------- host-side logic (no GPU needed)
@@ -126,19 +125,19 @@ SizeSpec = Optional[Union[int, Tuple[int, int]]]  # a square side (segmentation)
 
 
 def check_engine_metadata(
-    meta: Mapping[str, Any], engine_path: str | os.PathLike, num_classes: int, img_size: SizeSpec, task: str = "segment"
+    meta: ModelContract, engine_path: str | os.PathLike, num_classes: int, img_size: SizeSpec, task: str = "segment"
 ) -> None:
     """The engine sidecar against the spec: classes and input size."""
-    if meta.get("kind") != ENGINE_KIND:
+    if not meta.is_engine:
         raise ModelError(
             f"'{engine_path}.json' is not a changenet engine sidecar; rebuild with `changenet gen_trt_engine`"
         )
-    if int(meta["num_classes"]) != int(num_classes):
+    if int(meta.num_classes) != int(num_classes):
         raise ModelError(
-            f"engine '{engine_path}' predicts {meta['num_classes']} classes but the spec says "
+            f"engine '{engine_path}' predicts {meta.num_classes} classes but the spec says "
             f"dataset.{task}.num_classes={num_classes}"
         )
-    _check_size((int(meta["input_height"]), int(meta["input_width"])), img_size, engine_path, task)
+    _check_size((int(meta.input_height), int(meta.input_width)), img_size, engine_path, task)
 
 
 def check_engine_layout(layout: EngineLayout, engine_path: str | os.PathLike, num_classes: int, img_size: SizeSpec) -> None:
@@ -169,17 +168,17 @@ def _check_size(size: Tuple[int, int], img_size: SizeSpec, engine_path: str | os
 
 
 def check_engine_runtime(
-    meta: Mapping[str, Any], engine_path: str | os.PathLike, trt_version: str, gpu_id: int, gpu_capability: int
+    meta: ModelContract, engine_path: str | os.PathLike, trt_version: str, gpu_id: int, gpu_capability: int
 ) -> None:
     """The engine sidecar against this machine: TensorRT version and GPU compute capability."""
-    built = meta["tensorrt"]
-    if _version_key(built["version"]) != _version_key(trt_version):
+    built = meta.tensorrt
+    if _version_key(built.version) != _version_key(trt_version):
         raise UnsupportedError(
-            f"engine '{engine_path}' was built with {built['flavour']} {built['version']} but this machine has "
+            f"engine '{engine_path}' was built with {built.flavour} {built.version} but this machine has "
             f"{trt_version}; engines run only on the TensorRT version that built them: "
             "rebuild with `changenet gen_trt_engine`"
         )
-    targets = [int(cc) for cc in meta["compute_capabilities"]]
+    targets = [int(cc) for cc in meta.compute_capabilities]
     if gpu_capability not in targets:
         raise UnsupportedError(
             f"engine '{engine_path}' was built for {', '.join(f'SM{cc}' for cc in targets)} but GPU {gpu_id} is "
@@ -285,8 +284,8 @@ class TensorRTPredictor(Predictor):
         # GPU and CUDA runtime first: deserialising an engine without them must never be attempted.
         cudart, capability = _cuda_runtime(gpu_id)
         # Without a sidecar the flavour is unknown: the TensorRT installed here must be the one that built it.
-        trt = load_tensorrt(meta["tensorrt"]["flavour"] if meta else "auto")
-        if meta:
+        trt = load_tensorrt("auto" if meta.is_empty else meta.tensorrt.flavour)
+        if not meta.is_empty:
             check_engine_runtime(meta, path, trt.version, gpu_id, capability)
         select_gpu(gpu_id)
         self._cuda = _Cuda(cudart)
@@ -294,7 +293,7 @@ class TensorRTPredictor(Predictor):
         self._runtime = trt.module.Runtime(self._logger)
         self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if self._engine is None:
-            hint = "" if meta else f" (an engine runs only on the {trt.flavour} version and GPU that built it)"
+            hint = f" (an engine runs only on the {trt.flavour} version and GPU that built it)" if meta.is_empty else ""
             raise ModelError(f"TensorRT cannot load engine '{path}': {self._logger.first_error()}{hint}")
         self.layout = describe_engine(trt, self._engine, path)
         check_engine_layout(self.layout, path, num_classes, img_size)
@@ -384,11 +383,11 @@ class TensorRTPredictor(Predictor):
                 delattr(self, name)
 
 
-def _engine_sidecar(path: Path) -> Dict[str, Any]:
-    """The engine's changenet sidecar; {} for an engine built elsewhere."""
+def _engine_sidecar(path: Path) -> ModelContract:
+    """The engine's changenet sidecar; an empty contract for an engine built elsewhere."""
     if not path.is_file():
         raise ModelError(f"TensorRT engine '{path}' does not exist; build it with `changenet gen_trt_engine`")
-    return read_sidecar(path)
+    return ModelContract.load(path)
 
 
 def open_engine(engine_path: str | os.PathLike, num_classes: int, img_size: SizeSpec, task: str, gpu_id: int = 0,
@@ -397,7 +396,7 @@ def open_engine(engine_path: str | os.PathLike, num_classes: int, img_size: Size
     input size the spec gives. `settings`: multi_scale_infer, align_corners (segmentation)."""
     path = Path(engine_path)
     meta = _engine_sidecar(path)
-    if meta:
+    if not meta.is_empty:
         check_engine_metadata(meta, path, num_classes, img_size, task)
     else:
         log.warning("engine '%s' has no changenet sidecar (%s.json; engines of TAO Deploy and trtexec have none): "
