@@ -164,6 +164,27 @@ def spec(
             typer.echo(default_spec_yaml(action), nl=False)
 
 
+@app.command("inspect")
+def inspect(
+    file: Path = typer.Argument(..., help="A checkpoint, ONNX model, TensorRT engine or OpenVINO .xml."),
+    as_json: bool = typer.Option(False, "--json", help="JSON instead of a table."),
+) -> None:
+    """What a model file is (task, backbone, classes, input size, tensors, batch, precision, TensorRT build)
+    and whether this machine can run it."""
+    import json
+
+    from changenet.deploy.inspection import inspect_model_file
+
+    with reported_errors():
+        report = inspect_model_file(file)
+        if as_json:
+            typer.echo(json.dumps(report.to_dict(), indent=2))
+        else:
+            from changenet.actions.inspect import print_report
+
+            print_report(report)
+
+
 @dataset_app.command("synth")
 def dataset_synth(
     out: Path = typer.Option(..., "--out", help="Output dataset root."),

@@ -98,6 +98,12 @@ def test_calibrate_for_openvino_writes_an_ir_that_evaluates(synth_root, tmp_path
     metrics = evaluate(spec(synth_root, tmp_path, f"evaluate.onnx_file={ir}", "evaluate.onnx_runtime=openvino",
                             f"evaluate.results_dir={tmp_path / 'int8'}"))
     assert metrics["backend"] == "openvino" and metrics["num_pairs"] > 0
+    # `changenet inspect` reads the IR: its inputs, the INT8 it holds, its sidecar.
+    from changenet.deploy.inspection import inspect_model_file
+
+    inspected = inspect_model_file(ir)
+    assert (inspected.kind, inspected.task, inspected.precision) == ("openvino", "segment", "int8")
+    assert inspected.input_names == ["input0", "input1"] and inspected.sidecar and inspected.runnable
 
 
 def test_benchmark_rows_for_openvino_fit_100_columns(tmp_path):
