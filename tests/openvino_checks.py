@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,6 +105,19 @@ def test_calibrate_for_openvino_writes_an_ir_that_evaluates(synth_root, tmp_path
     inspected = inspect_model_file(ir)
     assert (inspected.kind, inspected.task, inspected.precision) == ("openvino", "segment", "int8")
     assert inspected.input_names == ["input0", "input1"] and inspected.sidecar and inspected.runnable
+    # A Triton model repository serves the IR with Triton's OpenVINO backend.
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from changenet.actions.model_repository import model_repository
+
+    summary = model_repository(spec(synth_root, tmp_path, f"model_repository.openvino_model={ir}",
+                                    f"model_repository.path={tmp_path / 'repo'}"))
+    config = text_format.Parse(Path(summary["config"]).read_text(), model_config_pb2.ModelConfig())
+    assert (config.backend, config.default_model_filename) == ("openvino", "model.xml")
+    assert [i.name for i in config.input] == ["input0", "input1"] and list(config.input[0].dims) == [3, SIZE, SIZE]
+    version = Path(summary["model"]) / "1"
+    assert (version / "model.xml").is_file() and (version / "model.bin").is_file()
 
 
 def test_benchmark_rows_for_openvino_fit_100_columns(tmp_path):

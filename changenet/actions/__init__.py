@@ -21,4 +21,6 @@ ACTIONS = {
     "gen_trt_engine": ("changenet.actions.gen_trt_engine:gen_trt_engine",
                        "Build a FP32/FP16/INT8 TensorRT engine from an ONNX model."),
     "benchmark": ("changenet.actions.benchmark:benchmark", "Measure throughput and latency of the chosen backends."),
+    "model_repository": ("changenet.actions.model_repository:model_repository",
+                         "Write a Triton model repository for an engine, ONNX model or OpenVINO IR."),
 }

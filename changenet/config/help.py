@@ -17,6 +17,7 @@ ACTION_BLOCKS = {
     "calibrate": ("results_dir", "dataset", "calibrate", "gen_trt_engine"),
     "gen_trt_engine": ("results_dir", "dataset", "gen_trt_engine", "calibrate"),
     "benchmark": ("results_dir", "model", "dataset", "benchmark"),
+    "model_repository": ("results_dir", "model_repository"),
 }
 
 

@@ -426,6 +426,20 @@ class BenchmarkConfig:
     results_dir: Optional[str] = _f(None, "outputs (default <results_dir>/benchmark)")
 
 
+# --------------------------------------------------------------------------- serving
+@dataclass
+class ModelRepositoryConfig:
+    trt_engine: Optional[str] = _f(None, "TensorRT engine to serve (Triton's tensorrt_plan)")
+    onnx_file: Optional[str] = _f(None, "ONNX model to serve (Triton's onnxruntime_onnx)")
+    openvino_model: Optional[str] = _f(None, "OpenVINO IR (.xml) to serve, e.g. calibrate.target=openvino's (Triton's openvino backend)")
+    path: Optional[str] = _f(None, "the Triton model repository to write (default <results_dir>/model_repository)")
+    model_name: str = _f("changenet", "model name in the repository and in requests")
+    max_batch_size: Optional[int] = _f(None, "largest batch Triton sends (default: the engine profile's max, else 8); 0: no batching")
+    instance_count: int = _f(1, "model instances Triton runs side by side")
+    max_queue_delay_ms: float = _f(1.0, "dynamic batching: how long a request may wait for others (ms)")
+    results_dir: Optional[str] = _f(None, "outputs (default <results_dir>/model_repository)")
+
+
 # --------------------------------------------------------------------------- TAO blocks without a role here
 @dataclass
 class WandbConfig:
@@ -474,6 +488,7 @@ class ExperimentConfig:
     gen_trt_engine: GenTrtEngineConfig = _f(factory=GenTrtEngineConfig, help="TensorRT engine build")
     quantize: QuantizeConfig = _f(factory=QuantizeConfig, help="TAO 7 PyTorch quantization (see calibrate)")
     benchmark: BenchmarkConfig = _f(factory=BenchmarkConfig, help="throughput benchmark")
+    model_repository: ModelRepositoryConfig = _f(factory=ModelRepositoryConfig, help="a Triton model repository to write")
     openvino: OpenVinoConfig = _f(factory=OpenVinoConfig, help="OpenVINO settings (onnx_runtime: openvino, openvino backends)")
 
 
@@ -500,4 +515,4 @@ MODEL_SOURCES = {"checkpoint": "torch", "onnx_file": "onnxruntime", "trt_engine"
 MODEL_SOURCE_KEYS = tuple(MODEL_SOURCES)
 MODEL_SOURCE_BLOCKS = ("evaluate", "inference")
 
-ACTIONS = ("train", "evaluate", "inference", "export", "calibrate", "gen_trt_engine", "benchmark")
+ACTIONS = ("train", "evaluate", "inference", "export", "calibrate", "gen_trt_engine", "benchmark", "model_repository")

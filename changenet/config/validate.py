@@ -27,6 +27,8 @@ PROBABILITY_KEYS = tuple(
         "random_color.color_probability")
 ) + ("evaluate.target_miss_rate",)
 NON_NEGATIVE_KEYS = (
+    "model_repository.max_batch_size",
+    "model_repository.max_queue_delay_ms",
     "train.optim.lr",
     "train.optim.weight_decay",
     "train.seed",
@@ -39,6 +41,7 @@ NON_NEGATIVE_KEYS = (
     "benchmark.warmup",
 )
 POSITIVE_KEYS = (
+    "model_repository.instance_count",
     "dataset.segment.batch_size",
     "dataset.segment.img_size",
     "dataset.classify.batch_size",
