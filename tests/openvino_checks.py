@@ -118,6 +118,12 @@ def test_calibrate_for_openvino_writes_an_ir_that_evaluates(synth_root, tmp_path
     assert [i.name for i in config.input] == ["input0", "input1"] and list(config.input[0].dims) == [3, SIZE, SIZE]
     version = Path(summary["model"]) / "1"
     assert (version / "model.xml").is_file() and (version / "model.bin").is_file()
+    # The per-layer profile reads OpenVINO's counters: the NNCF model runs some layers in INT8.
+    from changenet.deploy.profile import profile_openvino, summarize
+
+    a, b = pairs(batch=2)
+    profile = summarize(profile_openvino(ir, {"input0": a, "input1": b}, runs=2))
+    assert profile["by_precision"].get("INT8", 0) > 0 and 0 < profile["share_outside_int8"] < 1
 
 
 def test_benchmark_rows_for_openvino_fit_100_columns(tmp_path):

@@ -239,7 +239,45 @@ def run_benchmark(cfg: DictConfig, open_fn: Callable[[str, DictConfig], Predicto
             except ChangenetError as exc:
                 e2e.append({"backend": backend, "batch_size": bs, "status": "unavailable", "reason": str(exc)})
         report["end_to_end"] = e2e
+    if bench.profile:
+        report["profile"] = profile_backends(cfg, rows, size)
     return report
+
+
+def profile_backends(cfg: DictConfig, rows: List[Measurement], size: Tuple[int, int]) -> Dict[str, object]:
+    """benchmark.profile: each measured backend's per-layer profile at the largest batch size (profile.json,
+    profile.png in benchmark.results_dir); the table shows each one's top layers."""
+    from changenet.deploy.profile import plot_by_type, profile_backend, summarize
+
+    bench = cfg.benchmark
+    batch = max(bench.batch_sizes)
+    measured = [b for b in bench.backends if any(r.backend == b and r.status == "ok" for r in rows)]
+    summaries: Dict[str, Dict[str, object]] = {}
+    for backend in measured:
+        console.print(f"profiling {backend} at batch {batch}")
+        a, b = benchmark_inputs(batch, size, goldens=num_golden(cfg))
+        layers = profile_backend(PredictorOptions.for_benchmark(cfg, backend), a, b)
+        if layers:
+            summaries[backend] = {"batch_size": batch, **summarize(layers)}
+    out = Path(bench.results_dir)
+    write_json(out / "profile.json", summaries)
+    chart = plot_by_type(summaries, out / "profile.png")
+    for backend, summary in summaries.items():
+        print_profile(backend, summary)
+    console.print(f"profiles written to {out / 'profile.json'}" + (f", chart {chart}" if chart else ""))
+    return summaries
+
+
+def print_profile(backend: str, summary: Dict[str, object]) -> None:
+    outside = summary["share_outside_int8"]
+    table = Table(title=f"{backend}: top layers at batch {summary['batch_size']} ({summary['total_ms']:.1f} ms, "
+                        f"{100 * (outside or 0):.0f}% outside INT8)")
+    for column in ("layer", "type", "precision", "ms", "share"):
+        table.add_column(column, justify="right" if column in ("ms", "share") else "left")
+    for layer in summary["top_layers"]:  # type: ignore[union-attr]
+        table.add_row(escape(str(layer["name"])[-48:]), escape(str(layer["layer_type"])), layer["precision"],
+                      f"{layer['ms']:.2f}", f"{100 * layer['share']:.1f}%")
+    console.print(table)
 
 
 def caption_lines(machine: Dict[str, object], devices: List[str], width: int) -> List[str]:

@@ -422,6 +422,7 @@ class BenchmarkConfig:
     openvino_int8_onnx_file: Optional[str] = _f(None, "INT8 ONNX of calibrate.target=openvino (openvino-int8 backend)")
     trt_engine: Optional[str] = _f(None, "engine (tensorrt backend)")
     end_to_end: bool = _f(False, "time the whole inference path over a folder of images")
+    profile: bool = _f(False, "also write per-layer profiles (profile.json, profile.png): time by layer and precision")
     peak_tflops: Optional[float] = _f(None, "machine peak for utilisation (default: estimated)")
     results_dir: Optional[str] = _f(None, "outputs (default <results_dir>/benchmark)")
 

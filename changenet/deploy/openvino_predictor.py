@@ -58,13 +58,7 @@ class OpenVinoPredictor(Predictor):
         missing = [n for n in io.outputs if n not in outputs]
         if missing:
             raise ModelError(f"'{path}' is not a changenet model: it lacks {', '.join(missing)}")
-        config = {"PERFORMANCE_HINT": performance_hint.upper()}
-        if precision == "auto" and any(op.get_type_name() == "FakeQuantize" for op in model.get_ops()):
-            # An INT8 model keeps its other layers in f32: OpenVINO's CPU plugin fails to compile NNCF's INT8
-            # models in bf16 on AMX CPUs (a post-op scale check), and the INT8 layers carry the speed anyway.
-            precision = "f32"
-        if precision != "auto":
-            config["INFERENCE_PRECISION_HINT"] = precision
+        config = {"PERFORMANCE_HINT": performance_hint.upper(), **precision_config(model, precision)}
         self.compiled = compile_cached(core, model, config, Path(cache_dir or DEFAULT_CACHE).expanduser(), path)
         self.request = self.compiled.create_infer_request()
         shape = inputs[io.inputs[0]].get_partial_shape()
@@ -85,6 +79,17 @@ class OpenVinoPredictor(Predictor):
         results = self.request.infer({first: a, second: b})
         by_name = {name: value for port, value in results.items() for name in port.get_names()}
         return [np.asarray(by_name[name]) for name in self.io.outputs]
+
+
+def precision_config(model: Any, precision: str) -> Dict[str, str]:
+    """The CPU plugin's INFERENCE_PRECISION_HINT for `precision` (auto: OpenVINO's choice).
+
+    An INT8 model keeps its other layers in f32: OpenVINO's CPU plugin fails to compile NNCF's INT8 models
+    in bf16 on CPUs with AVX512-BF16 or AMX (a post-op scale check), and the INT8 layers carry the speed anyway.
+    """
+    if precision == "auto" and any(op.get_type_name() == "FakeQuantize" for op in model.get_ops()):
+        precision = "f32"
+    return {} if precision == "auto" else {"INFERENCE_PRECISION_HINT": precision}
 
 
 # --------------------------------------------------------------------------- compiled-model cache
